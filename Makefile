@@ -1,0 +1,35 @@
+# make run    set up (venv + bundled models), then the default job on CPU
+# make test   set up, then the whole test suite
+# make setup  only the set-up; every target is idempotent (the venv and the model cache are reused)
+
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU set-up pins torch to the local CPU wheel (constraints/cpu.txt); pyproject only asks
+# for a range, so GPU machines can take the CUDA torch that vLLM needs.
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints/cpu.txt
+
+.PHONY: setup run test lint
+
+setup: $(VENV)/.installed
+	$(PY) -m loop.assets
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# (the filter drops this sandbox's noisy pip-config warnings; pip's own failure still fails)
+	$(PIP_INSTALL) -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(PY) -c "import torch, transformers, peft, trl, hydra, mlflow"  # fail here, not mid-run
+	touch $@
+
+run: setup
+	$(PY) -m loop.run
+
+test: setup
+	$(PY) -m ruff check teacher student loop tests
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check teacher student loop tests

@@ -1,0 +1,65 @@
+"""The typed run config: what `conf/` composes into, and the only place schemas meet Hydra.
+
+`loop` registers the schemas (the role packages only define their dataclasses), so a misspelt
+key or a wrong type is rejected by Hydra at launch. Below `loop.run`, code sees only these
+dataclasses, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from loop import assets
+from loop.tasks import TaskConfig
+from student.config import StudentConfig
+from teacher.config import TeacherConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+@dataclass
+class RunConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    seed: int = 0  # the root of every derived seed
+
+
+def register() -> None:
+    """Register the schema and the resolvers the YAML files use; idempotent."""
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    # ${bundled_model:smollm135m} -> the prepared safetensors folder in the cache (loop.assets)
+    OmegaConf.register_new_resolver(
+        "bundled_model", lambda name: str(assets.bundled_model_dir(name)), replace=True)
+    # ${project_root:} -> the repository folder, for the data files shipped with the project
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+
+
+class ConfigError(ValueError):
+    """A composed config that Hydra accepted but the schema cannot use."""
+
+
+def to_run_config(cfg) -> RunConfig:
+    """DictConfig -> RunConfig, resolving interpolations; the DictConfig stops here."""
+    run = OmegaConf.to_object(cfg)
+    assert isinstance(run, RunConfig), type(run)
+    _reject_extra_keys(run, "")
+    return run
+
+
+def _reject_extra_keys(node, prefix: str) -> None:
+    """`+teacher.pth=x` (Hydra's own advice for an unknown key) would be silently ignored."""
+    known = {f.name for f in fields(node)}
+    extra = sorted(set(vars(node)) - known)
+    if extra:
+        raise ConfigError(f"unknown key {prefix}{extra[0]} (known keys at this level: "
+                          f"{', '.join(sorted(known))})")
+    for name in known:
+        value = getattr(node, name)
+        if is_dataclass(value):
+            _reject_extra_keys(value, f"{prefix}{name}.")

@@ -1,0 +1,108 @@
+"""Hydra composition: every pairing, the hub ids, typos rejected at launch, lazy imports."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from loop import assets
+from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError
+from student.config import StudentConfig
+from teacher.config import TeacherConfig
+from tests.conftest import PRESETS, compose_run
+
+HUB_IDS = {
+    "qwen7b": "Qwen/Qwen2.5-7B",
+    "qwen3b": "Qwen/Qwen2.5-3B",
+    "llama1b": "meta-llama/Llama-3.2-1B-Instruct",
+    "qwen0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    "smollm135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loop.run", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+def test_catalog_is_complete():
+    assert sorted(HUB_IDS) == PRESETS
+    for role in ("teacher", "student"):
+        assert sorted(p.stem for p in (CONF_DIR / role).glob("*.yaml")) == PRESETS
+
+
+@pytest.mark.parametrize(("teacher", "student"), list(itertools.product(PRESETS, repeat=2)))
+def test_every_pairing_composes_to_typed_config(teacher, student):
+    run = compose_run(f"teacher={teacher}", f"student={student}")
+    assert isinstance(run.teacher, TeacherConfig) and isinstance(run.student, StudentConfig)
+    assert (run.teacher.name, run.student.name) == (teacher, student)
+    assert (run.teacher.hub_id, run.student.hub_id) == (HUB_IDS[teacher], HUB_IDS[student])
+
+
+def test_default_pairing_is_the_bundled_cpu_pair():
+    run = compose_run()
+    assert (run.teacher.name, run.student.name) == ("qwen0.5b", "smollm135m")
+    assert run.teacher.path == str(assets.bundled_model_dir("qwen0.5b"))
+    assert run.student.path == str(assets.bundled_model_dir("smollm135m"))
+    assert not run.teacher.trust_remote_code and not run.student.trust_remote_code
+
+
+def test_bundled_paths_follow_the_cache_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
+    assert compose_run().student.path == str(tmp_path / "models" / "smollm135m")
+
+
+def test_path_override_points_a_preset_at_a_local_checkpoint():
+    run = compose_run("teacher=llama1b", "teacher.path=/ckpt/llama-ft", "student.path=null")
+    assert run.teacher.path == "/ckpt/llama-ft" and run.teacher.hub_id == HUB_IDS["llama1b"]
+    assert run.student.path is None  # the bundled student loaded from the hub instead
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(Exception, match="seed"):
+        compose_run("seed=abc")
+
+
+def test_appended_unknown_key_is_rejected_not_ignored():
+    with pytest.raises(ConfigError, match=r"unknown key teacher\.pth"):
+        compose_run("+teacher.pth=/x")
+
+
+def test_cfg_job_prints_hub_ids_and_swaps_roles():
+    out = cli("teacher=qwen7b", "student=llama1b", "--cfg", "job")
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    assert cfg.teacher.hub_id == "Qwen/Qwen2.5-7B"
+    assert cfg.student.hub_id == "meta-llama/Llama-3.2-1B-Instruct"
+    swapped = OmegaConf.create(cli("teacher=llama1b", "student=qwen7b", "--cfg", "job").stdout)
+    assert (swapped.teacher.hub_id, swapped.student.hub_id) == (cfg.student.hub_id, cfg.teacher.hub_id)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["teacher=qwen7bb"], "Could not find 'teacher/qwen7bb'"),
+    (["student=lama1b", "--cfg", "job"], "Could not find 'student/lama1b'"),
+    (["teacher.pth=/x", "--cfg", "job"], "Key 'pth' not in 'TeacherConfig'"),
+    (["seeed=1", "--cfg", "job"], "Key 'seeed' not in 'RunConfig'"),
+])
+def test_typos_fail_at_launch_with_hydras_message(args, message):
+    out = cli(*args)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_help_lists_presets_and_imports_nothing_heavy():
+    out = cli("--help")
+    assert out.returncode == 0
+    assert "teacher: llama1b, qwen0.5b, qwen3b, qwen7b, smollm135m" in out.stdout
+    probe = ("import sys, loop.run; "
+             "print([m for m in ('torch', 'transformers', 'peft', 'trl', 'mlflow') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,78 @@
+"""Model loading through the role functions: tiny random models (fast), bundled models (slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from student.config import StudentConfig
+from student.evaluate import answer
+from student.model import load_student
+from teacher.config import TeacherConfig
+from teacher.generate import sample
+from teacher.model import load_teacher
+from tests.conftest import ARCHITECTURE, compose_run
+
+
+def tiny_student(path: str) -> StudentConfig:
+    return StudentConfig(name="tiny", hub_id="unused/tiny", path=path, dtype="float32")
+
+
+def test_student_base_is_frozen_and_teacher_is_in_eval_mode(tiny_llama):
+    student, _ = load_student(tiny_student(tiny_llama))
+    assert not any(p.requires_grad for p in student.parameters())
+    teacher, tok = load_teacher(TeacherConfig(name="tiny", hub_id="x", path=tiny_llama))
+    assert not teacher.training and tok.padding_side == "left"
+    assert next(teacher.parameters()).dtype == torch.bfloat16  # the config's default dtype
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("instruct", [False, True])
+def test_batched_answers_equal_one_at_a_time(fixture, instruct, request):
+    """Left padding must not change greedy answers: the batch is only a speed-up."""
+    model, tok = load_student(tiny_student(request.getfixturevalue(fixture)))
+    prompts = ["Q: Who wrote Hamlet?\nA:", "Question: Topic: Crimean War\nWhen did the war end, and "
+               "which treaty ended it?\nAnswer:\n", "Hi"]
+    batched = answer(model, tok, prompts, instruct=instruct, max_new_tokens=8)
+    alone = [answer(model, tok, [p], instruct=instruct, max_new_tokens=8)[0] for p in prompts]
+    assert batched == alone
+    assert any(batched)  # the tiny model says something
+
+
+def test_teacher_sampling_is_seeded(tiny_qwen2):
+    model, tok = load_teacher(TeacherConfig(name="tiny", hub_id="x", path=tiny_qwen2,
+                                            dtype="float32"))
+    prompts = ["Passage: a cat sat.\nImplications:\n"] * 2
+    a = sample(model, tok, prompts, instruct=False, max_new_tokens=12, seed=1)
+    assert a == sample(model, tok, prompts, instruct=False, max_new_tokens=12, seed=1)
+    assert a != sample(model, tok, prompts, instruct=False, max_new_tokens=12, seed=2)
+    assert a[0] != a[1]  # two samples of one prompt differ
+
+
+QUESTION = "What is the capital of France? Answer in one word."
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(ARCHITECTURE))
+def test_bundled_models_load_in_either_role_and_know_paris(preset):
+    run = compose_run(f"teacher={preset}", f"student={preset}")
+    student, s_tok = load_student(run.student)
+    assert type(student).__name__ == ARCHITECTURE[preset]
+    assert "paris" in answer(student, s_tok, [QUESTION], instruct=True, max_new_tokens=16)[0].lower()
+    del student
+    teacher, t_tok = load_teacher(run.teacher)
+    assert type(teacher).__name__ == ARCHITECTURE[preset]
+    greedy = sample(teacher, t_tok, [QUESTION], instruct=True, max_new_tokens=16, temperature=0)
+    assert "paris" in greedy[0].lower()
+
+
+@pytest.mark.slow
+def test_a_base_preset_without_chat_template_still_answers():
+    run = compose_run("student=smollm135m")
+    cfg = dataclasses.replace(run.student, instruct=False)
+    model, tok = load_student(cfg)
+    [a] = answer(model, tok, ["The capital of France is the city of"], instruct=False,
+                 max_new_tokens=8)
+    assert "paris" in a.lower()

@@ -1,0 +1,52 @@
+"""SQuAD-format data: the shipped files load; malformed files name the file and the entry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loop.config import PROJECT_ROOT
+from loop.tasks import DataError, load_squad
+
+SQUAD = PROJECT_ROOT / "data" / "squad"
+
+
+@pytest.mark.parametrize(("name", "passages", "questions"),
+                         [("train_pool", 199, 956), ("eval200", 200, 974)])
+def test_shipped_files_load(name, passages, questions):
+    data = load_squad(SQUAD / f"{name}.json")
+    assert len(data) == passages and sum(len(p.questions) for p in data) == questions
+    assert data[3].id == f"{name}/3"
+
+
+def test_shipped_files_are_disjoint():
+    train = {p.context for p in load_squad(SQUAD / "train_pool.json")}
+    assert not train & {p.context for p in load_squad(SQUAD / "eval200.json")}
+
+
+GOOD = {"title": "T", "context": "C", "questions": [{"question": "Q?", "answer": "A"}]}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('[{"title": "T",\n  "context": }]', r"bad\.json: invalid JSON at line 2"),
+    ("[]", r"bad\.json: expected a non-empty JSON list"),
+    (json.dumps([GOOD, {**GOOD, "title": ""}]), r"bad\.json: passage 1: 'title' must be"),
+    (json.dumps([{**GOOD, "questions": []}]), r"passage 0: 'questions' must be a non-empty list"),
+    (json.dumps([GOOD, GOOD, {**GOOD, "questions": [{"question": "Q?"}]}]),
+     r"passage 2, question 0: 'answer' must be"),
+])
+def test_malformed_files_name_file_and_entry(tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_squad(bad)
+
+
+def test_non_utf8_and_missing_files(tmp_path):
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes(b'[{"title": "caf\xe9", "context": "C", "questions": []}]')  # Latin-1
+    with pytest.raises(DataError, match=r"latin1\.json: not UTF-8"):
+        load_squad(bad)
+    with pytest.raises(DataError, match="no such file"):
+        load_squad(tmp_path / "nope.json")
