@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from loop import assets
 from loop.tasks import TaskConfig
+from loop.tracking import TrackingConfig
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 
@@ -23,10 +24,21 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 
 @dataclass
+class EvaluateConfig:
+    """`python -m loop.evaluate` (kept here: loop.evaluate imports this module)."""
+
+    conditions: list[str] = field(default_factory=lambda: ["base", "passage"])  # table rows
+    resamples: int = 10_000  # bootstrap resamples for the 95% intervals
+    judge: str | None = None  # a model preset (conf/model/) that also grades, SEAL's yes/no prompt
+
+
+@dataclass
 class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0  # the root of every derived seed
 
 

@@ -7,26 +7,17 @@ Only Hydra and the config dataclasses are imported at module level, so `--help` 
 
 from __future__ import annotations
 
-import logging
-import sys
+from pathlib import Path
 
 import hydra
 
-from loop.config import CONF_DIR, ConfigError, RunConfig, register, to_run_config
+from loop.cli import check_models, launch
+from loop.config import CONF_DIR, RunConfig, register
 
-log = logging.getLogger(__name__)
 register()
 
 
-def check_models(run: RunConfig) -> None:
-    """Fail at launch, not an hour in, when a role's model cannot be loaded here."""
-    from loop.assets import check_available
-
-    for role, m in (("teacher", run.teacher), ("student", run.student)):
-        check_available(role, m.name, m.hub_id, m.path, m.revision)
-
-
-def execute(run: RunConfig) -> None:
+def execute(run: RunConfig, out_dir: Path) -> None:
     """What a run does. Until the loop lands: the smallest real piece (loop.preview)."""
     from loop import preview
 
@@ -36,17 +27,7 @@ def execute(run: RunConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    from loop.assets import AssetError
-    from loop.tasks import DataError
-
-    print(f"run folder: {HydraConfig.get().runtime.output_dir}")
-    try:
-        execute(to_run_config(cfg))
-    except (AssetError, ConfigError, DataError) as e:  # user errors: a message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    launch(cfg, execute)
 
 
 if __name__ == "__main__":

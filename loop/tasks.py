@@ -8,6 +8,7 @@ Any file of that format works through `task.data=<path>`.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from omegaconf import MISSING
 class TaskConfig:
     name: str = MISSING  # the task's name; also the MLflow experiment's name
     data: str = MISSING  # a JSON file in the shared format; relative paths are from the cwd
+    n_contexts: int | None = None  # a seeded subset of this many contexts (None: all of them)
 
 
 @dataclass
@@ -74,3 +76,13 @@ def load_squad(path: str | Path) -> list[Passage]:
         passages.append(Passage(f"{path.stem}/{i}", _text(row, "title", where),
                                 _text(row, "context", where), questions))
     return passages
+
+
+def select(passages: list[Passage], n: int | None, seed: int) -> list[Passage]:
+    """A seeded subset of n passages in file order (all of them when n is None or too large)."""
+    if n is None or n >= len(passages):
+        return passages
+    if n < 1:
+        raise DataError(f"task.n_contexts must be at least 1, got {n}")
+    keep = sorted(random.Random(seed).sample(range(len(passages)), n))
+    return [passages[i] for i in keep]

@@ -1,10 +1,50 @@
-"""The student's config group (`conf/student/`): which frozen model absorbs the self-edits."""
+"""The student's config group (`conf/student/`): which frozen model absorbs the self-edits, and how.
+
+The defaults of `SelfEditData`, `LoraSettings` and `TrainSettings` are SEAL's inner-loop settings
+(r=32, alpha=64, lr 1e-3, 10 epochs, batch 1), minus two quirks of the reference code: it trains
+on padding, and PEFT's default targets there are only q/v. Presets tune them for their model
+(`conf/student/smollm135m.yaml` holds the CPU settings measured in the README).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class SelfEditData:
+    """How a self-edit becomes training sequences."""
+
+    split_lines: bool = True  # one sequence per non-empty line (SEAL); false: the whole edit as one
+    title_prefix: bool = True  # each sequence starts with the passage's title, as in SEAL
+    with_passage: bool = True  # append the raw passage as one more sequence (SEAL's default)
+    max_length: int = 2048  # tokens per sequence; longer ones are cut with a warning
+
+
+@dataclass
+class LoraSettings:
+    r: int = 32  # more capacity per self-edit, more memory and time
+    alpha: int = 64  # the update is scaled by alpha / r
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 1e-3
+    epochs: int = 10  # passes over the self-edit's sequences
+    batch_size: int = 1  # sequences per optimiser step; SEAL uses 1, the CPU preset all of them
+    schedule: str = "linear"  # "linear" (decay to 0, as SEAL's Trainer) or "constant"
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 64  # SEAL answers with up to 64 tokens, greedy
+    batch_size: int = 32  # questions per generate call
 
 
 @dataclass
@@ -15,5 +55,10 @@ class StudentConfig:
     path: str | None = None  # a local checkpoint folder; wins over hub_id (bundled presets set it)
     revision: str | None = None  # hub revision (branch, tag or commit) for reproducible loads
     instruct: bool = False  # answer prompts go through the tokenizer's chat template
-    dtype: str = "bfloat16"  # torch dtype of the frozen base; bf16 is also the faster one on CPU
+    dtype: str = "auto"  # torch dtype name; auto: bfloat16 on GPU, float32 on CPU (see model.py)
     trust_remote_code: bool = False  # runs code shipped with a checkpoint: only for repos you trust
+    # How a self-edit is absorbed and scored.
+    data: SelfEditData = field(default_factory=SelfEditData)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)

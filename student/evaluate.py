@@ -1,8 +1,12 @@
-"""Answering questions with the student, closed book (no passage in the prompt)."""
+"""Scoring the student on a passage's questions, closed book (no passage in the prompt)."""
 
 from __future__ import annotations
 
-from student.prompts import render
+from dataclasses import dataclass
+
+from student.config import StudentConfig
+from student.grade import contains, exact_match, f1, judge_prompt, parse_verdict
+from student.prompts import answer_prompt, render
 
 
 def answer(model, tokenizer, prompts: list[str], *, instruct: bool,
@@ -19,3 +23,73 @@ def answer(model, tokenizer, prompts: list[str], *, instruct: bool,
                              pad_token_id=tokenizer.pad_token_id)
     new = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def answer_logprob(model, tokenizer, prompts: list[str], golds: list[str], *,
+                   instruct: bool) -> list[float]:
+    """Mean log-probability per token of each gold answer after its prompt (teacher-forced).
+
+    Dense and generation-free: it moves with what the student absorbed even when the greedy
+    answer does not change, which is what a small student's rewards need.
+    """
+    import torch
+
+    pairs = []
+    for prompt, gold in zip(prompts, golds, strict=True):
+        p = tokenizer(render(tokenizer, prompt, instruct), add_special_tokens=not instruct)
+        g = tokenizer(gold.strip(), add_special_tokens=False)["input_ids"]
+        pairs.append((p["input_ids"], g))
+    width = max(len(p) + len(g) for p, g in pairs)
+    ids = torch.full((len(pairs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, g) in enumerate(pairs):
+        ids[i, : len(p) + len(g)] = torch.tensor(p + g)
+        mask[i, : len(p) + len(g)] = 1
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+    scores = []
+    for i, (p, g) in enumerate(pairs):
+        # the token at position t is predicted by the logits at t - 1
+        steps = torch.arange(len(p) - 1, len(p) + len(g) - 1)
+        scores.append(logp[i, steps, torch.tensor(g)].mean().item())
+    return scores
+
+
+@dataclass
+class QuestionScore:
+    question: str
+    gold: str
+    prediction: str
+    exact_match: float
+    f1: float
+    contains: float
+    logprob: float  # mean log-probability per token of the gold answer
+
+
+def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
+                    cfg: StudentConfig) -> list[QuestionScore]:
+    """Answer (question, gold) pairs about a passage titled `title`, closed book, and grade them."""
+    prompts = [answer_prompt(title, q) for q, _ in qa]
+    golds = [a for _, a in qa]
+    preds, logps = [], []
+    step = max(1, cfg.eval.batch_size)
+    for i in range(0, len(prompts), step):
+        chunk = prompts[i : i + step]
+        preds += answer(model, tokenizer, chunk, instruct=cfg.instruct,
+                        max_new_tokens=cfg.eval.max_new_tokens)
+        logps += answer_logprob(model, tokenizer, chunk, golds[i : i + step], instruct=cfg.instruct)
+    return [QuestionScore(q, a, p, exact_match(p, a), f1(p, a), contains(p, a), lp)
+            for (q, a), p, lp in zip(qa, preds, logps, strict=True)]
+
+
+def judge(model, tokenizer, items: list[tuple[str, str, str]], *,
+          instruct: bool) -> list[tuple[bool | None, str]]:
+    """(verdict, reply) per (question, gold, prediction), from a local model with SEAL's prompt.
+
+    The verdict is None when the reply is neither a clear yes nor a clear no: a judge error,
+    counted apart from wrong answers. The reply is data: it is parsed, never executed.
+    """
+    prompts = [judge_prompt(q, g, p) for q, g, p in items]
+    replies = answer(model, tokenizer, prompts, instruct=instruct, max_new_tokens=8)
+    return [(parse_verdict(r), r) for r in replies]

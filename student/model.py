@@ -25,8 +25,11 @@ def load_student(cfg: StudentConfig, device: str | None = None):
     tokenizer.padding_side = "left"  # answers are generated in batches
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, cfg.dtype), **kwargs)
+    # "auto": bf16 on GPUs; float32 on CPUs, where bf16 matmuls without AVX512-BF16/AMX are
+    # emulated (100x slower than float32 on the 2-core AVX2 machine measured in the README)
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device == "cuda" else "float32"
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
     model.requires_grad_(False)
     log.info("student %s: %s, %.0fM parameters, %s on %s", cfg.name, type(model).__name__,
-             model.num_parameters() / 1e6, cfg.dtype, device)
+             model.num_parameters() / 1e6, dtype, device)
     return model.to(device).eval(), tokenizer

@@ -15,5 +15,5 @@ class TeacherConfig:
     path: str | None = None  # a local checkpoint folder; wins over hub_id (bundled presets set it)
     revision: str | None = None  # hub revision (branch, tag or commit) for reproducible loads
     instruct: bool = False  # wrap prompts in the tokenizer's chat template
-    dtype: str = "bfloat16"  # torch dtype of the weights; bf16 is also the faster one on CPU
+    dtype: str = "auto"  # torch dtype name; auto: bfloat16 on GPU, float32 on CPU (see model.py)
     trust_remote_code: bool = False  # runs code shipped with a checkpoint: only for repos you trust

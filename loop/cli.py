@@ -1,0 +1,34 @@
+"""What every entry point does around its work: typed config, run folder, user errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from loop.config import ConfigError, RunConfig, to_run_config
+
+
+def check_models(run: RunConfig, roles: tuple[str, ...] = ("teacher", "student")) -> None:
+    """Fail at launch, not an hour in, when a role's model cannot be loaded here."""
+    from loop.assets import check_available
+
+    for role in roles:
+        m = getattr(run, role)
+        check_available(role, m.name, m.hub_id, m.path, m.revision)
+
+
+def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
+    """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from loop.assets import AssetError
+    from loop.tasks import DataError
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    print(f"run folder: {out_dir}")
+    try:
+        body(to_run_config(cfg), out_dir)
+    except (AssetError, ConfigError, DataError) as e:  # user errors: a message, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,36 @@
+"""Means with bootstrap intervals over contexts; paired differences between conditions."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class Estimate:
+    mean: float
+    low: float  # 95% percentile bootstrap interval
+    high: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def bootstrap(values: list[float], seed: int = 0, resamples: int = 10_000) -> Estimate:
+    """The mean of `values` (one per context) with a 95% percentile bootstrap interval."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("no values to estimate from")
+    mean = sum(values) / n
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(resamples))
+    return Estimate(mean, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1], n)
+
+
+def paired_difference(a: list[float], b: list[float], seed: int = 0,
+                      resamples: int = 10_000) -> Estimate:
+    """a - b, context by context (the same contexts in the same order), with its interval."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+    return bootstrap([x - y for x, y in zip(a, b, strict=True)], seed, resamples)

@@ -1,0 +1,87 @@
+"""Absorbing a self-edit: a fresh LoRA adapter on the frozen base, trained by SFT, then removed.
+
+    with fresh_adapter(base, cfg.lora, seed) as model:
+        train(model, tokenizer, texts, cfg, seed)
+        ...evaluate model...
+    # base is exactly as before: unload() removes the LoRA layers, base weights are never trained
+
+Departures from SEAL's inner loop: padding never enters the loss (SEAL pads to 2048 tokens and
+trains on it); LoRA targets every projection by default (SEAL gets PEFT's q/v default); the
+training loop is a plain AdamW loop, not a Trainer (no per-adapter Trainer start-up cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from student.config import LoraSettings, StudentConfig
+from student.data import collate, encode
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def fresh_adapter(model, lora: LoraSettings, seed: int):
+    """The base wrapped in a new, seeded LoRA adapter; on exit the base is unwrapped again."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # LoRA's A matrices are initialised at random, B at zero
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.targets), task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)  # wraps the base's modules in place
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()  # restores the original modules; the base weights were never trained
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]  # one per optimiser step
+    sequences: int
+    tokens: int
+    truncated: int  # sequences cut to student.data.max_length
+
+
+def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> TrainResult:
+    """SFT of the adapter's parameters on `texts` (each a sequence), in seeded order."""
+    import torch
+
+    enc = encode(tokenizer, texts, cfg.data.max_length)
+    n, batch = len(enc.input_ids), max(1, cfg.train.batch_size)
+    total = cfg.train.epochs * math.ceil(n / batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
+    decay = cfg.train.schedule == "linear"
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total if decay else 1.0)
+    order = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    losses = []
+    model.train()
+    for _ in range(cfg.train.epochs):
+        perm = torch.randperm(n, generator=order).tolist()
+        for i in range(0, n, batch):
+            inputs = collate([enc.input_ids[j] for j in perm[i : i + batch]], tokenizer.pad_token_id)
+            loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    model.eval()
+    return TrainResult(losses, n, sum(map(len, enc.input_ids)), enc.truncated)
+
+
+def mean_loss(model, tokenizer, texts: list[str], max_length: int) -> float:
+    """Token-weighted cross-entropy of `texts` under `model` (no gradients)."""
+    import torch
+
+    enc = encode(tokenizer, texts, max_length)
+    inputs = collate(enc.input_ids, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model(**{k: v.to(device) for k, v in inputs.items()}).loss.item()

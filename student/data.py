@@ -1,0 +1,60 @@
+"""A self-edit becomes training sequences; sequences become a padded batch with masked labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from student.config import SelfEditData
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # label value the loss skips (PyTorch's cross-entropy ignore_index)
+
+
+def training_texts(self_edit: str, title: str, passage: str, cfg: SelfEditData) -> list[str]:
+    """SEAL's rule by default: one sequence per non-empty line, each prefixed with the title,
+    then the raw passage as one more sequence."""
+    if cfg.split_lines:
+        chunks = [line.strip() for line in self_edit.splitlines() if line.strip()]
+    else:
+        chunks = [self_edit.strip()] if self_edit.strip() else []
+    if cfg.with_passage:
+        chunks.append(passage.strip())
+    return [f"{title}\n{c}" if cfg.title_prefix else c for c in chunks]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]  # one list per sequence, unpadded, ending with EOS
+    truncated: int  # how many sequences were cut to max_length
+    dropped_tokens: int  # how many tokens the cuts removed
+
+
+def encode(tokenizer, texts: list[str], max_length: int) -> Encoded:
+    """Tokenise for causal-LM training: the tokenizer's own special tokens, then EOS."""
+    ids, truncated, dropped = [], 0, 0
+    for text in texts:
+        seq = tokenizer(text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+        if len(seq) > max_length:
+            truncated, dropped = truncated + 1, dropped + len(seq) - max_length
+            seq = seq[:max_length]
+        ids.append(seq)
+    if truncated:
+        log.warning("%d of %d training sequences exceed max_length=%d tokens: cut, dropping %d "
+                    "tokens in all (raise student.data.max_length to keep them)",
+                    truncated, len(texts), max_length, dropped)
+    return Encoded(ids, truncated, dropped)
+
+
+def collate(sequences: list[list[int]], pad_id: int):
+    """Right-padded input_ids, attention_mask and labels; padding never enters the loss."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        input_ids[i, : len(s)] = labels[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

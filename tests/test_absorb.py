@@ -1,0 +1,92 @@
+"""Absorbing: the adapter learns, the base never changes, seeds decide everything."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from student.absorb import fresh_adapter, mean_loss, train
+from student.config import LoraSettings, StudentConfig, TrainSettings
+from student.model import load_student
+from tests.conftest import compose_run
+from tests.test_models import tiny_student
+
+TEXTS = ["Crimean War\nKing Otto of Greece saw an opportunity to expand.",
+         "Crimean War\nGreece did not declare war on the Ottoman Empire.",
+         "Crimean War\nFrom 1854 to 1857 the British and French blockaded Piraeus."]
+
+
+def cfg_for(path: str, **train) -> StudentConfig:
+    cfg = tiny_student(path)
+    return dataclasses.replace(cfg, lora=LoraSettings(r=8, alpha=16),
+                               train=TrainSettings(**{"lr": 1e-3, "epochs": 3, "batch_size": 2,
+                                                      **train}))
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_base_is_bit_identical_after_absorb_and_discard_cycles(tiny_qwen2):
+    cfg = cfg_for(tiny_qwen2)
+    model, tok = load_student(cfg)
+    before = snapshot(model)
+    modules_before = [type(m) for m in model.modules()]
+    for seed in range(3):
+        with fresh_adapter(model, cfg.lora, seed) as adapted:
+            train(adapted, tok, TEXTS, cfg, seed)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [type(m) for m in model.modules()] == modules_before  # no LoRA layer left behind
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_the_adapter_learns_the_texts(tiny_llama):
+    cfg = cfg_for(tiny_llama, epochs=10)
+    model, tok = load_student(cfg)
+    with fresh_adapter(model, cfg.lora, seed=0) as adapted:
+        lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+        assert lora_b and all(torch.count_nonzero(p) == 0 for p in lora_b)  # B starts at zero
+        loss_before = mean_loss(adapted, tok, TEXTS, 256)
+        result = train(adapted, tok, TEXTS, cfg, seed=0)
+        loss_after = mean_loss(adapted, tok, TEXTS, 256)
+        assert all(torch.count_nonzero(p) > 0 for p in lora_b)  # every adapted module changed
+    assert len(result.losses) == 10 * 2  # 3 sequences in batches of 2: 2 steps per epoch
+    assert loss_after < loss_before - 1.0
+    assert result.losses[-1] < result.losses[0]
+    assert mean_loss(model, tok, TEXTS, 256) == pytest.approx(loss_before, abs=1e-5)  # base again
+
+
+def test_absorbing_is_seeded(tiny_llama):
+    cfg = cfg_for(tiny_llama)
+    model, tok = load_student(cfg)
+
+    def losses(seed):
+        with fresh_adapter(model, cfg.lora, seed) as adapted:
+            return train(adapted, tok, TEXTS, cfg, seed).losses
+
+    assert losses(1) == losses(1)
+    assert losses(1) != losses(2)
+
+
+@pytest.mark.slow
+def test_the_bundled_student_absorbs_a_passage():
+    from loop.config import PROJECT_ROOT
+    from loop.tasks import load_squad
+    from student.data import training_texts
+
+    run = compose_run("student=smollm135m")
+    passage = load_squad(PROJECT_ROOT / "data/squad/eval200.json")[0]
+    texts = training_texts("", passage.title, passage.context, run.student.data)
+    model, tok = load_student(run.student)
+    before = snapshot(model)
+    loss_base = mean_loss(model, tok, texts, run.student.data.max_length)
+    with fresh_adapter(model, run.student.lora, seed=0) as adapted:
+        result = train(adapted, tok, texts, run.student, seed=0)
+        loss_adapted = mean_loss(adapted, tok, texts, run.student.data.max_length)
+    assert loss_adapted < 0.5 * loss_base  # the passage is now much less surprising
+    assert len(result.losses) == run.student.train.epochs
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -1,0 +1,116 @@
+"""`loop.evaluate` end to end: tiny student in-process, the bundled student through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from loop.config import PROJECT_ROOT, ConfigError
+from loop.evaluate import evaluate, passage_means
+from loop.tasks import load_squad, select
+from tests.conftest import compose_run
+
+PASSAGES = [
+    {"title": "Crimean War", "context": "King Otto of Greece saw an opportunity to expand north.",
+     "questions": [{"question": "Who saw an opportunity?", "answer": "King Otto"},
+                   {"question": "Which direction?", "answer": "north"}]},
+    {"title": "Paris", "context": "Paris is the capital of France.",
+     "questions": [{"question": "What is the capital of France?", "answer": "Paris"}]},
+]
+
+
+def test_passage_means_in_percent_except_logprob():
+    scores = [{"exact_match": 1.0, "f1": 0.5, "contains": 1.0, "logprob": -2.0},
+              {"exact_match": 0.0, "f1": 0.0, "contains": 1.0, "logprob": -4.0}]
+    assert passage_means(scores) == {"exact_match": 50.0, "f1": 25.0, "contains": 100.0,
+                                     "logprob": -3.0}
+
+
+def test_select_is_a_seeded_subset_in_file_order():
+    data = load_squad(PROJECT_ROOT / "data/squad/eval200.json")
+    a = select(data, 10, seed=0)
+    assert [p.id for p in a] == [p.id for p in select(data, 10, seed=0)]
+    assert [p.id for p in a] != [p.id for p in select(data, 10, seed=1)]
+    assert sorted(int(p.id.split("/")[1]) for p in a) == [int(p.id.split("/")[1]) for p in a]
+    assert select(data, 500, seed=0) == data
+
+
+def test_evaluate_scores_every_condition_and_records_everything(tiny_llama, tmp_path):
+    import mlflow
+
+    data = tmp_path / "mini.json"
+    data.write_text(json.dumps(PASSAGES))
+    db = tmp_path / "mlflow.db"
+    run = compose_run(f"student.path={tiny_llama}", "student.name=tiny", f"task.data={data}",
+                      f"tracking.uri=sqlite:///{db}", f"tracking.artifacts={tmp_path / 'art'}",
+                      "student.train.epochs=2", "student.eval.max_new_tokens=4",
+                      "evaluate.resamples=200")
+    out = tmp_path / "run"
+    results = evaluate(run, out)
+    assert results["contexts"] == ["mini/0", "mini/1"] and results["n_questions"] == 3
+    assert set(results["summary"]) == {"base", "passage"}
+    assert "vs_base" in results["summary"]["passage"]["f1"]
+    assert json.loads((out / "results.json").read_text()) == results
+    lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    assert [(x["context"], x["condition"]) for x in lines] == [
+        ("mini/0", "base"), ("mini/0", "passage"), ("mini/1", "base"), ("mini/1", "passage")]
+    assert len((out / "baseline.jsonl").read_text().splitlines()) == 2
+    passage_q = lines[1]["questions"][0]
+    assert passage_q["train_loss_last"] < passage_q["train_loss_first"]
+
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    [logged] = mlflow.search_runs(experiment_names=["squad"], output_format="list")
+    assert logged.data.params["student.name"] == "tiny"
+    assert logged.data.params["student.lora.r"] == "32"
+    assert logged.data.metrics["passage/f1"] == pytest.approx(
+        results["summary"]["passage"]["f1"]["estimate"]["mean"])
+    assert logged.info.status == "FINISHED"
+
+
+def test_unknown_condition_is_a_clear_error(tmp_path):
+    run = compose_run("evaluate.conditions=[base,pasage]", "tracking.enabled=false")
+    with pytest.raises(ConfigError, match=r"unknown evaluate.conditions \['pasage'\]"):
+        evaluate(run, tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_on_the_bundled_student(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "loop.evaluate", "task.n_contexts=2", "evaluate.resamples=200",
+         "evaluate.judge=smollm135m",
+         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.artifacts={tmp_path}",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split()[0] for line in out.stdout.splitlines() if line.startswith(("base", "passage"))]
+    assert rows == ["base", "passage", "passage"]  # the means, then the paired differences
+    assert "judge %" in out.stdout and "judge errors" in out.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(results["contexts"]) == 2
+
+
+def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama):
+    from loop.evaluate import add_verdicts
+    from student.model import load_student
+    from tests.test_models import tiny_student
+
+    model, tok = load_student(tiny_student(tiny_llama))
+    scores = [{"question": "Capital of France?", "gold": "Paris", "prediction": "Paris",
+               "exact_match": 1.0, "f1": 1.0, "contains": 1.0, "logprob": -1.0}] * 3
+    judged = add_verdicts(scores, (model, tok, False))
+    assert all(isinstance(s["judge_reply"], str) for s in judged)
+    # a random tiny model answers gibberish: every verdict is an error, none is "wrong"
+    assert [s["judge"] for s in judged] == [None] * 3
+    means = passage_means(judged)
+    assert means["judge"] is None and means["judge_errors"] == 3
+
+
+def test_judge_preset_must_exist():
+    from loop.evaluate import load_judge
+
+    with pytest.raises(ConfigError, match=r"evaluate.judge=gpt4 is not a model preset"):
+        load_judge("gpt4")

@@ -1,0 +1,29 @@
+"""Bootstrap estimates against hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from loop.stats import bootstrap, paired_difference
+
+
+def test_constant_values_have_a_zero_width_interval():
+    est = bootstrap([2.0] * 7)
+    assert (est.mean, est.low, est.high, est.n) == (2.0, 2.0, 2.0, 7)
+
+
+def test_interval_brackets_the_mean_and_is_seeded():
+    values = [0.0, 1.0] * 50  # mean 0.5, standard error 0.05: the 95% interval is about +-0.1
+    est = bootstrap(values, seed=3)
+    assert est.mean == 0.5
+    assert 0.38 < est.low < 0.45 and 0.55 < est.high < 0.62
+    assert bootstrap(values, seed=3) == est
+
+
+def test_paired_difference_uses_per_context_differences():
+    base = [0.0, 10.0, 20.0, 30.0]
+    after = [1.0, 11.0, 21.0, 31.0]  # every context gains exactly 1: no pairing noise
+    est = paired_difference(after, base)
+    assert (est.mean, est.low, est.high) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0], [1.0, 2.0])

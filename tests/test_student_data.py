@@ -1,0 +1,68 @@
+"""Self-edit -> training sequences -> padded batch: SEAL's rule and its options, padding masked."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from student.config import SelfEditData
+from student.data import IGNORE, collate, encode, training_texts
+
+EDIT = "1. Greece stayed out.\n\n   2. Otto wanted land.  \n\n"
+
+
+def test_reference_rule_one_titled_sequence_per_line_then_the_passage():
+    assert training_texts(EDIT, "Crimean War", "The passage.", SelfEditData()) == [
+        "Crimean War\n1. Greece stayed out.", "Crimean War\n2. Otto wanted land.",
+        "Crimean War\nThe passage."]
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (dict(split_lines=False), ["T\n1. Greece stayed out.\n\n   2. Otto wanted land.", "T\nP"]),
+    (dict(with_passage=False), ["T\n1. Greece stayed out.", "T\n2. Otto wanted land."]),
+    (dict(title_prefix=False, with_passage=False), ["1. Greece stayed out.", "2. Otto wanted land."]),
+])
+def test_options(options, expected):
+    assert training_texts(EDIT, "T", "P", SelfEditData(**options)) == expected
+
+
+def test_an_empty_self_edit_leaves_only_the_passage():
+    assert training_texts(" \n\n", "T", "P", SelfEditData()) == ["T\nP"]
+    assert training_texts("", "T", "P", SelfEditData(with_passage=False)) == []
+
+
+def test_encode_ends_with_eos_and_truncation_says_how_much(tiny_llama, caplog):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    short, long = "Paris is in France.", " ".join(["word"] * 50)
+    enc = encode(tok, [short, long], max_length=1000)
+    assert enc.input_ids[0][-1] == tok.eos_token_id and enc.truncated == 0
+    full = len(enc.input_ids[1])
+    with caplog.at_level(logging.WARNING):
+        cut = encode(tok, [short, long], max_length=10)
+    assert [len(s) for s in cut.input_ids] == [len(enc.input_ids[0]), 10]
+    assert (cut.truncated, cut.dropped_tokens) == (1, full - 10)
+    assert f"1 of 2 training sequences exceed max_length=10 tokens: cut, dropping {full - 10}" in caplog.text
+
+
+def test_collate_masks_padding_out_of_labels_and_attention():
+    batch = collate([[5, 6, 7], [8]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [8, IGNORE, IGNORE]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_padding_never_contributes_to_the_loss(tiny_llama):
+    from student.model import load_student
+    from tests.test_models import tiny_student
+
+    model, tok = load_student(tiny_student(tiny_llama))
+    seq = encode(tok, ["Greece played a peripheral role in the war."], 100).input_ids[0]
+    alone = model(**collate([seq], tok.pad_token_id)).loss
+    batch = collate([seq, seq + [7] * 30], tok.pad_token_id)
+    padded = {k: v[:1] for k, v in batch.items()}  # seq followed by 30 pad tokens
+    assert padded["input_ids"].shape[1] == len(seq) + 30
+    assert torch.allclose(model(**padded).loss, alone, atol=1e-6)
