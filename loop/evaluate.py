@@ -25,7 +25,7 @@ from pathlib import Path
 import hydra
 
 from loop.cli import check_models, launch
-from loop.config import CONF_DIR, RunConfig, register
+from loop.config import CONF_DIR, ConfigError, RunConfig, register
 
 log = logging.getLogger(__name__)
 register()
@@ -57,7 +57,6 @@ def load_judge(name: str):
     from omegaconf import OmegaConf
 
     from loop.assets import check_available
-    from loop.config import CONF_DIR, ConfigError
     from student.config import StudentConfig
     from student.model import load_student
 
@@ -167,19 +166,17 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
 
     unknown = sorted(set(run.evaluate.conditions) - set(CONDITIONS))
     if unknown:
-        from loop.config import ConfigError
-
         raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
     passages = select(load_squad(run.task.data), run.task.n_contexts, run.seed)
     n_questions = sum(len(p.questions) for p in passages)
     check_models(run, roles=("student",))
     out_dir.mkdir(parents=True, exist_ok=True)
+    judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
     tracker = tracking.start(run.tracking, experiment=run.task.name,
                              run_name=f"evaluate {run.student.name}", config=run,
                              tags={"entry": "loop.evaluate", "teacher": run.teacher.name,
                                    "student": run.student.name, "task": run.task.name})
     model, tokenizer = load_student(run.student)
-    judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
     baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
     per_passage: dict[str, list[dict[str, float]]] = {c: [] for c in run.evaluate.conditions}
     seconds: dict[str, float] = dict.fromkeys(run.evaluate.conditions, 0.0)

@@ -15,7 +15,7 @@ from student.model import load_student
 from student.prompts import answer_prompt
 from teacher.generate import sample
 from teacher.model import load_teacher
-from teacher.prompts import implications_prompt
+from teacher.prompts import self_edit_prompt
 
 N_QUESTIONS = 3
 MAX_SELF_EDIT_TOKENS = 128  # the loop's budget is a config value; a preview stays short
@@ -30,7 +30,7 @@ def run(run: RunConfig) -> None:
           f"{run.student.name} ({type(student).__name__}) in {time.perf_counter() - t0:.1f} s")
 
     t0 = time.perf_counter()
-    [self_edit] = sample(teacher, t_tok, [implications_prompt(passage.title, passage.context)],
+    [self_edit] = sample(teacher, t_tok, [self_edit_prompt("implications", passage.title, passage.context)],
                          instruct=run.teacher.instruct, max_new_tokens=MAX_SELF_EDIT_TOKENS,
                          seed=run.seed)
     print(f"\n== passage {passage.id}: {passage.title} ==\n{passage.context[:300]}...")
