@@ -51,7 +51,9 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
     """SFT of the adapter's parameters on `texts` (each a sequence), in seeded order."""
     import torch
 
-    enc = encode(tokenizer, texts, cfg.data.max_length)
+    # never train past the model's context, whatever student.data.max_length says
+    context = getattr(model.config, "max_position_embeddings", None) or cfg.data.max_length
+    enc = encode(tokenizer, texts, min(cfg.data.max_length, context))
     n, batch = len(enc.input_ids), max(1, cfg.train.batch_size)
     total = cfg.train.epochs * math.ceil(n / batch)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -90,3 +90,13 @@ def test_the_bundled_student_absorbs_a_passage():
     assert loss_adapted < 0.5 * loss_base  # the passage is now much less surprising
     assert len(result.losses) == run.student.train.epochs
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_training_never_exceeds_the_models_context(tiny_llama, caplog):
+    cfg = cfg_for(tiny_llama, epochs=1)
+    model, tok = load_student(cfg)
+    model.config.max_position_embeddings = 8  # a model with a tiny context
+    with fresh_adapter(model, cfg.lora, seed=0) as adapted:
+        result = train(adapted, tok, TEXTS, cfg, seed=0)
+    assert result.truncated == 3 and result.tokens == 3 * 8
+    assert "exceed max_length=8 tokens" in caplog.text
