@@ -114,3 +114,18 @@ def test_judge_preset_must_exist():
 
     with pytest.raises(ConfigError, match=r"evaluate.judge=gpt4 is not a model preset"):
         load_judge("gpt4")
+
+
+def test_help_and_data_errors_at_launch(tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "loop.evaluate", *args], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    out = cli("--help")
+    assert out.returncode == 0 and "== python -m loop.evaluate ==" in out.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"title": "T", "context": "C"}]')
+    out = cli(f"task.data={bad}", "tracking.enabled=false", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 2
+    assert f"error: {bad}: passage 0: 'questions' must be a non-empty list" in out.stderr
+    assert "Traceback" not in out.stderr
