@@ -11,7 +11,7 @@ Conditions (rows):
 
 Every condition is scored on the same contexts, so differences are paired: the table shows each
 condition's mean over contexts with a 95% bootstrap interval, and its paired difference from
-`base`. Results go to the run folder (`results.json`, `scores.jsonl`) and to an MLflow run.
+`base`. Results go to the run folder (`results.json`, `scores.jsonl`, `results.png`) and to an MLflow run.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
     """Score every condition on every selected context; write and return the results."""
     from tqdm import tqdm
 
-    from loop import tracking
+    from loop import plots, tracking
     from loop.baseline import BaselineCache
     from loop.tasks import load_squad, select
     from student.model import load_student
@@ -210,6 +210,9 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
             tracker.log_metrics({f"{cond}/{m}": v for m, v in values.items()})
         tracker.log_table([{"condition": c, **v} for c, v in means.items()], "results_table.json")
         tracker.log_artifact(out_dir / "results.json")
+        title = (f"{run.student.name} on {Path(run.task.data).name}: {len(passages)} passages, "
+                 "means with 95% intervals")
+        tracker.log_artifact(plots.condition_bars(summary, out_dir / "results.png", title))
         status = "FINISHED"
         return results
     finally:

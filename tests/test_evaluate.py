@@ -54,6 +54,7 @@ def test_evaluate_scores_every_condition_and_records_everything(tiny_llama, tmp_
     assert set(results["summary"]) == {"base", "passage"}
     assert "vs_base" in results["summary"]["passage"]["f1"]
     assert json.loads((out / "results.json").read_text()) == results
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert [(x["context"], x["condition"]) for x in lines] == [
         ("mini/0", "base"), ("mini/0", "passage"), ("mini/1", "base"), ("mini/1", "passage")]
@@ -68,6 +69,8 @@ def test_evaluate_scores_every_condition_and_records_everything(tiny_llama, tmp_
     assert logged.data.metrics["passage/f1"] == pytest.approx(
         results["summary"]["passage"]["f1"]["estimate"]["mean"])
     assert logged.info.status == "FINISHED"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(logged.info.run_id)}
+    assert {"results.json", "results.png", "results_table.json"} <= artifacts
 
 
 def test_unknown_condition_is_a_clear_error(tmp_path):
