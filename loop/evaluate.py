@@ -202,7 +202,9 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
                    "contexts": [p.id for p in passages], "n_questions": n_questions,
                    "seconds_per_context": {c: s / len(passages) for c, s in seconds.items()},
                    "summary": summary}
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        staged = out_dir / "results.json.tmp"  # a killed run never leaves half a results.json
+        staged.write_text(json.dumps(results, indent=2) + "\n")
+        staged.replace(out_dir / "results.json")
         print(format_table(summary, len(passages), n_questions))
         means = {c: {m: e["estimate"]["mean"] for m, e in s.items() if isinstance(e, dict)}
                  for c, s in summary.items()}
