@@ -7,29 +7,26 @@ self-edit, condition and round. They are computed on first use and appended to
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from loop.ledger import append_jsonl, read_jsonl
 
 
 class BaselineCache:
     def __init__(self, path: Path, student: str):
         self.path, self.student = path, student
         self._scores: dict[str, Any] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                row = json.loads(line)
-                if row["student"] == student:
-                    self._scores[row["context"]] = row["scores"]
+        for row in read_jsonl(path):
+            if row["student"] == student:
+                self._scores[row["context"]] = row["scores"]
 
     def get(self, context_id: str, compute: Callable[[], Any]) -> Any:
         """The cached scores of `context_id`, computing and recording them the first time."""
         if context_id not in self._scores:
             scores = compute()
-            with self.path.open("a") as f:
-                f.write(json.dumps({"context": context_id, "student": self.student,
-                                    "scores": scores}) + "\n")
-                f.flush()
+            append_jsonl(self.path, {"context": context_id, "student": self.student,
+                                     "scores": scores})
             self._scores[context_id] = scores
         return self._scores[context_id]

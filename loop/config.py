@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from loop import assets
+from loop.reward import RewardConfig
 from loop.tasks import TaskConfig
 from loop.tracking import TrackingConfig
 from student.config import StudentConfig
@@ -33,13 +34,25 @@ class EvaluateConfig:
 
 
 @dataclass
+class LoopConfig:
+    """The outer loop (loop.outer): rounds of sample -> absorb and score -> filter -> train."""
+
+    rounds: int = 2
+    contexts_per_round: int = 50  # drawn from task.data, disjoint across rounds while it lasts
+    k: int = 5  # self-edits sampled per context
+
+
+@dataclass
 class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0  # the root of every derived seed
+    resume: str | None = None  # a run folder to continue (same config); finished work is kept
 
 
 def register() -> None:
@@ -50,6 +63,12 @@ def register() -> None:
         "bundled_model", lambda name: str(assets.bundled_model_dir(name)), replace=True)
     # ${project_root:} -> the repository folder, for the data files shipped with the project
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    # hydra.run.dir: a resumed run writes into the folder it continues
+    OmegaConf.register_new_resolver("run_dir", lambda resume, fresh: resume or fresh, replace=True)
+    # hydra.output_subdir: a resume keeps the first invocation's .hydra record
+    OmegaConf.register_new_resolver(
+        "hydra_subdir", lambda resume, now: ".hydra" if not resume else f".hydra/resume_{now}",
+        replace=True)
 
 
 class ConfigError(ValueError):

@@ -26,6 +26,7 @@ import hydra
 
 from loop.cli import check_models, launch
 from loop.config import CONF_DIR, ConfigError, RunConfig, register
+from loop.judge import add_verdicts, load_judge
 
 log = logging.getLogger(__name__)
 register()
@@ -50,35 +51,6 @@ def passage_means(question_scores: list[dict]) -> dict[str, float | None]:
         out["judge"] = 100 * sum(verdicts) / len(verdicts) if verdicts else None
         out["judge_errors"] = n - len(verdicts)
     return out
-
-
-def load_judge(name: str):
-    """A model preset from conf/model/, loaded as a frozen grader."""
-    from omegaconf import OmegaConf
-
-    from loop.assets import check_available
-    from student.config import StudentConfig
-    from student.model import load_student
-
-    path = CONF_DIR / "model" / f"{name}.yaml"
-    if not path.is_file():
-        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"evaluate.judge={name} is not a model preset; choose from {presets}")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudentConfig),
-                                              OmegaConf.load(path)))
-    check_available("evaluate.judge", cfg.name, cfg.hub_id, cfg.path, cfg.revision)
-    model, tokenizer = load_student(cfg)
-    return model, tokenizer, cfg.instruct
-
-
-def add_verdicts(scores: list[dict], judge_model) -> list[dict]:
-    from student.evaluate import judge
-
-    model, tokenizer, instruct = judge_model
-    verdicts = judge(model, tokenizer, [(s["question"], s["gold"], s["prediction"]) for s in scores],
-                     instruct=instruct)
-    return [{**s, "judge": None if v is None else float(v), "judge_reply": reply}
-            for s, (v, reply) in zip(scores, verdicts, strict=True)]
 
 
 def score_condition(condition: str, passage, model, tokenizer, run: RunConfig) -> list[dict]:

@@ -33,3 +33,33 @@ def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def rounds(summaries: list[dict], path: Path, metric: str) -> Path:
+    """The loop at a glance: rewards per round, baseline vs after scores, kept fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = [s["round"] for s in summaries]
+    m = [s["metrics"] for s in summaries]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(11, 3.2))
+    a.boxplot([s["rewards"] for s in summaries], positions=r, widths=0.5)
+    for x, s in zip(r, summaries, strict=True):
+        a.scatter([x] * len(s["rewards"]), s["rewards"], s=10, alpha=0.5, color="C0")
+    a.axhline(0, color="black", linewidth=0.5)
+    a.set(title="reward per self-edit", xlabel="round", ylabel=f"{metric} gain")
+    b.plot(r, [x["student/score_base"] for x in m], "o-", label="baseline")
+    b.plot(r, [x["student/score_after"] for x in m], "o-", label="after, all self-edits")
+    b.plot(r, [x["student/score_after_kept"] for x in m], "o-", label="after, kept ones")
+    b.set(title="student score", xlabel="round", ylabel=metric)
+    b.legend(fontsize=8)
+    c.bar(r, [x["filter/kept_frac"] for x in m])
+    c.set(title="kept fraction", xlabel="round", ylim=(0, 1))
+    for ax in (a, b, c):
+        ax.set_xticks(r)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,6 +1,7 @@
 """`python -m loop.run teacher=<preset> student=<preset> [key=value ...]`: the entry point.
 
-Thin on purpose: compose (Hydra) -> typed config -> check the models are reachable -> run.
+Thin on purpose: compose (Hydra) -> typed config -> check the models are reachable ->
+`loop.outer.run` (the rounds; tests call it directly).
 Only Hydra and the config dataclasses are imported at module level, so `--help` and
 `--cfg job` answer without importing torch.
 """
@@ -18,11 +19,14 @@ register()
 
 
 def execute(run: RunConfig, out_dir: Path) -> None:
-    """What a run does. Until the loop lands: the smallest real piece (loop.preview)."""
-    from loop import preview
+    """Check the models are reachable, then the rounds (loop.outer)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from loop import outer
 
     check_models(run)
-    preview.run(run)
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    outer.run(run, out_dir, command=" ".join(["python -m loop.run", *overrides]))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -25,18 +25,24 @@ class TrackingConfig:
 
 
 class Tracker(Protocol):
+    run_id: str | None
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_table(self, rows: list[dict], name: str) -> None: ...
     def log_artifact(self, path: str | Path) -> None: ...
+    def log_artifacts(self, folder: str | Path, artifact_path: str) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
 
 class NullTracker:
     """Stands in for MLflow when tracking is off, so call sites never branch."""
 
+    run_id = None
+
     def log_metrics(self, metrics, step=None) -> None: ...
     def log_table(self, rows, name) -> None: ...
     def log_artifact(self, path) -> None: ...
+    def log_artifacts(self, folder, artifact_path) -> None: ...
     def close(self, status="FINISHED") -> None: ...
 
 
@@ -58,7 +64,7 @@ def git_commit() -> str:
 
 class MlflowTracker:
     def __init__(self, cfg: TrackingConfig, experiment: str, run_name: str, params: dict,
-                 tags: dict[str, str]):
+                 tags: dict[str, str], run_id: str | None = None):
         import mlflow
 
         self._mlflow = mlflow
@@ -71,10 +77,14 @@ class MlflowTracker:
             exp_id = client.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        mlflow.set_tags({**tags, "git_commit": git_commit()})
-        print(f"MLflow run {self.run.info.run_id} in experiment '{experiment}'; "
+        if run_id:  # a resumed run continues its MLflow run; its params are already there
+            self.run = mlflow.start_run(run_id=run_id)
+        else:
+            self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+            mlflow.set_tags({**tags, "git_commit": git_commit()})
+        self.run_id = self.run.info.run_id
+        print(f"MLflow run {self.run_id} in experiment '{experiment}'; "
               f"see it with: mlflow ui --backend-store-uri {cfg.uri}")
 
     def log_metrics(self, metrics, step=None) -> None:
@@ -87,12 +97,18 @@ class MlflowTracker:
     def log_artifact(self, path) -> None:
         self._mlflow.log_artifact(str(path))
 
+    def log_artifacts(self, folder, artifact_path) -> None:
+        self._mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
     def close(self, status="FINISHED") -> None:
         self._mlflow.end_run(status=status)
 
 
 def start(cfg: TrackingConfig, experiment: str, run_name: str, config: Any,
-          tags: dict[str, str]) -> Tracker:
+          tags: dict[str, str], run_id: str | None = None,
+          exclude: tuple[str, ...] = ()) -> Tracker:
+    """The MLflow run (a new one, or `run_id` continued), or a NullTracker when tracking is off."""
     if not cfg.enabled:
         return NullTracker()
-    return MlflowTracker(cfg, experiment, run_name, flatten(config), tags)
+    params = {k: v for k, v in flatten(config).items() if k not in exclude}
+    return MlflowTracker(cfg, experiment, run_name, params, tags, run_id)

@@ -60,26 +60,34 @@ def answer_logprob(model, tokenizer, prompts: list[str], golds: list[str], *,
 class QuestionScore:
     question: str
     gold: str
-    prediction: str
-    exact_match: float
-    f1: float
-    contains: float
     logprob: float  # mean log-probability per token of the gold answer
+    # the greedy answer and its grades; None when scored by log-probability only (no generation)
+    prediction: str | None = None
+    exact_match: float | None = None
+    f1: float | None = None
+    contains: float | None = None
 
 
 def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
-                    cfg: StudentConfig) -> list[QuestionScore]:
-    """Answer (question, gold) pairs about a passage titled `title`, closed book, and grade them."""
+                    cfg: StudentConfig, generate: bool = True) -> list[QuestionScore]:
+    """Answer (question, gold) pairs about a passage titled `title`, closed book, and grade them.
+
+    `generate=False` skips the answers and scores the gold answers' log-probability only: one
+    forward pass, several times faster than generating on a CPU.
+    """
     prompts = [answer_prompt(title, q) for q, _ in qa]
     golds = [a for _, a in qa]
     preds, logps = [], []
     step = max(1, cfg.eval.batch_size)
     for i in range(0, len(prompts), step):
         chunk = prompts[i : i + step]
-        preds += answer(model, tokenizer, chunk, instruct=cfg.instruct,
-                        max_new_tokens=cfg.eval.max_new_tokens)
+        if generate:
+            preds += answer(model, tokenizer, chunk, instruct=cfg.instruct,
+                            max_new_tokens=cfg.eval.max_new_tokens)
         logps += answer_logprob(model, tokenizer, chunk, golds[i : i + step], instruct=cfg.instruct)
-    return [QuestionScore(q, a, p, exact_match(p, a), f1(p, a), contains(p, a), lp)
+    if not generate:
+        return [QuestionScore(q, a, lp) for (q, a), lp in zip(qa, logps, strict=True)]
+    return [QuestionScore(q, a, lp, p, exact_match(p, a), f1(p, a), contains(p, a))
             for (q, a), p, lp in zip(qa, preds, logps, strict=True)]
 
 

@@ -1,10 +1,50 @@
-"""The teacher's config group (`conf/teacher/`): which model writes the self-edits."""
+"""The teacher's config group (`conf/teacher/`): which model writes the self-edits, how it
+samples them, and how the M-step trains it.
+
+The defaults are SEAL's: temperature 1.0 / top_p 0.95 sampling, and a LoRA r=64 / alpha=128 on
+every projection trained by TRL SFT with lr 3e-4 for 2 epochs at batch 10. The CPU default run
+(`conf/config.yaml`) shortens the self-edits.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import MISSING
+
+# every linear projection of Llama/Qwen-style blocks (the student has its own copy of this list:
+# the two roles never import each other)
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class SamplingSettings:
+    prompt: str = "implications"  # implications, implications-long, rewrite, self-qa (SEAL's)
+    temperature: float = 1.0  # 0: greedy (every sample of a context is the same)
+    top_p: float = 0.95
+    max_new_tokens: int = 1024  # a self-edit is cut here; longer means slower inner loops too
+    batch_size: int = 16  # samples per generate call; more is faster until memory runs out
+
+
+@dataclass
+class TeacherLora:
+    r: int = 64
+    alpha: int = 128
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+
+
+@dataclass
+class TeacherTrainSettings:
+    """The M-step: SFT on the kept (prompt -> self-edit) pairs, loss on the self-edit only."""
+
+    lr: float = 3e-4
+    epochs: int = 2
+    batch_size: int = 10
+    # ReST-EM trains every round's adapter from the base teacher on that round's kept samples;
+    # false: keep training the previous round's adapter
+    from_base: bool = True
+    lora: TeacherLora = field(default_factory=TeacherLora)
 
 
 @dataclass
@@ -17,3 +57,5 @@ class TeacherConfig:
     instruct: bool = False  # wrap prompts in the tokenizer's chat template
     dtype: str = "auto"  # torch dtype name; auto: bfloat16 on GPU, float32 on CPU (see model.py)
     trust_remote_code: bool = False  # runs code shipped with a checkpoint: only for repos you trust
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)

@@ -10,8 +10,8 @@ import torch
 from student.config import StudentConfig
 from student.evaluate import answer
 from student.model import load_student
-from teacher.config import TeacherConfig
-from teacher.generate import sample
+from teacher.config import SamplingSettings, TeacherConfig
+from teacher.generate import SeededSampler, sample
 from teacher.model import load_teacher
 from tests.conftest import ARCHITECTURE, compose_run
 
@@ -41,14 +41,38 @@ def test_batched_answers_equal_one_at_a_time(fixture, instruct, request):
     assert any(batched)  # the tiny model says something
 
 
-def test_teacher_sampling_is_seeded(tiny_qwen2):
+SHORT = SamplingSettings(max_new_tokens=12)
+
+
+def test_teacher_sampling_is_seeded_per_sample(tiny_qwen2):
     model, tok = load_teacher(TeacherConfig(name="tiny", hub_id="x", path=tiny_qwen2,
                                             dtype="float32"))
     prompts = ["Passage: a cat sat.\nImplications:\n"] * 2
-    a = sample(model, tok, prompts, instruct=False, max_new_tokens=12, seed=1)
-    assert a == sample(model, tok, prompts, instruct=False, max_new_tokens=12, seed=1)
-    assert a != sample(model, tok, prompts, instruct=False, max_new_tokens=12, seed=2)
-    assert a[0] != a[1]  # two samples of one prompt differ
+    a = sample(model, tok, prompts, [1, 2], instruct=False, settings=SHORT)
+    assert a == sample(model, tok, prompts, [1, 2], instruct=False, settings=SHORT)
+    assert a[0] != a[1]  # two seeds, two different samples of one prompt
+    assert a != sample(model, tok, prompts, [3, 4], instruct=False, settings=SHORT)
+
+
+def test_a_sample_does_not_depend_on_its_batch(tiny_qwen2):
+    """What a resumed run relies on: sampling only the missing prompts gives the same texts."""
+    model, tok = load_teacher(TeacherConfig(name="tiny", hub_id="x", path=tiny_qwen2,
+                                            dtype="float32"))
+    prompts = ["Passage: a cat sat.\nImplications:\n", "Passage: the war ended in 1856 with a "
+               "treaty signed in Paris.\nImplications:\n", "Hi"]
+    together = sample(model, tok, prompts, [7, 8, 9], instruct=True, settings=SHORT)
+    alone = [sample(model, tok, [p], [s], instruct=True, settings=SHORT)[0]
+             for p, s in zip(prompts, [7, 8, 9], strict=True)]
+    assert together == alone
+
+
+def test_top_p_keeps_only_the_nucleus():
+    """Hand-computed: probabilities .5/.3/.15/.05; top_p=.7 keeps the first two tokens only."""
+    scores = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]]))
+    drawn = {int(SeededSampler([s], 1.0, 0.7, "cpu")(None, scores).argmax()) for s in range(200)}
+    assert drawn == {1, 3}
+    assert {int(SeededSampler([s], 1.0, 1.0, "cpu")(None, scores).argmax())
+            for s in range(200)} == {0, 1, 2, 3}
 
 
 QUESTION = "What is the capital of France? Answer in one word."
@@ -64,7 +88,8 @@ def test_bundled_models_load_in_either_role_and_know_paris(preset):
     del student
     teacher, t_tok = load_teacher(run.teacher)
     assert type(teacher).__name__ == ARCHITECTURE[preset]
-    greedy = sample(teacher, t_tok, [QUESTION], instruct=True, max_new_tokens=16, temperature=0)
+    greedy = sample(teacher, t_tok, [QUESTION], [0], instruct=True,
+                    settings=SamplingSettings(temperature=0, max_new_tokens=16))
     assert "paris" in greedy[0].lower()
 
 

@@ -1,0 +1,34 @@
+"""An optional local LLM judge (SEAL's yes/no prompt): a model preset loaded as a frozen grader."""
+
+from __future__ import annotations
+
+from loop.config import CONF_DIR, ConfigError
+
+
+def load_judge(name: str, key: str = "evaluate.judge"):
+    """A model preset from conf/model/, loaded as a frozen grader."""
+    from omegaconf import OmegaConf
+
+    from loop.assets import check_available
+    from student.config import StudentConfig
+    from student.model import load_student
+
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if not path.is_file():
+        presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{key}={name} is not a model preset; choose from {presets}")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudentConfig),
+                                              OmegaConf.load(path)))
+    check_available(key, cfg.name, cfg.hub_id, cfg.path, cfg.revision)
+    model, tokenizer = load_student(cfg)
+    return model, tokenizer, cfg.instruct
+
+
+def add_verdicts(scores: list[dict], judge_model) -> list[dict]:
+    from student.evaluate import judge
+
+    model, tokenizer, instruct = judge_model
+    verdicts = judge(model, tokenizer, [(s["question"], s["gold"], s["prediction"]) for s in scores],
+                     instruct=instruct)
+    return [{**s, "judge": None if v is None else float(v), "judge_reply": reply}
+            for s, (v, reply) in zip(scores, verdicts, strict=True)]

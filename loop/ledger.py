@@ -1,0 +1,91 @@
+"""Append-only records in the run folder, the basis of resume.
+
+`ledger.jsonl` holds one line per inner-loop evaluation (one self-edit absorbed with one inner
+seed, then scored), written and flushed as soon as it finishes. A resumed run reads the ledger
+back and redoes nothing it finds there. A run killed mid-write leaves at most one torn last
+line: it is dropped (and cut from the file) on reading, and that evaluation is simply redone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSONL file; a torn last line (a killed writer) is cut off."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping a torn last line (%d bytes) left by a killed run", path,
+                    len(data) - end)
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    """Append one line and push it to the disk before returning."""
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """A JSON file that is either absent, the old one, or the complete new one."""
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps(obj, indent=2) + "\n")
+    staged.replace(path)
+
+
+@dataclass
+class Evaluation:
+    """One inner-loop evaluation: a self-edit absorbed with one inner seed, then scored."""
+
+    round: int
+    context: str
+    sample: int  # the self-edit's index among the context's k samples
+    inner: int  # which of reward.inner_seeds
+    self_edit_hash: str
+    seed: int  # the derived seed of the fresh adapter and the data order
+    metric: str
+    baseline: float
+    score: float
+    reward: float
+    seconds: float
+    train_loss: list[float] = field(default_factory=list)  # first and last step
+    scores: dict[str, float] = field(default_factory=dict)  # every metric computed, means
+
+    @property
+    def key(self) -> tuple[int, str, int, int]:
+        return (self.round, self.context, self.sample, self.inner)
+
+
+class Ledger:
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[tuple[int, str, int, int], Evaluation] = {}
+        for row in read_jsonl(path):
+            e = Evaluation(**row)
+            self.done[e.key] = e
+
+    def get(self, round: int, context: str, sample: int, inner: int,
+            self_edit_hash: str) -> Evaluation | None:
+        e = self.done.get((round, context, sample, inner))
+        if e is not None and e.self_edit_hash != self_edit_hash:
+            raise RuntimeError(f"{self.path}: the recorded evaluation of {e.key} is of another "
+                               "self-edit than the one in this run folder; the folder was mixed "
+                               "up with another run")
+        return e
+
+    def add(self, e: Evaluation) -> None:
+        append_jsonl(self.path, asdict(e))
+        self.done[e.key] = e

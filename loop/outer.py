@@ -1,0 +1,383 @@
+"""The outer loop: ReST-EM rounds of sample -> absorb and score -> filter -> train the teacher.
+
+    summary = outer.run(run_config, run_folder)   # what `python -m loop.run` does
+
+Each round:
+1. E-step: the teacher (base + the previous round's adapter) samples k self-edits per context,
+   one derived seed per sample (`round_<r>/self_edits.jsonl`, appended per batch).
+2. Inner loop: each self-edit is absorbed by a fresh LoRA on the frozen student (once per inner
+   seed) and scored on the context's questions, closed book; reward = score - the student's
+   cached baseline (`baseline.jsonl`). One `ledger.jsonl` line per evaluation, flushed.
+3. Filter (loop.reward), then the M-step: TRL SFT of a teacher LoRA on the kept
+   (prompt -> self-edit) pairs (`round_<r>/teacher_adapter`, staged and renamed into place).
+4. `round_<r>/summary.json`, MLflow metrics (step = round), the self-edit table, plots.
+
+Everything a round writes is either appended line by line or renamed into place, so
+`resume=<run folder>` finds finished work and redoes none of it: a finished round is read
+back whole; in an unfinished one, recorded self-edits and evaluations are kept.
+
+Departures from SEAL: the teacher is a separate model; rewards are measured against a
+baseline (SEAL's best-of-k ignores it, and is still the default filter); the teacher is
+trained as a LoRA and sampled as base + adapter, with no merge and no reload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loop.config import ConfigError, RunConfig
+from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
+from loop.reward import FILTERS, METRICS, Scored, context_score, keep, reward
+from loop.seeds import derive_seed
+from loop.tasks import Passage, load_squad, select
+from loop.tracking import flatten
+
+log = logging.getLogger(__name__)
+
+
+def round_contexts(pool: list[Passage], n: int, rounds: int, seed: int) -> list[list[Passage]]:
+    """n contexts per round: disjoint across rounds while the pool lasts, then a fresh shuffle."""
+    if not 1 <= n <= len(pool):
+        raise ConfigError(f"loop.contexts_per_round={n}, but the pool has {len(pool)} contexts")
+    order: list[int] = []
+    out, shuffles = [], 0
+    for _ in range(rounds):
+        if len(order) < n:  # the pool is used up: the rest first, then a new seeded shuffle
+            perm = list(range(len(pool)))
+            random.Random(derive_seed(seed, "contexts", shuffles)).shuffle(perm)
+            shuffles += 1
+            order += [i for i in perm if i not in order[:n]]
+        out.append([pool[i] for i in order[:n]])
+        order = order[n:]
+    return out
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class SelfEdit:
+    context: str
+    sample: int
+    seed: int
+    text: str
+    hash: str
+    seconds: float  # this sample's share of its generate call
+
+
+def validate(run: RunConfig) -> None:
+    if run.reward.metric not in METRICS:
+        raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose from {list(METRICS)}")
+    if run.reward.filter not in FILTERS:
+        raise ConfigError(f"unknown reward.filter '{run.reward.filter}'; choose from {list(FILTERS)}")
+    if run.reward.metric == "judge" and not run.reward.judge:
+        raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
+    for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
+                       ("reward.inner_seeds", run.reward.inner_seeds)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+
+
+# ---- the run folder ------------------------------------------------------------------------
+
+def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
+    """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
+
+    A resumed run must have the config of the run it continues: otherwise finished rounds and
+    new ones would answer different questions. The error lists the keys that differ.
+    """
+    path = out_dir / "run.json"
+    config = {k: v for k, v in flatten(run).items() if k != "resume"}
+    if run.resume is None:
+        if path.exists():
+            raise ConfigError(f"{out_dir} already holds a run; continue it with resume={out_dir}")
+        record = {"command": command, "config": config, "mlflow_run_id": None}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+        return record
+    if not path.exists():
+        raise ConfigError(f"resume={run.resume}: no run.json there; is it a loop.run folder?")
+    record = json.loads(path.read_text())
+    old = {k: str(v) for k, v in record["config"].items()}
+    new = {k: str(v) for k, v in config.items()}
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        lines = "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in differ[:8])
+        raise ConfigError(f"resume={run.resume} was started with another config ({lines}). "
+                          f"Resume it with the same overrides: {record['command']} "
+                          f"resume={run.resume}")
+    return record
+
+
+# ---- the phases of a round ------------------------------------------------------------------
+
+def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
+                 path: Path) -> dict[tuple[str, int], SelfEdit]:
+    """k self-edits per context; those already in `path` are read back, the rest sampled."""
+    from tqdm import tqdm
+
+    from teacher.prompts import self_edit_prompt
+
+    edits = {(row["context"], row["sample"]): SelfEdit(**row) for row in read_jsonl(path)}
+    todo = [(c, i) for c in contexts for i in range(run.loop.k) if (c.id, i) not in edits]
+    step = max(1, run.teacher.sampling.batch_size)
+    with tqdm(total=len(todo), desc=f"round {r}: sampling", unit="self-edit") as bar:
+        for b in range(0, len(todo), step):
+            chunk = todo[b : b + step]
+            seeds = [derive_seed(run.seed, "sample", r, c.id, i) for c, i in chunk]
+            prompts = [self_edit_prompt(run.teacher.sampling.prompt, c.title, c.context)
+                       for c, _ in chunk]
+            t0 = time.perf_counter()
+            texts = generator.sample(prompts, seeds)
+            share = (time.perf_counter() - t0) / len(chunk)
+            for (c, i), seed, text in zip(chunk, seeds, texts, strict=True):
+                e = SelfEdit(c.id, i, seed, text, text_hash(text), share)
+                append_jsonl(path, dataclasses.asdict(e))
+                edits[(c.id, i)] = e
+            bar.update(len(chunk))
+    return edits
+
+
+def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_model,
+                  generate: bool) -> list[dict]:
+    """Per-question scores of the student as it is (base, or with an adapter), as dicts."""
+    from loop.judge import add_verdicts
+    from student.evaluate import score_questions
+
+    qa = [(q.question, q.answer) for q in passage.questions]
+    scores = [dataclasses.asdict(s) for s in score_questions(model, tokenizer, passage.title, qa,
+                                                             run.student, generate=generate)]
+    return add_verdicts(scores, judge_model) if judge_model else scores
+
+
+def absorb_and_score(model, tokenizer, passage: Passage, text: str, run: RunConfig, seed: int,
+                     judge_model, generate: bool) -> tuple[list[dict], list[float]]:
+    """Fresh LoRA on the frozen student, trained on the self-edit, scored, then removed."""
+    from student.absorb import fresh_adapter, train
+    from student.data import training_texts
+
+    texts = training_texts(text, passage.title, passage.context, run.student.data)
+    if not texts:  # an empty self-edit and no passage: nothing to absorb, the base is scored
+        return score_context(model, tokenizer, passage, run, judge_model, generate), []
+    with fresh_adapter(model, run.student.lora, seed) as adapted:
+        result = train(adapted, tokenizer, texts, run.student, seed)
+        scores = score_context(adapted, tokenizer, passage, run, judge_model, generate)
+    return scores, [result.losses[0], result.losses[-1]]
+
+
+def metric_means(questions: list[dict]) -> dict[str, float]:
+    return {m: v for m in METRICS if (v := context_score(questions, m)) is not None}
+
+
+def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
+                edits: dict[tuple[str, int], SelfEdit], ledger: Ledger, baseline,
+                judge_model) -> list[Evaluation]:
+    """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger."""
+    from tqdm import tqdm
+
+    model, tokenizer = student
+    metric = run.reward.metric
+    generate = metric != "answer_logprob"
+    out = []
+    total = len(contexts) * run.loop.k * run.reward.inner_seeds
+    with tqdm(total=total, desc=f"round {r}: inner loop", unit="eval") as bar:
+        for c in contexts:
+            base = baseline.get(c.id, lambda c=c: score_context(model, tokenizer, c, run,
+                                                                judge_model, generate=True))
+            base_score = context_score(base, metric)
+            for i in range(run.loop.k):
+                e = edits[(c.id, i)]
+                for j in range(run.reward.inner_seeds):
+                    done = ledger.get(r, c.id, i, j, e.hash)
+                    if done is None:
+                        seed = derive_seed(run.seed, "absorb", r, c.id, i, j)
+                        t0 = time.perf_counter()
+                        scores, losses = absorb_and_score(model, tokenizer, c, e.text, run, seed,
+                                                          judge_model, generate)
+                        score = context_score(scores, metric)
+                        gain = 0.0 if score is None or base_score is None else reward(score,
+                                                                                      base_score)
+                        done = Evaluation(r, c.id, i, j, e.hash, seed, metric, base_score,
+                                          score, gain, time.perf_counter() - t0, losses,
+                                          metric_means(scores))
+                        ledger.add(done)
+                    out.append(done)
+                    bar.update()
+    return out
+
+
+def self_edit_rows(run: RunConfig, contexts: list[Passage], edits, evals: list[Evaluation],
+                   kept: set[tuple[str, int]]) -> list[dict]:
+    """The round's self-edit table: one row per self-edit, its reward averaged over inner seeds."""
+    rows = []
+    for c in contexts:
+        for i in range(run.loop.k):
+            mine = [e for e in evals if (e.context, e.sample) == (c.id, i)]
+            rows.append({"context": c.id, "sample": i,
+                         "reward": sum(e.reward for e in mine) / len(mine),
+                         "score": sum(e.score or 0.0 for e in mine) / len(mine),
+                         "baseline": mine[0].baseline, "kept": (c.id, i) in kept,
+                         "self_edit": edits[(c.id, i)].text})
+    return rows
+
+
+def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept_keys,
+           previous: Path | None, out: Path) -> tuple[Path | None, list[float]]:
+    """Train the round's teacher adapter on the kept pairs (or reuse a finished one)."""
+    from teacher.prompts import self_edit_prompt
+    from teacher.train import train_adapter
+
+    model, tokenizer = teacher
+    by_id = {c.id: c for c in contexts}
+    pairs = [(self_edit_prompt(run.teacher.sampling.prompt, by_id[c].title, by_id[c].context),
+              edits[(c, i)].text) for c, i in sorted(kept_keys) if edits[(c, i)].text.strip()]
+    if not pairs:
+        log.warning("round %d: no self-edit passed the filter; the teacher stays as it was", r)
+        return previous, []
+    start = None if run.teacher.train.from_base else previous
+    stats = train_adapter(model, tokenizer, pairs, run.teacher, out,
+                          derive_seed(run.seed, "teacher", r), start_from=start)
+    return out, stats.losses
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> dict:
+    """All rounds; returns (and writes to `results.json`) the per-round summaries."""
+    from loop import tracking
+    from loop.baseline import BaselineCache
+    from loop.judge import load_judge
+    from student.model import load_student
+    from teacher.generate import TransformersGenerator
+    from teacher.model import load_teacher
+
+    validate(run)
+    out_dir = Path(run.resume) if run.resume else out_dir
+    pool = select(load_squad(run.task.data), run.task.n_contexts, run.seed)
+    schedule = round_contexts(pool, run.loop.contexts_per_round, run.loop.rounds, run.seed)
+    record = check_resume(run, out_dir, command)
+    print(f"resume after a crash with: {record['command']} resume={out_dir}")
+    tracker = tracking.start(run.tracking, experiment=run.task.name,
+                             run_name=f"{run.teacher.name} -> {run.student.name}", config=run,
+                             tags={"entry": "loop.run", "teacher": run.teacher.name,
+                                   "student": run.student.name, "task": run.task.name},
+                             run_id=record["mlflow_run_id"], exclude=("resume",))
+    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
+        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    status = "FAILED"
+    try:
+        teacher = load_teacher(run.teacher)
+        generator = TransformersGenerator(*teacher, instruct=run.teacher.instruct,
+                                          settings=run.teacher.sampling)
+        student = load_student(run.student)
+        judge_model = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
+        baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
+        ledger = Ledger(out_dir / "ledger.jsonl")
+        summaries, adapter = [], None
+        for r, contexts in enumerate(schedule):
+            summary, adapter = one_round(run, r, contexts, out_dir, generator, teacher, student,
+                                         ledger, baseline, judge_model, adapter, tracker)
+            summaries.append(summary)
+        results = {"teacher": run.teacher.name, "student": run.student.name,
+                   "task": run.task.name, "metric": run.reward.metric,
+                   "final_adapter": str(adapter.relative_to(out_dir)) if adapter else None,
+                   "rounds": summaries}
+        write_json_atomic(out_dir / "results.json", results)
+        tracker.log_artifact(out_dir / "results.json")
+        print(format_table(summaries, run.reward.metric))
+        if adapter:
+            print(f"trained teacher adapter: {adapter}")
+        status = "FINISHED"
+        return results
+    finally:
+        tracker.close(status)
+
+
+def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, generator,
+              teacher, student, ledger: Ledger, baseline, judge_model, adapter: Path | None,
+              tracker) -> tuple[dict, Path | None]:
+    """One round, or its record when it finished before (a resumed run)."""
+    from loop import plots
+
+    rdir = out_dir / f"round_{r}"
+    rdir.mkdir(parents=True, exist_ok=True)
+    if (rdir / "summary.json").exists():
+        summary = json.loads((rdir / "summary.json").read_text())
+        log.info("round %d: finished before, read back", r)
+        return summary, out_dir / summary["adapter"] if summary["adapter"] else None
+    t_round = time.perf_counter()
+    if generator.adapter != adapter:
+        generator.use_adapter(adapter)
+    edits = sample_round(generator, run, r, contexts, rdir / "self_edits.jsonl")
+    evals = inner_round(student, run, r, contexts, edits, ledger, baseline, judge_model)
+    scored = [Scored(c.id, i, sum(e.reward for e in evals if (e.context, e.sample) == (c.id, i))
+                     / run.reward.inner_seeds) for c in contexts for i in range(run.loop.k)]
+    kept = {(s.context, s.sample) for s in keep(scored, run.reward)}
+    adapter_dir = rdir / "teacher_adapter"
+    generator.use_adapter(None)  # the M-step wraps the bare base (no adapter on it)
+    t0 = time.perf_counter()
+    if adapter_dir.exists():  # trained before the run was killed: staged and renamed, so whole
+        new_adapter = adapter_dir
+        losses = json.loads((adapter_dir / "train_losses.json").read_text())
+    else:
+        new_adapter, losses = m_step(teacher, run, r, contexts, edits, kept, adapter, adapter_dir)
+    train_s = time.perf_counter() - t0
+    rows = self_edit_rows(run, contexts, edits, evals, kept)
+    inner_s = sum(e.seconds for e in evals)
+    summary = {
+        "round": r, "contexts": [c.id for c in contexts], "self_edits": len(rows),
+        "evaluations": len(evals),
+        # relative to the run folder, which may be moved or copied before a resume
+        "adapter": str(new_adapter.relative_to(out_dir)) if new_adapter else None,
+        "metrics": {
+            "reward/mean": sum(x["reward"] for x in rows) / len(rows),
+            "reward/max": max(x["reward"] for x in rows),
+            "filter/kept_frac": len(kept) / len(rows),
+            "student/score_base": sum(x["baseline"] for x in rows) / len(rows),
+            "student/score_after": sum(x["score"] for x in rows) / len(rows),
+            "student/score_after_kept": (sum(x["score"] for x in rows if x["kept"])
+                                         / max(1, sum(x["kept"] for x in rows))),
+            "teacher/sft_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "time/sample_s": sum(e.seconds for e in edits.values()),
+            "time/inner_s": inner_s,
+            "time/train_s": train_s,
+            "time/round_s": time.perf_counter() - t_round,
+            "throughput/self_edits_per_min": 60 * len(evals) / inner_s if inner_s else 0.0,
+        },
+        "rewards": [x["reward"] for x in rows],
+    }
+    write_json_atomic(rdir / "self_edit_table.json", rows)
+    tracker.log_metrics({k: v for k, v in summary["metrics"].items() if v == v}, step=r)
+    tracker.log_table(rows, f"round_{r}/self_edits.json")
+    if new_adapter is not None and new_adapter == adapter_dir:
+        tracker.log_artifacts(adapter_dir, f"round_{r}/teacher_adapter")
+    write_json_atomic(rdir / "summary.json", summary)  # last: the round is now finished
+    rounds = [json.loads((out_dir / f"round_{i}" / "summary.json").read_text())
+              for i in range(r + 1)]
+    tracker.log_artifact(plots.rounds(rounds, out_dir / "rounds.png", run.reward.metric))
+    return summary, new_adapter
+
+
+def format_table(summaries: list[dict], metric: str) -> str:
+    head = (f"{'round':>5} {'self-edits':>10} {'reward mean':>12} {'reward max':>11} "
+            f"{'kept':>6} {'base':>8} {'after':>8} {'sample s':>9} {'inner s':>8} "
+            f"{'train s':>8} {'evals/min':>9}")
+    lines = [f"reward = {metric} after absorbing the self-edit - the student's baseline", head,
+             "-" * len(head)]
+    for s in summaries:
+        m = s["metrics"]
+        lines.append(f"{s['round']:>5} {s['self_edits']:>10} {m['reward/mean']:>12.3f} "
+                     f"{m['reward/max']:>11.3f} {m['filter/kept_frac']:>6.2f} "
+                     f"{m['student/score_base']:>8.3f} {m['student/score_after']:>8.3f} "
+                     f"{m['time/sample_s']:>9.1f} {m['time/inner_s']:>8.1f} "
+                     f"{m['time/train_s']:>8.1f} {m['throughput/self_edits_per_min']:>9.1f}")
+    return "\n".join(lines)
+

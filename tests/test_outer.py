@@ -1,0 +1,155 @@
+"""The outer loop: context schedule, resume checks, a whole run on tiny models, kill and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from loop import outer
+from loop.config import ConfigError, PROJECT_ROOT
+from loop.ledger import read_jsonl
+from loop.tasks import Passage, Question
+from tests.conftest import compose_run
+
+POOL = [Passage(f"p/{i}", f"T{i}", f"C{i}", [Question("q", "a")]) for i in range(10)]
+
+
+def ids(rounds):
+    return [[p.id for p in r] for r in rounds]
+
+
+def test_contexts_are_disjoint_across_rounds_while_the_pool_lasts():
+    rounds = outer.round_contexts(POOL, 3, 5, seed=0)
+    flat = [c for r in ids(rounds)[:3] for c in r]
+    assert len(flat) == len(set(flat)) == 9  # rounds 0-2 use 9 distinct contexts of 10
+    for r in ids(rounds):
+        assert len(r) == len(set(r)) == 3  # no context twice within a round, after reshuffling
+    assert ids(rounds) == ids(outer.round_contexts(POOL, 3, 5, seed=0))  # seeded
+    assert ids(rounds) != ids(outer.round_contexts(POOL, 3, 5, seed=1))
+    with pytest.raises(ConfigError, match="contexts_per_round=11, but the pool has 10"):
+        outer.round_contexts(POOL, 11, 1, seed=0)
+
+
+def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
+    run = compose_run("experiment=smoke")
+    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    same = dataclasses.replace(run, resume=str(tmp_path))
+    assert outer.check_resume(same, tmp_path, "ignored")["command"].endswith("experiment=smoke")
+    other = compose_run("experiment=smoke", "loop.k=7", f"resume={tmp_path}")
+    with pytest.raises(ConfigError, match=r"loop.k: 2 -> 7.*python -m loop.run experiment=smoke "
+                                          f"resume={tmp_path}"):
+        outer.check_resume(other, tmp_path, "ignored")
+
+
+def test_unknown_metric_or_filter_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown reward.metric 'bleu'"):
+        outer.validate(compose_run("reward.metric=bleu"))
+    with pytest.raises(ConfigError, match="unknown reward.filter"):
+        outer.validate(compose_run("reward.filter=best"))
+    with pytest.raises(ConfigError, match="needs a judge"):
+        outer.validate(compose_run("reward.metric=judge"))
+
+
+def tiny_run(tiny_llama, tiny_qwen2, tmp_path, *overrides):
+    return compose_run("experiment=smoke", f"teacher.path={tiny_qwen2}",
+                       f"student.path={tiny_llama}", "loop.k=3", "loop.contexts_per_round=2",
+                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                       f"tracking.artifacts={tmp_path}/mlartifacts", *overrides)
+
+
+def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
+    """Two rounds end to end: ledger, filter, teacher adapters, MLflow, results."""
+    import mlflow
+    import torch
+    from safetensors.torch import load_file
+
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "reward.filter=best_of_k")
+    out = tmp_path / "run"
+    results = outer.run(run, out)
+
+    ledger = read_jsonl(out / "ledger.jsonl")
+    keys = [(e["round"], e["context"], e["sample"], e["inner"]) for e in ledger]
+    assert len(keys) == len(set(keys)) == 2 * 2 * 3  # rounds x contexts x k, each once
+    for e in ledger:  # reward = score - baseline, by hand
+        assert e["reward"] == pytest.approx(e["score"] - e["baseline"])
+    for r in range(2):
+        table = json.loads((out / f"round_{r}" / "self_edit_table.json").read_text())
+        for ctx in {row["context"] for row in table}:
+            rows = [row for row in table if row["context"] == ctx]
+            [kept] = [row for row in rows if row["kept"]]  # best of k: one per context
+            assert kept["reward"] == max(row["reward"] for row in rows)
+        # the teacher adapter was trained: LoRA B starts at zero and moved
+        weights = load_file(out / f"round_{r}" / "teacher_adapter" / "adapter_model.safetensors")
+        assert any(torch.count_nonzero(w) for k, w in weights.items() if "lora_B" in k)
+    assert results["final_adapter"] == "round_1/teacher_adapter"
+    assert [s["round"] for s in results["rounds"]] == [0, 1]
+    # round 1 ran on other contexts than round 0
+    assert not set(results["rounds"][0]["contexts"]) & set(results["rounds"][1]["contexts"])
+    assert (out / "rounds.png").stat().st_size > 0
+
+    mlflow.set_tracking_uri(run.tracking.uri)
+    client = mlflow.MlflowClient()
+    run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]
+    history = client.get_metric_history(run_id, "reward/mean")
+    assert sorted(m.step for m in history) == [0, 1]
+    params = client.get_run(run_id).data.params
+    assert params["loop.k"] == "3" and params["teacher.name"] == "qwen0.5b"
+    artifacts = {a.path for a in client.list_artifacts(run_id, "round_0")}
+    assert {"round_0/self_edits.json", "round_0/teacher_adapter"} <= artifacts
+
+
+def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
+    """A finished run resumed does nothing again; a lost round is redone from its records."""
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false")
+    out = tmp_path / "run"
+    first = outer.run(run, out)
+    (out / "round_1" / "summary.json").unlink()  # as if killed after round 1's M-step
+    before = (out / "ledger.jsonl").read_text()
+    again = outer.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
+    assert (out / "ledger.jsonl").read_text() == before  # no evaluation redone
+    assert again["rounds"][1]["rewards"] == first["rounds"][1]["rewards"]
+    assert again["rounds"][1]["metrics"]["teacher/sft_loss"] == pytest.approx(
+        first["rounds"][1]["metrics"]["teacher/sft_loss"])
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_inner_loop_then_resume(tiny_qwen2, tmp_path):
+    """A real `python -m loop.run` killed mid inner loop, resumed: every evaluation once."""
+    out = tmp_path / "run"
+    # the real small student makes each evaluation take seconds: a wide window for the kill
+    args = ["experiment=smoke", f"teacher.path={tiny_qwen2}", "loop.k=3",
+            "loop.contexts_per_round=2", "tracking.enabled=false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "loop.run", *args]
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={out}"], cwd=PROJECT_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ledger = out / "ledger.jsonl"
+    deadline = time.monotonic() + 300
+    while not (ledger.exists() and len(read_jsonl(ledger)) >= 2):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no inner-loop evaluation within 5 minutes"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = read_jsonl(ledger)
+    assert 2 <= len(killed) < 12 and not (out / "results.json").exists()
+
+    done = subprocess.run([*cmd, f"resume={out}"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"run folder: {out}" in done.stdout  # the resumed run writes into the same folder
+    final = read_jsonl(ledger)
+    keys = [(e["round"], e["context"], e["sample"], e["inner"]) for e in final]
+    assert len(keys) == len(set(keys)) == 2 * 2 * 3  # every evaluation exactly once
+    assert final[: len(killed)] == killed  # what was finished before the kill was kept as is
+    assert json.loads((out / "results.json").read_text())["final_adapter"]
