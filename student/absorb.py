@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from student.config import LoraSettings, StudentConfig
-from student.data import collate, encode
+from student.data import collate, encode, pack
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
     for _ in range(cfg.train.epochs):
         perm = torch.randperm(n, generator=order).tolist()
         for i in range(0, n, batch):
-            inputs = collate([enc.input_ids[j] for j in perm[i : i + batch]], tokenizer.pad_token_id)
-            loss = model(**{k: v.to(device) for k, v in inputs.items()}).loss
+            chunk = [enc.input_ids[j] for j in perm[i : i + batch]]
+            inputs = pack(chunk) if cfg.train.packing else collate(chunk, tokenizer.pad_token_id)
+            loss = model(**{k: v.to(device) if hasattr(v, "to") else v
+                            for k, v in inputs.items()}).loss
             loss.backward()
             opt.step()
             sched.step()

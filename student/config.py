@@ -39,6 +39,8 @@ class TrainSettings:
     epochs: int = 10  # passes over the self-edit's sequences
     batch_size: int = 1  # sequences per optimiser step; SEAL uses 1, the CPU preset all of them
     schedule: str = "linear"  # "linear" (decay to 0, as SEAL's Trainer) or "constant"
+    # a batch's sequences in one row without padding (same loss as a padded batch, less compute)
+    packing: bool = True
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from student.config import SelfEditData
-from student.data import IGNORE, collate, encode, training_texts
+from student.data import IGNORE, collate, encode, pack, training_texts
 
 EDIT = "1. Greece stayed out.\n\n   2. Otto wanted land.  \n\n"
 
@@ -66,3 +66,33 @@ def test_padding_never_contributes_to_the_loss(tiny_llama):
     padded = {k: v[:1] for k, v in batch.items()}  # seq followed by 30 pad tokens
     assert padded["input_ids"].shape[1] == len(seq) + 30
     assert torch.allclose(model(**padded).loss, alone, atol=1e-6)
+
+
+def test_pack_restarts_positions_and_never_targets_a_sequence_start():
+    batch = pack([[5, 6, 7], [8, 9]])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9]]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_qwen2"])
+def test_packed_batch_equals_padded_batch(fixture, request):
+    """Same loss and same gradients as the padded batch: packing only drops the padding."""
+    from student.model import load_student
+    from tests.test_models import tiny_student
+
+    model, tok = load_student(tiny_student(request.getfixturevalue(fixture)))
+    seqs = encode(tok, ["Crimean War\nGreece stayed out.", "Crimean War\n" + "The war ended "
+                        "in 1856 with the Treaty of Paris, signed by Russia and the allies.", "Hi"],
+                  100).input_ids
+    weight = model.get_input_embeddings().weight
+    weight.requires_grad_(True)
+    losses, grads = [], []
+    for batch in (collate(seqs, tok.pad_token_id), pack(seqs)):
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(weight.grad.clone())
+        weight.grad = None
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
