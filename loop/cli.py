@@ -20,11 +20,15 @@ def check_models(run: RunConfig, roles: tuple[str, ...] = ("teacher", "student")
 
 def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
     """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
+    import warnings
+
     from hydra.core.hydra_config import HydraConfig
 
     from loop.assets import AssetError
     from loop.tasks import DataError
 
+    # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     print(f"run folder: {out_dir}")
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from loop import outer
-from loop.config import ConfigError, PROJECT_ROOT
+from loop.config import PROJECT_ROOT, ConfigError
 from loop.ledger import read_jsonl
 from loop.tasks import Passage, Question
 from tests.conftest import compose_run
@@ -109,8 +109,14 @@ def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
 
 
 def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
-    """A finished run resumed does nothing again; a lost round is redone from its records."""
-    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false")
+    """A finished run resumed does nothing again; a lost round is redone from its records.
+
+    Also the other paths: rewards by generated answers (F1), the top-fraction filter, and a
+    teacher adapter that continues from the previous round's instead of the base.
+    """
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "reward.metric=f1",
+                   "reward.filter=top_fraction", "reward.fraction=0.33",
+                   "teacher.train.from_base=false")
     out = tmp_path / "run"
     first = outer.run(run, out)
     (out / "round_1" / "summary.json").unlink()  # as if killed after round 1's M-step
@@ -118,6 +124,8 @@ def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
     again = outer.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
     assert (out / "ledger.jsonl").read_text() == before  # no evaluation redone
     assert again["rounds"][1]["rewards"] == first["rounds"][1]["rewards"]
+    assert again["rounds"][1]["metrics"]["filter/kept_frac"] == pytest.approx(2 / 6)  # ceil(.33 * 6) = 2
+    assert "f1" in read_jsonl(out / "ledger.jsonl")[0]["scores"]
     assert again["rounds"][1]["metrics"]["teacher/sft_loss"] == pytest.approx(
         first["rounds"][1]["metrics"]["teacher/sft_loss"])
 
