@@ -106,3 +106,22 @@ def test_help_lists_presets_and_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_roles_stay_overridable(experiment):
+    run = compose_run(f"experiment={experiment}", "teacher=llama1b", "student=smollm135m")
+    assert (run.teacher.name, run.student.name) == ("llama1b", "smollm135m")  # command line wins
+
+
+def test_paper_squad_has_the_papers_settings():
+    run = compose_run("experiment=paper_squad")
+    assert (run.teacher.name, run.student.name) == ("qwen7b", "qwen7b")
+    assert (run.loop.rounds, run.loop.contexts_per_round, run.loop.k) == (2, 50, 5)
+    assert (run.reward.inner_seeds, run.reward.filter, run.reward.metric) == (3, "best_of_k", "judge")
+    t = run.teacher.train
+    assert (t.lora.r, t.lora.alpha, t.lr, t.epochs, t.batch_size) == (64, 128, 3e-4, 2, 10)
+    s = run.student
+    assert (s.lora.r, s.lora.alpha, s.train.lr, s.train.epochs, s.train.batch_size) == (
+        32, 64, 1e-3, 10, 1)
+    assert (run.teacher.sampling.temperature, run.teacher.sampling.top_p) == (1.0, 0.95)

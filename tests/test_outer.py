@@ -156,8 +156,25 @@ def test_sigkill_in_the_inner_loop_then_resume(tiny_qwen2, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"run folder: {out}" in done.stdout  # the resumed run writes into the same folder
+    assert (out / ".hydra" / "config.yaml").exists() and list((out / ".hydra").glob("resume_*"))
     final = read_jsonl(ledger)
     keys = [(e["round"], e["context"], e["sample"], e["inner"]) for e in final]
     assert len(keys) == len(set(keys)) == 2 * 2 * 3  # every evaluation exactly once
     assert final[: len(killed)] == killed  # what was finished before the kill was kept as is
     assert json.loads((out / "results.json").read_text())["final_adapter"]
+
+
+@pytest.mark.slow
+def test_judge_rewards_with_a_local_preset(tiny_llama, tiny_qwen2, tmp_path):
+    """reward.metric=judge: every question gets a verdict (or a counted error) from the judge."""
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
+                   "loop.contexts_per_round=1", "loop.k=1", "reward.metric=judge",
+                   "reward.judge=smollm135m")
+    out = tmp_path / "run"
+    outer.run(run, out)
+    [e] = read_jsonl(out / "ledger.jsonl")
+    assert e["metric"] == "judge" and "f1" in e["scores"]
+    [base] = read_jsonl(out / "baseline.jsonl")
+    assert all("judge_reply" in q for q in base["scores"])
+    if e["score"] is not None and e["baseline"] is not None:
+        assert e["reward"] == pytest.approx(e["score"] - e["baseline"])
