@@ -29,6 +29,7 @@ class EvaluateConfig:
     """`python -m loop.evaluate` (kept here: loop.evaluate imports this module)."""
 
     conditions: list[str] = field(default_factory=lambda: ["base", "passage"])  # table rows
+    samples: int = 1  # self-edits per passage for the teacher conditions (scores are averaged)
     resamples: int = 10_000  # bootstrap resamples for the 95% intervals
     judge: str | None = None  # a model preset (conf/model/) that also grades, SEAL's yes/no prompt
 

@@ -4,14 +4,24 @@
     python -m loop.evaluate task.n_contexts=50                 # a seeded, recorded subset
     python -m loop.evaluate task.data=my_passages.json evaluate.conditions=[base]
 
+    python -m loop.evaluate evaluate.conditions=[base,passage,teacher_base,teacher] \
+        teacher.adapter=outputs/<a loop.run folder>       # did training the teacher help?
+
 Conditions (rows):
 - `base`: the frozen student, no adaptation (cached once per context: loop.baseline);
 - `passage`: a fresh LoRA trained on the passage alone (the title-prefixed passage as one
-  sequence), then discarded.
+  sequence), then discarded;
+- `teacher`: a fresh LoRA trained on self-edits of the teacher (`evaluate.samples` per
+  passage, each absorbed separately with SEAL's data rule: its lines plus the passage), with the
+  trained adapter `teacher.adapter` when one is given;
+- `teacher_base`: the same, from the teacher without any adapter (the untrained teacher).
+  `teacher` and `teacher_base` draw their self-edits with the same seeds and absorb them with
+  the same seeds, so their difference is paired down to the sample.
 
 Every condition is scored on the same contexts, so differences are paired: the table shows each
 condition's mean over contexts with a 95% bootstrap interval, and its paired difference from
-`base`. Results go to the run folder (`results.json`, `scores.jsonl`, `results.png`) and to an MLflow run.
+every condition listed before it. Results go to the run folder (`results.json`, `scores.jsonl`,
+`self_edits.jsonl`, `results.png`) and to an MLflow run.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from loop.judge import add_verdicts, load_judge
 log = logging.getLogger(__name__)
 register()
 
-CONDITIONS = ("base", "passage")
+CONDITIONS = ("base", "passage", "teacher_base", "teacher")
+TEACHER_CONDITIONS = ("teacher_base", "teacher")
 METRICS = ("exact_match", "f1", "contains", "logprob")  # per question; EM/F1/contains in percent
 
 
@@ -53,8 +64,12 @@ def passage_means(question_scores: list[dict]) -> dict[str, float | None]:
     return out
 
 
-def score_condition(condition: str, passage, model, tokenizer, run: RunConfig) -> list[dict]:
-    """Per-question scores of one condition on one passage, as plain dicts (JSON-ready)."""
+def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
+                    self_edits: list[str] | None = None) -> list[dict]:
+    """Per-question scores of one condition on one passage, as plain dicts (JSON-ready).
+
+    Teacher conditions get the passage's self-edits and score every (self-edit, question).
+    """
     from loop.seeds import derive_seed
     from student.absorb import fresh_adapter, train
     from student.data import training_texts
@@ -64,22 +79,98 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig) -
     if condition == "base":
         return [dataclasses.asdict(s) for s in score_questions(model, tokenizer, passage.title, qa,
                                                                run.student)]
-    seed = derive_seed(run.seed, "absorb", condition, passage.id)
-    data = dataclasses.replace(run.student.data, with_passage=True)
-    texts = training_texts("", passage.title, passage.context, data)
-    with fresh_adapter(model, run.student.lora, seed) as adapted:
-        result = train(adapted, tokenizer, texts, run.student, seed)
-        scores = score_questions(adapted, tokenizer, passage.title, qa, run.student)
-    return [{**dataclasses.asdict(s), "seed": seed, "train_loss_first": result.losses[0],
-             "train_loss_last": result.losses[-1]} for s in scores]
+    if condition == "passage":
+        data = dataclasses.replace(run.student.data, with_passage=True)
+        jobs = [(derive_seed(run.seed, "absorb", condition, passage.id),
+                 training_texts("", passage.title, passage.context, data))]
+    else:  # the same absorb seeds for both teacher conditions: paired down to the sample
+        jobs = [(derive_seed(run.seed, "absorb", "teacher", passage.id, i),
+                 training_texts(text, passage.title, passage.context, run.student.data))
+                for i, text in enumerate(self_edits or [])]
+    out = []
+    for i, (seed, texts) in enumerate(jobs):
+        with fresh_adapter(model, run.student.lora, seed) as adapted:
+            result = train(adapted, tokenizer, texts, run.student, seed)
+            scores = score_questions(adapted, tokenizer, passage.title, qa, run.student)
+        out += [{**dataclasses.asdict(s), "sample": i, "seed": seed,
+                 "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
+                for s in scores]
+    return out
+
+
+def resolve_adapter(spec: str, run: RunConfig) -> Path:
+    """teacher.adapter -> an adapter folder: given directly, a loop.run folder's final adapter,
+    or an MLflow run id whose artifacts hold one (downloaded)."""
+    path = Path(spec)
+    if (path / "adapter_config.json").is_file():
+        return path
+    if (path / "results.json").is_file():
+        final = json.loads((path / "results.json").read_text()).get("final_adapter")
+        if not final:
+            raise ConfigError(f"teacher.adapter={spec}: that run trained no teacher adapter")
+        return path / final
+    if path.exists():
+        raise ConfigError(f"teacher.adapter={spec}: neither an adapter folder (adapter_config.json) "
+                          "nor a finished loop.run folder (results.json)")
+    import mlflow
+
+    mlflow.set_tracking_uri(run.tracking.uri)
+    client = mlflow.MlflowClient()
+    try:
+        client.get_run(spec)
+    except Exception as e:  # MLflow raises its own exception types per store
+        raise ConfigError(f"teacher.adapter={spec}: no such folder, and not a run id in "
+                          f"{run.tracking.uri} ({type(e).__name__})") from None
+    results = json.loads(Path(client.download_artifacts(spec, "results.json")).read_text())
+    if not results.get("final_adapter"):
+        raise ConfigError(f"teacher.adapter={spec}: that run trained no teacher adapter")
+    return Path(client.download_artifacts(spec, results["final_adapter"]))
+
+
+def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict[str, list[str]]]:
+    """{condition: {passage id: self-edits}} for the teacher conditions asked for, recorded in
+    `self_edits.jsonl` (condition, context, sample, seed, text)."""
+    from tqdm import tqdm
+
+    from loop.seeds import derive_seed
+    from teacher.generate import TransformersGenerator
+    from teacher.model import load_teacher
+    from teacher.prompts import self_edit_prompt
+
+    wanted = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
+    generator = TransformersGenerator(*load_teacher(run.teacher), instruct=run.teacher.instruct,
+                                      settings=run.teacher.sampling)
+    adapter = resolve_adapter(run.teacher.adapter, run) if run.teacher.adapter else None
+    out: dict[str, dict[str, list[str]]] = {}
+    jobs = [(p, i) for p in passages for i in range(run.evaluate.samples)]
+    step = max(1, run.teacher.sampling.batch_size)
+    with (out_dir / "self_edits.jsonl").open("a") as record:
+        for cond in wanted:
+            generator.use_adapter(adapter if cond == "teacher" else None)
+            out[cond] = {p.id: [] for p in passages}
+            for b in tqdm(range(0, len(jobs), step), desc=f"{cond}: sampling", unit="batch"):
+                chunk = jobs[b : b + step]
+                # the same seeds for both conditions: the adapter is the only difference
+                seeds = [derive_seed(run.seed, "evaluate-sample", p.id, i) for p, i in chunk]
+                texts = generator.sample([self_edit_prompt(run.teacher.sampling.prompt, p.title,
+                                                           p.context) for p, _ in chunk], seeds)
+                for (p, i), seed, text in zip(chunk, seeds, texts, strict=True):
+                    out[cond][p.id].append(text)
+                    record.write(json.dumps({"condition": cond, "context": p.id, "sample": i,
+                                             "seed": seed, "text": text}) + "\n")
+                record.flush()
+    if adapter is None and len(wanted) == 2:
+        log.warning("teacher.adapter is not set: `teacher` and `teacher_base` are the same teacher")
+    return out
 
 
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int,
               resamples: int) -> dict[str, dict]:
-    """Per condition and metric: mean with interval, and the paired difference from `base`."""
+    """Per condition and metric: mean with interval, and the paired difference from every
+    condition before it (`vs_<other>`)."""
     from loop.stats import bootstrap, paired_difference
 
-    summary = {}
+    summary: dict[str, dict] = {}
     for cond, rows in per_passage.items():
         summary[cond] = {}
         for m in METRICS + (("judge",) if "judge" in rows[0] else ()):
@@ -87,12 +178,12 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int,
             if not values:
                 continue
             entry = {"estimate": dataclasses.asdict(bootstrap(values, seed, resamples))}
-            if cond != "base" and "base" in per_passage:
-                pairs = [(r[m], b[m]) for r, b in zip(rows, per_passage["base"], strict=True)
-                         if r[m] is not None and b[m] is not None]
-                diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed,
-                                         resamples)
-                entry["vs_base"] = dataclasses.asdict(diff)
+            for ref in list(per_passage)[: list(per_passage).index(cond)]:
+                pairs = [(r[m], b[m]) for r, b in zip(rows, per_passage[ref], strict=True)
+                         if r[m] is not None and b.get(m) is not None]
+                if pairs:
+                    entry[f"vs_{ref}"] = dataclasses.asdict(paired_difference(
+                        [a for a, _ in pairs], [b for _, b in pairs], seed, resamples))
             summary[cond][m] = entry
         if "judge_errors" in rows[0]:
             summary[cond]["judge_errors"] = sum(r["judge_errors"] for r in rows)
@@ -115,9 +206,10 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int) ->
             for c in rows]
 
     lines = block("condition", "estimate", list(summary))
-    others = [c for c in summary if c != "base" and "vs_base" in summary[c]["f1"]]
-    if others:
-        lines += [""] + block("minus base", "vs_base", others)
+    for ref in summary:  # paired differences from each condition, for those listed after it
+        later = [c for c in summary if f"vs_{ref}" in summary[c].get("logprob", {})]
+        if later:
+            lines += [""] + block(f"minus {ref}", f"vs_{ref}", later)
     lines.append(f"{n_passages} passages, {n_questions} questions; mean over passages "
                  "[95% bootstrap interval]; differences are paired by passage")
     errors = {c: s["judge_errors"] for c, s in summary.items() if "judge_errors" in s}
@@ -141,8 +233,13 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
         raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
     passages = select(load_squad(run.task.data), run.task.n_contexts, run.seed)
     n_questions = sum(len(p.questions) for p in passages)
-    check_models(run, roles=("student",))
+    teacher_conditions = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
+    check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
+    if run.evaluate.samples < 1:
+        raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    # self-edits first, then the teacher is freed before the student's work
+    self_edits = sample_self_edits(run, passages, out_dir) if teacher_conditions else {}
     judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
     tracker = tracking.start(run.tracking, experiment=run.task.name,
                              run_name=f"evaluate {run.student.name}", config=run,
@@ -160,7 +257,8 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
                     t0 = time.perf_counter()
 
                     def compute(cond=cond, passage=passage):
-                        scores = score_condition(cond, passage, model, tokenizer, run)
+                        scores = score_condition(cond, passage, model, tokenizer, run,
+                                                 self_edits.get(cond, {}).get(passage.id))
                         return add_verdicts(scores, judge_model) if judge_model else scores
 
                     scores = baseline.get(passage.id, compute) if cond == "base" else compute()

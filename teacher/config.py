@@ -57,5 +57,8 @@ class TeacherConfig:
     instruct: bool = False  # wrap prompts in the tokenizer's chat template
     dtype: str = "auto"  # torch dtype name; auto: bfloat16 on GPU, float32 on CPU (see model.py)
     trust_remote_code: bool = False  # runs code shipped with a checkpoint: only for repos you trust
+    # a trained teacher LoRA for loop.evaluate: an adapter folder, a loop.run folder (its final
+    # adapter), or the MLflow run id of a loop.run
+    adapter: str | None = None
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)

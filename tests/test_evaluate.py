@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,6 +21,17 @@ PASSAGES = [
     {"title": "Paris", "context": "Paris is the capital of France.",
      "questions": [{"question": "What is the capital of France?", "answer": "Paris"}]},
 ]
+
+
+THREE = [*PASSAGES, {"title": "Seine", "context": "The Seine flows through Paris.",
+                     "questions": [{"question": "Which river?", "answer": "the Seine"}]}]
+QUESTIONS = {f"mini/{i}": p["questions"] for i, p in enumerate(THREE)}
+
+
+def write_passages(tmp_path):
+    data = tmp_path / "mini.json"
+    data.write_text(json.dumps(THREE))
+    return data
 
 
 def test_passage_means_in_percent_except_logprob():
@@ -132,3 +144,47 @@ def test_help_and_data_errors_at_launch(tmp_path):
     assert out.returncode == 2
     assert f"error: {bad}: passage 0: 'questions' must be a non-empty list" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_qwen2, tmp_path):
+    """`teacher` (with an adapter) and `teacher_base` draw with the same seeds; the adapter is
+    the only difference, and every condition is paired with every earlier one."""
+    from pathlib import Path
+
+    from loop.evaluate import resolve_adapter
+    from teacher.model import load_teacher
+    from teacher.train import train_adapter
+
+    run = compose_run(f"student.path={tiny_llama}", f"teacher.path={tiny_qwen2}",
+                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      "student.train.epochs=2", "student.eval.max_new_tokens=4",
+                      "teacher.sampling.max_new_tokens=12", "evaluate.samples=2",
+                      "evaluate.resamples=200", "teacher.train.lr=0.05", "teacher.train.epochs=3",
+                      "evaluate.conditions=[base,teacher_base,teacher]")
+    model, tok = load_teacher(run.teacher)
+    adapter = tmp_path / "adapter"
+    train_adapter(model, tok, [("Passage: x", "Paris Paris Paris")] * 4, run.teacher, adapter, seed=0)
+    assert resolve_adapter(str(adapter), run) == adapter
+    with pytest.raises(ConfigError, match="neither an adapter folder"):
+        resolve_adapter(str(tmp_path), run)
+    with pytest.raises(ConfigError, match="not a run id"):
+        resolve_adapter("0123abcd", dataclasses.replace(
+            run, tracking=dataclasses.replace(run.tracking, uri=f"sqlite:///{tmp_path}/m.db")))
+
+    out = tmp_path / "run"
+    results = evaluate(dataclasses.replace(
+        run, teacher=dataclasses.replace(run.teacher, adapter=str(adapter))), out)
+    edits = [json.loads(x) for x in (out / "self_edits.jsonl").read_text().splitlines()]
+    assert len(edits) == 2 * 3 * 2  # conditions x passages x samples
+    by = {(e["condition"], e["context"], e["sample"]): e for e in edits}
+    for (cond, ctx, i), e in by.items():
+        if cond == "teacher":
+            assert e["seed"] == by[("teacher_base", ctx, i)]["seed"]
+    assert [e["text"] for e in edits if e["condition"] == "teacher"] != [
+        e["text"] for e in edits if e["condition"] == "teacher_base"]  # the adapter changed them
+    summary = results["summary"]
+    assert {"vs_base", "vs_teacher_base"} <= set(summary["teacher"]["logprob"])
+    lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    teacher_rows = [x for x in lines if x["condition"] == "teacher"]
+    assert all(len(x["questions"]) == 2 * len(QUESTIONS[x["context"]]) for x in teacher_rows)
+    assert Path(out / "results.json").exists()
