@@ -34,7 +34,7 @@ from pathlib import Path
 
 from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
-from loop.reward import FILTERS, METRICS, Scored, context_score, keep, reward
+from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, reward
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_squad, select
 from loop.tracking import flatten
@@ -78,6 +78,9 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose from {list(METRICS)}")
     if run.reward.filter not in FILTERS:
         raise ConfigError(f"unknown reward.filter '{run.reward.filter}'; choose from {list(FILTERS)}")
+    if run.reward.baseline not in BASELINES:
+        raise ConfigError(f"unknown reward.baseline '{run.reward.baseline}'; choose from "
+                          f"{list(BASELINES)}")
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
     for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
@@ -173,6 +176,19 @@ def absorb_and_score(model, tokenizer, passage: Passage, text: str, run: RunConf
     return scores, [result.losses[0], result.losses[-1]]
 
 
+def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
+                    judge_model) -> list[dict]:
+    """The per-question scores rewards are measured against (reward.baseline), once per passage."""
+    if run.reward.baseline == "student":
+        return cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
+                                                           judge_model, generate=True))
+    data = dataclasses.replace(run.student.data, with_passage=True)
+    alone = dataclasses.replace(run, student=dataclasses.replace(run.student, data=data))
+    seed = derive_seed(run.seed, "baseline", "passage", passage.id)
+    return cache.get(f"passage:{passage.id}", lambda: absorb_and_score(
+        model, tokenizer, passage, "", alone, seed, judge_model, generate=True)[0])
+
+
 def metric_means(questions: list[dict]) -> dict[str, float]:
     return {m: v for m in METRICS if (v := context_score(questions, m)) is not None}
 
@@ -190,9 +206,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     total = len(contexts) * run.loop.k * run.reward.inner_seeds
     with tqdm(total=total, desc=f"round {r}: inner loop", unit="eval") as bar:
         for c in contexts:
-            base = baseline.get(c.id, lambda c=c: score_context(model, tokenizer, c, run,
-                                                                judge_model, generate=True))
-            base_score = context_score(base, metric)
+            base_score = context_score(baseline_scores(model, tokenizer, c, run, baseline,
+                                                       judge_model), metric)
             for i in range(run.loop.k):
                 e = edits[(c.id, i)]
                 for j in range(run.reward.inner_seeds):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 METRICS = {"exact_match": "exact_match", "f1": "f1", "contains": "contains", "judge": "judge",
            "answer_logprob": "logprob"}
 FILTERS = ("best_of_k", "threshold", "top_fraction")
+BASELINES = ("student", "passage")
 
 
 @dataclass
@@ -29,6 +30,10 @@ class RewardConfig:
     # `judge` preset), or answer_logprob (mean log-prob per gold-answer token: dense and needs
     # no generation, the clearest signal on a small student)
     metric: str = "answer_logprob"
+    # what a self-edit's score is compared with: `student`, the frozen student (SEAL); or
+    # `passage`, the student after absorbing the passage alone (a gain is then what the
+    # self-edit adds to the passage, which the inner loop trains on too)
+    baseline: str = "student"
     filter: str = "best_of_k"  # best_of_k (SEAL), threshold (gain > tau), top_fraction
     tau: float = 0.0  # threshold: keep gains above this (never below 0: no gain is never kept)
     fraction: float = 0.25  # top_fraction: the share of the round's self-edits kept

@@ -178,3 +178,20 @@ def test_judge_rewards_with_a_local_preset(tiny_llama, tiny_qwen2, tmp_path):
     assert all("judge_reply" in q for q in base["scores"])
     if e["score"] is not None and e["baseline"] is not None:
         assert e["reward"] == pytest.approx(e["score"] - e["baseline"])
+
+
+def test_a_passage_baseline_measures_what_the_self_edit_adds(tiny_llama, tiny_qwen2, tmp_path):
+    from loop.reward import context_score
+
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
+                   "loop.contexts_per_round=1", "reward.baseline=passage")
+    out = tmp_path / "run"
+    outer.run(run, out)
+    [base] = read_jsonl(out / "baseline.jsonl")
+    assert base["context"].startswith("passage:")  # the student after the passage alone
+    expected = context_score(base["scores"], "answer_logprob")
+    for e in read_jsonl(out / "ledger.jsonl"):
+        assert e["baseline"] == pytest.approx(expected)
+        assert e["reward"] == pytest.approx(e["score"] - expected)
+    with pytest.raises(ConfigError, match="unknown reward.baseline 'teacher'"):
+        outer.validate(compose_run("reward.baseline=teacher"))
