@@ -190,6 +190,29 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int,
     return summary
 
 
+def proxy_correlations(per_passage: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
+    """How well the cheap reward tracks the real ones: per condition, Pearson's r across
+    passages between its gain over `base` in gold-answer log-probability (no generation) and
+    its gain in each generated-answer metric."""
+    from loop.stats import pearson
+
+    out: dict[str, dict[str, float | None]] = {}
+    if "base" not in per_passage or len(per_passage["base"]) < 2:
+        return out
+    base = per_passage["base"]
+    for cond, rows in per_passage.items():
+        if cond == "base":
+            continue
+        lp = [r["logprob"] - b["logprob"] for r, b in zip(rows, base, strict=True)]
+        out[cond] = {}
+        for m in ("f1", "contains", "judge"):
+            pairs = [(x, r[m] - b[m]) for x, r, b in zip(lp, rows, base, strict=True)
+                     if r.get(m) is not None and b.get(m) is not None]
+            if len(pairs) >= 2:
+                out[cond][m] = pearson([x for x, _ in pairs], [y for _, y in pairs])
+    return out
+
+
 def format_table(summary: dict[str, dict], n_passages: int, n_questions: int) -> str:
     """Means with 95% intervals per condition, then paired differences from `base`."""
     metrics = [m for m in (*METRICS, "judge") if any(m in s for s in summary.values())]
@@ -268,14 +291,19 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
                     record.flush()
                     per_passage[cond].append(passage_means(scores))
         summary = summarise(per_passage, run.seed, run.evaluate.resamples)
+        proxy = proxy_correlations(per_passage)
         results = {"task": run.task.name, "data": run.task.data, "student": run.student.name,
                    "contexts": [p.id for p in passages], "n_questions": n_questions,
                    "seconds_per_context": {c: s / len(passages) for c, s in seconds.items()},
-                   "summary": summary}
+                   "summary": summary, "proxy_correlation": proxy}
         staged = out_dir / "results.json.tmp"  # a killed run never leaves half a results.json
         staged.write_text(json.dumps(results, indent=2) + "\n")
         staged.replace(out_dir / "results.json")
         print(format_table(summary, len(passages), n_questions))
+        for cond, rs in proxy.items():
+            print(f"{cond}: Pearson r across passages of the log-prob gain (the cheap reward) "
+                  "with the gain in " + ", ".join(f"{m} {'-' if r is None else f'{r:.2f}'}"
+                                                  for m, r in rs.items()))
         means = {c: {m: e["estimate"]["mean"] for m, e in s.items() if isinstance(e, dict)}
                  for c, s in summary.items()}
         for cond, values in means.items():

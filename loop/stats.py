@@ -34,3 +34,13 @@ def paired_difference(a: list[float], b: list[float], seed: int = 0,
     if len(a) != len(b):
         raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
     return bootstrap([x - y for x, y in zip(a, b, strict=True)], seed, resamples)
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    """Pearson's correlation of paired values; None when either side is constant."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"correlation needs two equal-length lists of 2+ values, got {len(x)}, {len(y)}")
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5

@@ -41,6 +41,19 @@ def test_passage_means_in_percent_except_logprob():
                                      "logprob": -3.0}
 
 
+def test_proxy_correlation_by_hand():
+    from loop.evaluate import proxy_correlations
+
+    def row(lp, f1):
+        return {"logprob": lp, "f1": f1, "contains": 0.0}
+
+    per = {"base": [row(-3, 10), row(-3, 10), row(-3, 10)],
+           "passage": [row(-2, 12), row(-1, 14), row(0, 15)]}  # gains: lp 1,2,3; f1 2,4,5
+    r = proxy_correlations(per)["passage"]
+    assert r["f1"] == pytest.approx(3 / (28 / 3) ** 0.5)
+    assert r["contains"] is None  # no change in containment: no correlation to speak of
+
+
 def test_select_is_a_seeded_subset_in_file_order():
     data = load_squad(PROJECT_ROOT / "data/squad/eval200.json")
     a = select(data, 10, seed=0)
@@ -184,6 +197,7 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
         e["text"] for e in edits if e["condition"] == "teacher_base"]  # the adapter changed them
     summary = results["summary"]
     assert {"vs_base", "vs_teacher_base"} <= set(summary["teacher"]["logprob"])
+    assert set(results["proxy_correlation"]) == {"teacher_base", "teacher"}
     lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     teacher_rows = [x for x in lines if x["condition"] == "teacher"]
     assert all(len(x["questions"]) == 2 * len(QUESTIONS[x["context"]]) for x in teacher_rows)

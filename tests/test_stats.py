@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.stats import bootstrap, paired_difference
+from loop.stats import bootstrap, paired_difference, pearson
 
 
 def test_constant_values_have_a_zero_width_interval():
@@ -27,3 +27,10 @@ def test_paired_difference_uses_per_context_differences():
     assert (est.mean, est.low, est.high) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_pearson_by_hand():
+    # x = 1,2,3; y = 2,4,5: means 2 and 11/3; sxy = 3, sxx = 2, syy = 14/3 -> 3 / sqrt(28/3)
+    assert pearson([1, 2, 3], [2, 4, 5]) == pytest.approx(3 / (28 / 3) ** 0.5)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) is None
