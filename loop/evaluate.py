@@ -300,10 +300,11 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
         staged.write_text(json.dumps(results, indent=2) + "\n")
         staged.replace(out_dir / "results.json")
         print(format_table(summary, len(passages), n_questions))
-        for cond, rs in proxy.items():
-            print(f"{cond}: Pearson r across passages of the log-prob gain (the cheap reward) "
-                  "with the gain in " + ", ".join(f"{m} {'-' if r is None else f'{r:.2f}'}"
-                                                  for m, r in rs.items()))
+        if proxy:
+            print("the cheap reward (log-prob gain over base) vs the other gains, Pearson r "
+                  "across passages: " + "; ".join(
+                      f"{cond} " + ", ".join(f"{m} {'-' if r is None else f'{r:.2f}'}"
+                                             for m, r in rs.items()) for cond, rs in proxy.items()))
         means = {c: {m: e["estimate"]["mean"] for m, e in s.items() if isinstance(e, dict)}
                  for c, s in summary.items()}
         for cond, values in means.items():

@@ -20,6 +20,10 @@ class TaskConfig:
     name: str = MISSING  # the task's name; also the MLflow experiment's name
     data: str = MISSING  # a JSON file in the shared format; relative paths are from the cwd
     n_contexts: int | None = None  # a seeded subset of this many contexts (None: all of them)
+    # loop.evaluate: `single`, one fresh student per passage (the paper's main setting);
+    # `together`, all passages (and their self-edits) absorbed in one training run, then every
+    # question asked (the paper's continued-pretraining setting, task=squad_cpt)
+    absorb: str = "single"
 
 
 @dataclass

@@ -39,6 +39,33 @@ def fresh_adapter(model, lora: LoraSettings, seed: int):
         peft_model.unload()  # restores the original modules; the base weights were never trained
 
 
+@contextmanager
+def full_finetune(model):
+    """Every weight of the base trainable; on exit the saved weights are put back and frozen."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(saved)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+
+
+def absorbing(model, cfg: StudentConfig, seed: int):
+    """The student ready to absorb: a fresh LoRA, or (student.train.method=full) all weights."""
+    if cfg.train.method == "full":
+        import torch
+
+        torch.manual_seed(seed)
+        return full_finetune(model)
+    if cfg.train.method != "lora":
+        raise ValueError(f"unknown student.train.method '{cfg.train.method}'; choose lora or full")
+    return fresh_adapter(model, cfg.lora, seed)
+
+
 @dataclass
 class TrainResult:
     losses: list[float]  # one per optimiser step

@@ -41,6 +41,7 @@ class TrainSettings:
     schedule: str = "linear"  # "linear" (decay to 0, as SEAL's Trainer) or "constant"
     # a batch's sequences in one row without padding (same loss as a padded batch, less compute)
     packing: bool = True
+    method: str = "lora"  # lora: a fresh adapter; full: every weight, restored afterwards
 
 
 @dataclass
