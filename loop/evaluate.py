@@ -37,6 +37,7 @@ import hydra
 from loop.cli import check_models, launch
 from loop.config import CONF_DIR, ConfigError, RunConfig, register
 from loop.judge import add_verdicts, load_judge
+from loop.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 register()
@@ -70,9 +71,7 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
 
     Teacher conditions get the passage's self-edits and score every (self-edit, question).
     """
-    from loop.seeds import derive_seed
-    from student.absorb import fresh_adapter, train
-    from student.data import training_texts
+    from student.absorb import absorbing, train
     from student.evaluate import score_questions
 
     qa = [(q.question, q.answer) for q in passage.questions]
@@ -80,21 +79,56 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
         return [dataclasses.asdict(s) for s in score_questions(model, tokenizer, passage.title, qa,
                                                                run.student)]
     if condition == "passage":
-        data = dataclasses.replace(run.student.data, with_passage=True)
         jobs = [(derive_seed(run.seed, "absorb", condition, passage.id),
-                 training_texts("", passage.title, passage.context, data))]
+                 condition_texts(condition, passage, run, None))]
     else:  # the same absorb seeds for both teacher conditions: paired down to the sample
         jobs = [(derive_seed(run.seed, "absorb", "teacher", passage.id, i),
-                 training_texts(text, passage.title, passage.context, run.student.data))
+                 condition_texts(condition, passage, run, text))
                 for i, text in enumerate(self_edits or [])]
     out = []
     for i, (seed, texts) in enumerate(jobs):
-        with fresh_adapter(model, run.student.lora, seed) as adapted:
+        with absorbing(model, run.student, seed) as adapted:
             result = train(adapted, tokenizer, texts, run.student, seed)
             scores = score_questions(adapted, tokenizer, passage.title, qa, run.student)
         out += [{**dataclasses.asdict(s), "sample": i, "seed": seed,
                  "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
                 for s in scores]
+    return out
+
+
+def condition_texts(condition: str, passage, run: RunConfig, self_edit: str | None) -> list[str]:
+    """What a condition trains on for one passage: the passage alone, or a self-edit by SEAL's rule."""
+    from student.data import training_texts
+
+    if condition == "passage":
+        data = dataclasses.replace(run.student.data, with_passage=True)
+        return training_texts("", passage.title, passage.context, data)
+    return training_texts(self_edit or "", passage.title, passage.context, run.student.data)
+
+
+def score_together(condition: str, passages, model, tokenizer, run: RunConfig,
+                   self_edits: dict[str, list[str]] | None) -> dict[str, list[dict]]:
+    """task.absorb=together: one student absorbs every passage's texts in one training run
+    (continued pretraining), then answers every question; scores are kept per passage."""
+    from student.absorb import absorbing, train
+    from student.evaluate import score_questions
+
+    texts = []
+    for p in passages:
+        edits = (self_edits or {}).get(p.id) or [None]
+        for text in edits if condition != "passage" else [None]:
+            texts += condition_texts(condition, p, run, text)
+    # the same seed for every condition: they differ only by what they absorb
+    seed = derive_seed(run.seed, "absorb-together")
+    out = {}
+    with absorbing(model, run.student, seed) as adapted:
+        result = train(adapted, tokenizer, texts, run.student, seed)
+        for p in passages:
+            qa = [(q.question, q.answer) for q in p.questions]
+            out[p.id] = [{**dataclasses.asdict(s), "seed": seed, "sequences": len(texts),
+                          "train_loss_first": result.losses[0],
+                          "train_loss_last": result.losses[-1]}
+                         for s in score_questions(adapted, tokenizer, p.title, qa, run.student)]
     return out
 
 
@@ -132,7 +166,6 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
     `self_edits.jsonl` (condition, context, sample, seed, text)."""
     from tqdm import tqdm
 
-    from loop.seeds import derive_seed
     from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher
     from teacher.prompts import self_edit_prompt
@@ -251,6 +284,8 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
     from loop.tasks import load_squad, select
     from student.model import load_student
 
+    if run.task.absorb not in ("single", "together"):
+        raise ConfigError(f"unknown task.absorb '{run.task.absorb}'; choose single or together")
     unknown = sorted(set(run.evaluate.conditions) - set(CONDITIONS))
     if unknown:
         raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
@@ -270,18 +305,29 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
                                    "student": run.student.name, "task": run.task.name})
     model, tokenizer = load_student(run.student)
     baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
+    together: dict[str, dict[str, list[dict]]] = {}
     per_passage: dict[str, list[dict[str, float]]] = {c: [] for c in run.evaluate.conditions}
     seconds: dict[str, float] = dict.fromkeys(run.evaluate.conditions, 0.0)
     status = "FAILED"
     try:
+        if run.task.absorb == "together":
+            for cond in [c for c in run.evaluate.conditions if c != "base"]:
+                t0 = time.perf_counter()
+                log.info("%s: absorbing all %d passages together", cond, len(passages))
+                together[cond] = score_together(cond, passages, model, tokenizer, run,
+                                                self_edits.get(cond))
+                seconds[cond] += time.perf_counter() - t0
         with (out_dir / "scores.jsonl").open("a") as record:
             for passage in tqdm(passages, desc="contexts", unit="ctx"):
                 for cond in run.evaluate.conditions:
                     t0 = time.perf_counter()
 
                     def compute(cond=cond, passage=passage):
-                        scores = score_condition(cond, passage, model, tokenizer, run,
-                                                 self_edits.get(cond, {}).get(passage.id))
+                        if cond in together:
+                            scores = together[cond][passage.id]
+                        else:
+                            scores = score_condition(cond, passage, model, tokenizer, run,
+                                                     self_edits.get(cond, {}).get(passage.id))
                         return add_verdicts(scores, judge_model) if judge_model else scores
 
                     scores = baseline.get(passage.id, compute) if cond == "base" else compute()

@@ -78,6 +78,9 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose from {list(METRICS)}")
     if run.reward.filter not in FILTERS:
         raise ConfigError(f"unknown reward.filter '{run.reward.filter}'; choose from {list(FILTERS)}")
+    if run.task.absorb != "single":
+        raise ConfigError(f"task={run.task.name} (task.absorb={run.task.absorb}) is a setting of "
+                          "loop.evaluate; the loop trains the teacher on single passages")
     if run.reward.baseline not in BASELINES:
         raise ConfigError(f"unknown reward.baseline '{run.reward.baseline}'; choose from "
                           f"{list(BASELINES)}")

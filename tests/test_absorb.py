@@ -100,3 +100,20 @@ def test_training_never_exceeds_the_models_context(tiny_llama, caplog):
         result = train(adapted, tok, TEXTS, cfg, seed=0)
     assert result.truncated == 3 and result.tokens == 3 * 8
     assert "exceed max_length=8 tokens" in caplog.text
+
+
+def test_full_finetuning_learns_and_puts_the_base_back(tiny_llama):
+    from student.absorb import absorbing
+
+    cfg = cfg_for(tiny_llama, epochs=5, method="full", lr=1e-3)
+    model, tok = load_student(cfg)
+    before = snapshot(model)
+    with absorbing(model, cfg, seed=0) as adapted:
+        loss_before = mean_loss(adapted, tok, TEXTS, 256)
+        train(adapted, tok, TEXTS, cfg, seed=0)
+        assert mean_loss(adapted, tok, TEXTS, 256) < loss_before
+        assert not torch.equal(adapted.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    with pytest.raises(ValueError, match="unknown student.train.method 'qlora'"):
+        absorbing(model, dataclasses.replace(cfg, train=TrainSettings(method="qlora")), 0)

@@ -202,3 +202,22 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     teacher_rows = [x for x in lines if x["condition"] == "teacher"]
     assert all(len(x["questions"]) == 2 * len(QUESTIONS[x["context"]]) for x in teacher_rows)
     assert Path(out / "results.json").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_cpt_absorbs_every_passage_in_one_training_run(tiny_llama, tmp_path, method):
+    run = compose_run("task=squad_cpt", f"student.path={tiny_llama}", "student.name=tiny",
+                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      "student.train.epochs=2", "student.eval.max_new_tokens=4",
+                      "evaluate.resamples=200", f"student.train.method={method}")
+    out = tmp_path / "run"
+    results = evaluate(run, out)
+    lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    passage = [q for x in lines if x["condition"] == "passage" for q in x["questions"]]
+    assert {q["sequences"] for q in passage} == {len(THREE)}  # one run on all three passages
+    assert len({(q["seed"], q["train_loss_first"], q["train_loss_last"]) for q in passage}) == 1
+    assert set(results["summary"]) == {"base", "passage"}
+    with pytest.raises(ConfigError, match="setting of loop.evaluate"):
+        from loop.outer import validate
+
+        validate(run)
