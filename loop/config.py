@@ -30,6 +30,9 @@ class EvaluateConfig:
 
     conditions: list[str] = field(default_factory=lambda: ["base", "passage"])  # table rows
     samples: int = 1  # self-edits per passage for the teacher conditions (scores are averaged)
+    # task.absorb=sequential: `grow` one adapter through all edits, or `merge` each edit's
+    # adapter into the weights before the next (the paper's forgetting experiment)
+    forgetting: str = "grow"
     resamples: int = 10_000  # bootstrap resamples for the 95% intervals
     judge: str | None = None  # a model preset (conf/model/) that also grades, SEAL's yes/no prompt
 

@@ -132,6 +132,49 @@ def score_together(condition: str, passages, model, tokenizer, run: RunConfig,
     return out
 
 
+def score_sequential(condition: str, passages, model, tokenizer, run: RunConfig,
+                     self_edits: dict[str, list[str]] | None):
+    """task.absorb=sequential (forgetting): edits j = 0, 1, ... absorbed one after the other;
+    after edit j every passage i <= j is scored. `evaluate.forgetting`: `grow` keeps training one
+    adapter (or, with student.train.method=full, the weights); `merge` merges each edit's fresh
+    LoRA into the weights before the next, as the paper's forgetting experiment does. The base is
+    restored afterwards either way. Returns the last row's per-passage scores and the matrix of
+    per-passage means (row j: after edit j)."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from student.absorb import absorbing, fresh_adapter, restored, train
+    from student.evaluate import score_questions
+
+    def texts(p):
+        edits = (self_edits or {}).get(p.id) or [None]
+        return condition_texts(condition, p, run, edits[0])  # the first self-edit per passage
+
+    def score(m, p):
+        qa = [(q.question, q.answer) for q in p.questions]
+        return [dataclasses.asdict(s) for s in score_questions(m, tokenizer, p.title, qa, run.student)]
+
+    mode = run.evaluate.forgetting
+    seed = derive_seed(run.seed, "absorb-sequential")
+    matrix, last = [], {}
+    with ExitStack() as stack:
+        if mode == "grow":
+            current = stack.enter_context(absorbing(model, run.student, seed))
+        else:  # merge: each edit's LoRA goes into the weights, which are put back at the end
+            current = stack.enter_context(restored(model))
+        for j, p in enumerate(tqdm(passages, desc=f"{condition}: sequential edits", unit="edit")):
+            if mode == "grow":
+                train(current, tokenizer, texts(p), run.student, derive_seed(seed, j))
+            else:
+                with fresh_adapter(model, run.student.lora, derive_seed(seed, j)) as adapted:
+                    train(adapted, tokenizer, texts(p), run.student, derive_seed(seed, j))
+                    adapted.merge_adapter()  # into the base weights; unload() then keeps them
+            last = {q.id: score(current, q) for q in passages[: j + 1]}
+            matrix.append([passage_means(last[q.id]) for q in passages[: j + 1]])
+    return last, matrix
+
+
 def resolve_adapter(spec: str, run: RunConfig) -> Path:
     """teacher.adapter -> an adapter folder: given directly, a loop.run folder's final adapter,
     or an MLflow run id whose artifacts hold one (downloaded)."""
@@ -284,8 +327,12 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
     from loop.tasks import load_squad, select
     from student.model import load_student
 
-    if run.task.absorb not in ("single", "together"):
-        raise ConfigError(f"unknown task.absorb '{run.task.absorb}'; choose single or together")
+    if run.task.absorb not in ("single", "together", "sequential"):
+        raise ConfigError(f"unknown task.absorb '{run.task.absorb}'; choose single, together or "
+                          "sequential")
+    if run.evaluate.forgetting not in ("grow", "merge"):
+        raise ConfigError(f"unknown evaluate.forgetting '{run.evaluate.forgetting}'; choose grow "
+                          "or merge")
     unknown = sorted(set(run.evaluate.conditions) - set(CONDITIONS))
     if unknown:
         raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
@@ -310,13 +357,17 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
     seconds: dict[str, float] = dict.fromkeys(run.evaluate.conditions, 0.0)
     status = "FAILED"
     try:
-        if run.task.absorb == "together":
-            for cond in [c for c in run.evaluate.conditions if c != "base"]:
-                t0 = time.perf_counter()
+        forgetting: dict[str, list[list[dict]]] = {}
+        for cond in [c for c in run.evaluate.conditions if c != "base"]:
+            t0 = time.perf_counter()
+            if run.task.absorb == "together":
                 log.info("%s: absorbing all %d passages together", cond, len(passages))
                 together[cond] = score_together(cond, passages, model, tokenizer, run,
                                                 self_edits.get(cond))
-                seconds[cond] += time.perf_counter() - t0
+            elif run.task.absorb == "sequential":
+                together[cond], forgetting[cond] = score_sequential(
+                    cond, passages, model, tokenizer, run, self_edits.get(cond))
+            seconds[cond] += time.perf_counter() - t0
         with (out_dir / "scores.jsonl").open("a") as record:
             for passage in tqdm(passages, desc="contexts", unit="ctx"):
                 for cond in run.evaluate.conditions:
@@ -342,6 +393,8 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
                    "contexts": [p.id for p in passages], "n_questions": n_questions,
                    "seconds_per_context": {c: s / len(passages) for c, s in seconds.items()},
                    "summary": summary, "proxy_correlation": proxy}
+        if forgetting:
+            results["forgetting"] = {"mode": run.evaluate.forgetting, "matrix": forgetting}
         staged = out_dir / "results.json.tmp"  # a killed run never leaves half a results.json
         staged.write_text(json.dumps(results, indent=2) + "\n")
         staged.replace(out_dir / "results.json")
@@ -360,6 +413,9 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
         title = (f"{run.student.name} on {Path(run.task.data).name}: {len(passages)} passages, "
                  "means with 95% intervals")
         tracker.log_artifact(plots.condition_bars(summary, out_dir / "results.png", title))
+        if forgetting:
+            tracker.log_artifact(plots.forgetting(forgetting, out_dir / "forgetting.png",
+                                                  run.evaluate.forgetting))
         status = "FINISHED"
         return results
     finally:

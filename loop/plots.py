@@ -63,3 +63,27 @@ def rounds(summaries: list[dict], path: Path, metric: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def forgetting(matrices: dict[str, list[list[dict]]], path: Path, mode: str) -> Path:
+    """Per condition: the gold-answer log-prob of passage i (column) after edit j (row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4 * len(matrices), 3.6), squeeze=False)
+    for ax, (cond, rows) in zip(axes[0], matrices.items(), strict=True):
+        n = len(rows)
+        grid = np.full((n, n), np.nan)
+        for j, row in enumerate(rows):
+            for i, means in enumerate(row):
+                grid[j, i] = means["logprob"]
+        im = ax.imshow(grid, cmap="viridis")
+        ax.set(title=f"{cond} ({mode})", xlabel="passage i", ylabel="after edit j")
+        fig.colorbar(im, ax=ax, label=LABELS["logprob"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -40,11 +40,10 @@ def fresh_adapter(model, lora: LoraSettings, seed: int):
 
 
 @contextmanager
-def full_finetune(model):
-    """Every weight of the base trainable; on exit the saved weights are put back and frozen."""
+def restored(model):
+    """On exit, the weights exactly as they were on entry (frozen, eval mode): for runs that
+    change the base itself (full fine-tuning, merged adapters)."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for p in model.parameters():
-        p.requires_grad_(True)
     try:
         yield model
     finally:
@@ -52,6 +51,15 @@ def full_finetune(model):
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
+
+
+@contextmanager
+def full_finetune(model):
+    """Every weight of the base trainable; on exit the saved weights are put back and frozen."""
+    with restored(model):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        yield model
 
 
 def absorbing(model, cfg: StudentConfig, seed: int):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from loop.config import PROJECT_ROOT, ConfigError
 from loop.evaluate import evaluate, passage_means
@@ -221,3 +222,31 @@ def test_cpt_absorbs_every_passage_in_one_training_run(tiny_llama, tmp_path, met
         from loop.outer import validate
 
         validate(run)
+
+
+@pytest.mark.parametrize("mode", ["grow", "merge"])
+def test_forgetting_scores_every_earlier_passage_after_each_edit(tiny_llama, tmp_path, mode):
+    from student.model import load_student
+
+    run = compose_run(f"student.path={tiny_llama}", "student.name=tiny",
+                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      "task.absorb=sequential", f"evaluate.forgetting={mode}",
+                      "student.train.epochs=3", "student.eval.max_new_tokens=4",
+                      "evaluate.resamples=200", "student.train.lr=0.01")
+    model, _ = load_student(run.student)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    from loop.evaluate import score_sequential
+    from loop.tasks import load_squad
+
+    passages = load_squad(run.task.data)
+    last, matrix = score_sequential("passage", passages, model, _, run, None)
+    assert [len(row) for row in matrix] == [1, 2, 3]  # after edit j: passages 0..j
+    assert matrix[0][0]["logprob"] != matrix[2][0]["logprob"]  # later edits moved passage 0
+    assert set(last) == {p.id for p in passages}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
+
+    out = tmp_path / "run"
+    results = evaluate(run, out)
+    assert results["forgetting"]["mode"] == mode
+    assert len(results["forgetting"]["matrix"]["passage"]) == 3
+    assert (out / "forgetting.png").stat().st_size > 0
