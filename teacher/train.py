@@ -64,8 +64,8 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
             logging_steps=1, save_strategy="no", report_to="none",  # MLflow is ours, not the Trainer's
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             activation_checkpointing=False,  # TRL turns it on: 40% slower per step on CPU (stack.md)
-            completion_only_loss=True, max_length=None,
-            dataset_kwargs={"skip_prepare_dataset": False})
+            # no truncation: a self-edit is already capped by teacher.sampling.max_new_tokens
+            completion_only_loss=True, max_length=None)
         trainer = SFTTrainer(model=peft_model, args=args, processing_class=tokenizer,
                              train_dataset=Dataset.from_list(pair_rows(pairs, cfg.instruct)))
         trainer.train()
