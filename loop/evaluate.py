@@ -71,7 +71,7 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
 
     Teacher conditions get the passage's self-edits and score every (self-edit, question).
     """
-    from student.absorb import absorbing, train
+    from loop.outer import absorb_and_score
     from student.evaluate import score_questions
 
     qa = [(q.question, q.answer) for q in passage.questions]
@@ -86,23 +86,22 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
                  condition_texts(condition, passage, run, text))
                 for i, text in enumerate(self_edits or [])]
     out = []
-    for i, (seed, texts) in enumerate(jobs):
-        with absorbing(model, run.student, seed) as adapted:
-            result = train(adapted, tokenizer, texts, run.student, seed)
-            scores = score_questions(adapted, tokenizer, passage.title, qa, run.student)
-        out += [{**dataclasses.asdict(s), "sample": i, "seed": seed,
-                 "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
-                for s in scores]
+    for i, (seed, texts) in enumerate(jobs):  # judged later, with the other conditions
+        scores, losses = absorb_and_score(model, tokenizer, passage, texts, run, seed,
+                                          judge_model=None, generate=True)
+        first, last = losses or (None, None)
+        out += [{**s, "sample": i, "seed": seed, "train_loss_first": first,
+                 "train_loss_last": last} for s in scores]
     return out
 
 
 def condition_texts(condition: str, passage, run: RunConfig, self_edit: str | None) -> list[str]:
     """What a condition trains on for one passage: the passage alone, or a self-edit by SEAL's rule."""
+    from loop.outer import passage_texts
     from student.data import training_texts
 
     if condition == "passage":
-        data = dataclasses.replace(run.student.data, with_passage=True)
-        return training_texts("", passage.title, passage.context, data)
+        return passage_texts(passage, run)
     return training_texts(self_edit or "", passage.title, passage.context, run.student.data)
 
 

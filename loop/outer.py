@@ -164,16 +164,24 @@ def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_mode
     return add_verdicts(scores, judge_model) if judge_model else scores
 
 
-def absorb_and_score(model, tokenizer, passage: Passage, text: str, run: RunConfig, seed: int,
-                     judge_model, generate: bool) -> tuple[list[dict], list[float]]:
-    """Fresh LoRA on the frozen student, trained on the self-edit, scored, then removed."""
-    from student.absorb import fresh_adapter, train
+def passage_texts(passage: Passage, run: RunConfig) -> list[str]:
+    """The passage alone as training data (title-prefixed, as the self-edits' sequences are)."""
     from student.data import training_texts
 
-    texts = training_texts(text, passage.title, passage.context, run.student.data)
+    data = dataclasses.replace(run.student.data, with_passage=True)
+    return training_texts("", passage.title, passage.context, data)
+
+
+def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: RunConfig,
+                     seed: int, judge_model, generate: bool) -> tuple[list[dict], list[float]]:
+    """The student absorbs `texts` (a fresh LoRA, or every weight with student.train.method=full),
+    is scored on the passage's questions, and is put back as it was. Returns the scores and the
+    first and last training losses."""
+    from student.absorb import absorbing, train
+
     if not texts:  # an empty self-edit and no passage: nothing to absorb, the base is scored
         return score_context(model, tokenizer, passage, run, judge_model, generate), []
-    with fresh_adapter(model, run.student.lora, seed) as adapted:
+    with absorbing(model, run.student, seed) as adapted:
         result = train(adapted, tokenizer, texts, run.student, seed)
         scores = score_context(adapted, tokenizer, passage, run, judge_model, generate)
     return scores, [result.losses[0], result.losses[-1]]
@@ -185,11 +193,10 @@ def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
     if run.reward.baseline == "student":
         return cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
                                                            judge_model, generate=True))
-    data = dataclasses.replace(run.student.data, with_passage=True)
-    alone = dataclasses.replace(run, student=dataclasses.replace(run.student, data=data))
     seed = derive_seed(run.seed, "baseline", "passage", passage.id)
     return cache.get(f"passage:{passage.id}", lambda: absorb_and_score(
-        model, tokenizer, passage, "", alone, seed, judge_model, generate=True)[0])
+        model, tokenizer, passage, passage_texts(passage, run), run, seed, judge_model,
+        generate=True)[0])
 
 
 def metric_means(questions: list[dict]) -> dict[str, float]:
@@ -201,6 +208,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
                 judge_model) -> list[Evaluation]:
     """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger."""
     from tqdm import tqdm
+
+    from student.data import training_texts
 
     model, tokenizer = student
     metric = run.reward.metric
@@ -218,7 +227,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
                     if done is None:
                         seed = derive_seed(run.seed, "absorb", r, c.id, i, j)
                         t0 = time.perf_counter()
-                        scores, losses = absorb_and_score(model, tokenizer, c, e.text, run, seed,
+                        texts = training_texts(e.text, c.title, c.context, run.student.data)
+                        scores, losses = absorb_and_score(model, tokenizer, c, texts, run, seed,
                                                           judge_model, generate)
                         score = context_score(scores, metric)
                         gain = 0.0 if score is None or base_score is None else reward(score,
@@ -234,14 +244,16 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
 
 def self_edit_rows(run: RunConfig, contexts: list[Passage], edits, evals: list[Evaluation],
                    kept: set[tuple[str, int]]) -> list[dict]:
-    """The round's self-edit table: one row per self-edit, its reward averaged over inner seeds."""
+    """The round's self-edit table: one row per self-edit, its reward and score averaged over
+    inner seeds (a score of None, a judge with no verdict, is left out of the mean)."""
     rows = []
     for c in contexts:
         for i in range(run.loop.k):
             mine = [e for e in evals if (e.context, e.sample) == (c.id, i)]
+            scores = [e.score for e in mine if e.score is not None]
             rows.append({"context": c.id, "sample": i,
                          "reward": sum(e.reward for e in mine) / len(mine),
-                         "score": sum(e.score or 0.0 for e in mine) / len(mine),
+                         "score": sum(scores) / len(scores) if scores else None,
                          "baseline": mine[0].baseline, "kept": (c.id, i) in kept,
                          "self_edit": edits[(c.id, i)].text})
     return rows
@@ -336,9 +348,11 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
         generator.use_adapter(adapter)
     edits = sample_round(generator, run, r, contexts, rdir / "self_edits.jsonl")
     evals = inner_round(student, run, r, contexts, edits, ledger, baseline, judge_model)
-    scored = [Scored(c.id, i, sum(e.reward for e in evals if (e.context, e.sample) == (c.id, i))
-                     / run.reward.inner_seeds) for c in contexts for i in range(run.loop.k)]
-    kept = {(s.context, s.sample) for s in keep(scored, run.reward)}
+    rows = self_edit_rows(run, contexts, edits, evals, kept=set())
+    kept = {(s.context, s.sample) for s in keep([Scored(x["context"], x["sample"], x["reward"])
+                                                 for x in rows], run.reward)}
+    for x in rows:
+        x["kept"] = (x["context"], x["sample"]) in kept
     adapter_dir = rdir / "teacher_adapter"
     generator.use_adapter(None)  # the M-step wraps the bare base (no adapter on it)
     t0 = time.perf_counter()
@@ -348,7 +362,6 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
     else:
         new_adapter, losses = m_step(teacher, run, r, contexts, edits, kept, adapter, adapter_dir)
     train_s = time.perf_counter() - t0
-    rows = self_edit_rows(run, contexts, edits, evals, kept)
     inner_s = sum(e.seconds for e in evals)
     summary = {
         "round": r, "contexts": [c.id for c in contexts], "self_edits": len(rows),
@@ -359,10 +372,9 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
             "reward/mean": sum(x["reward"] for x in rows) / len(rows),
             "reward/max": max(x["reward"] for x in rows),
             "filter/kept_frac": len(kept) / len(rows),
-            "student/score_base": sum(x["baseline"] for x in rows) / len(rows),
-            "student/score_after": sum(x["score"] for x in rows) / len(rows),
-            "student/score_after_kept": (sum(x["score"] for x in rows if x["kept"])
-                                         / max(1, sum(x["kept"] for x in rows))),
+            "student/score_base": mean(x["baseline"] for x in rows),
+            "student/score_after": mean(x["score"] for x in rows),
+            "student/score_after_kept": mean(x["score"] for x in rows if x["kept"]),
             "teacher/sft_loss": sum(losses) / len(losses) if losses else float("nan"),
             "time/sample_s": sum(e.seconds for e in edits.values()),
             "time/inner_s": inner_s,
@@ -382,6 +394,12 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
               for i in range(r + 1)]
     tracker.log_artifact(plots.rounds(rounds, out_dir / "rounds.png", run.reward.metric))
     return summary, new_adapter
+
+
+def mean(values) -> float:
+    """The mean of the values that are not None; NaN when there are none (left out of MLflow)."""
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else float("nan")
 
 
 def format_table(summaries: list[dict], metric: str) -> str:

@@ -195,3 +195,12 @@ def test_a_passage_baseline_measures_what_the_self_edit_adds(tiny_llama, tiny_qw
         assert e["reward"] == pytest.approx(e["score"] - expected)
     with pytest.raises(ConfigError, match="unknown reward.baseline 'teacher'"):
         outer.validate(compose_run("reward.baseline=teacher"))
+
+
+def test_the_loop_honours_full_finetuning_of_the_student(tiny_llama, tiny_qwen2, tmp_path):
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
+                   "loop.contexts_per_round=1", "loop.k=1", "student.train.method=full",
+                   "student.train.epochs=3")
+    outer.run(run, tmp_path / "run")
+    [e] = read_jsonl(tmp_path / "run" / "ledger.jsonl")
+    assert e["train_loss"][1] < e["train_loss"][0]
