@@ -18,6 +18,15 @@ def check_models(run: RunConfig, roles: tuple[str, ...] = ("teacher", "student")
         check_available(role, m.name, m.hub_id, m.path, m.revision)
 
 
+def command_line(entry: str) -> str:
+    """The command that composed this config (`python -m <entry> <overrides>`), without resume=:
+    what a resumed run must repeat."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    return " ".join([f"python -m {entry}", *overrides])
+
+
 def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
     """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
     import warnings

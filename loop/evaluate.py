@@ -22,6 +22,9 @@ Every condition is scored on the same contexts, so differences are paired: the t
 condition's mean over contexts with a 95% bootstrap interval, and its paired difference from
 every condition listed before it. Results go to the run folder (`results.json`, `scores.jsonl`,
 `self_edits.jsonl`, `results.png`) and to an MLflow run.
+
+A killed evaluation continues with `resume=<its folder>` (same overrides): self-edits and
+per-passage scores already recorded are read back, never recomputed.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from pathlib import Path
 
 import hydra
 
-from loop.cli import check_models, launch
+from loop.cli import check_models, command_line, launch
 from loop.config import CONF_DIR, ConfigError, RunConfig, register
 from loop.judge import add_verdicts, load_judge
+from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
 from loop.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -205,38 +209,50 @@ def resolve_adapter(spec: str, run: RunConfig) -> Path:
 
 def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict[str, list[str]]]:
     """{condition: {passage id: self-edits}} for the teacher conditions asked for, recorded in
-    `self_edits.jsonl` (condition, context, sample, seed, text)."""
+    `self_edits.jsonl` (condition, context, sample, seed, text). Those already recorded (a
+    resumed evaluation) are read back; each sample has its own seed, so the rest are drawn
+    exactly as they would have been."""
     from tqdm import tqdm
 
-    from teacher.generate import TransformersGenerator
-    from teacher.model import load_teacher
     from teacher.prompts import self_edit_prompt
 
     wanted = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
-    generator = TransformersGenerator(*load_teacher(run.teacher), instruct=run.teacher.instruct,
-                                      settings=run.teacher.sampling)
-    adapter = resolve_adapter(run.teacher.adapter, run) if run.teacher.adapter else None
-    out: dict[str, dict[str, list[str]]] = {}
+    path = out_dir / "self_edits.jsonl"
+    done = {(r["condition"], r["context"], r["sample"]): r["text"] for r in read_jsonl(path)}
     jobs = [(p, i) for p in passages for i in range(run.evaluate.samples)]
     step = max(1, run.teacher.sampling.batch_size)
-    with (out_dir / "self_edits.jsonl").open("a") as record:
-        for cond in wanted:
-            generator.use_adapter(adapter if cond == "teacher" else None)
-            out[cond] = {p.id: [] for p in passages}
-            for b in tqdm(range(0, len(jobs), step), desc=f"{cond}: sampling", unit="batch"):
-                chunk = jobs[b : b + step]
-                # the same seeds for both conditions: the adapter is the only difference
-                seeds = [derive_seed(run.seed, "evaluate-sample", p.id, i) for p, i in chunk]
-                texts = generator.sample([self_edit_prompt(run.teacher.sampling.prompt, p.title,
-                                                           p.context) for p, _ in chunk], seeds)
-                for (p, i), seed, text in zip(chunk, seeds, texts, strict=True):
-                    out[cond][p.id].append(text)
-                    record.write(json.dumps({"condition": cond, "context": p.id, "sample": i,
-                                             "seed": seed, "text": text}) + "\n")
-                record.flush()
-    if adapter is None and len(wanted) == 2:
+    generator = None
+    for cond in wanted:
+        todo = [(p, i) for p, i in jobs if (cond, p.id, i) not in done]
+        if todo and generator is None:
+            generator = load_generator(run)
+        if todo:
+            adapter = resolve_adapter(run.teacher.adapter, run) if (
+                cond == "teacher" and run.teacher.adapter) else None
+            generator.use_adapter(adapter)
+        for b in tqdm(range(0, len(todo), step), desc=f"{cond}: sampling", unit="batch",
+                      disable=not todo):
+            chunk = todo[b : b + step]
+            # the same seeds for both conditions: the adapter is the only difference
+            seeds = [derive_seed(run.seed, "evaluate-sample", p.id, i) for p, i in chunk]
+            texts = generator.sample([self_edit_prompt(run.teacher.sampling.prompt, p.title,
+                                                       p.context) for p, _ in chunk], seeds)
+            for (p, i), seed, text in zip(chunk, seeds, texts, strict=True):
+                done[(cond, p.id, i)] = text
+                append_jsonl(path, {"condition": cond, "context": p.id, "sample": i,
+                                    "seed": seed, "text": text})
+    if not run.teacher.adapter and len(wanted) == 2:
         log.warning("teacher.adapter is not set: `teacher` and `teacher_base` are the same teacher")
-    return out
+    return {cond: {p.id: [done[(cond, p.id, i)] for i in range(run.evaluate.samples)]
+                   for p in passages} for cond in wanted}
+
+
+def load_generator(run: RunConfig):
+    from teacher.generate import TransformersGenerator
+    from teacher.model import load_teacher
+
+    return TransformersGenerator(*load_teacher(run.teacher), instruct=run.teacher.instruct,
+                                 settings=run.teacher.sampling)
 
 
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int,
@@ -317,12 +333,16 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int) ->
     return "\n".join(lines)
 
 
-def evaluate(run: RunConfig, out_dir: Path) -> dict:
-    """Score every condition on every selected context; write and return the results."""
+def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evaluate") -> dict:
+    """Score every condition on every selected context; write and return the results.
+
+    With `resume=<folder>` the folder's recorded self-edits and scores are read back and only
+    the missing ones computed (the config must match the folder's `run.json`)."""
     from tqdm import tqdm
 
     from loop import plots, tracking
     from loop.baseline import BaselineCache
+    from loop.outer import check_resume
     from loop.tasks import load_squad, select
     from student.model import load_student
 
@@ -341,24 +361,44 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
     check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
     if run.evaluate.samples < 1:
         raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if run.teacher.adapter and "teacher" in teacher_conditions:
+        resolve_adapter(run.teacher.adapter, run)  # a wrong path fails now, not after sampling
+    out_dir = Path(run.resume) if run.resume else out_dir
+    record = check_resume(run, out_dir, command)
+    print(f"resume after a crash with: {record['command']} resume={out_dir}")
+    recorded = read_jsonl(out_dir / "scores.jsonl")
+    done = {(r["context"], r["condition"]): r["questions"] for r in recorded}
+    if done:
+        print(f"resuming: {len(done)} (passage, condition) scores read back from {out_dir}")
     # self-edits first, then the teacher is freed before the student's work
     self_edits = sample_self_edits(run, passages, out_dir) if teacher_conditions else {}
     judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
     tracker = tracking.start(run.tracking, experiment=run.task.name,
                              run_name=f"evaluate {run.student.name}", config=run,
                              tags={"entry": "loop.evaluate", "teacher": run.teacher.name,
-                                   "student": run.student.name, "task": run.task.name})
+                                   "student": run.student.name, "task": run.task.name},
+                             run_id=record["mlflow_run_id"], exclude=("resume",))
+    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
+        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
     model, tokenizer = load_student(run.student)
     baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
     together: dict[str, dict[str, list[dict]]] = {}
     per_passage: dict[str, list[dict[str, float]]] = {c: [] for c in run.evaluate.conditions}
     seconds: dict[str, float] = dict.fromkeys(run.evaluate.conditions, 0.0)
+    for r in recorded:  # time spent before a resume
+        if r["condition"] in seconds:
+            seconds[r["condition"]] += r.get("seconds", 0.0)
     status = "FAILED"
     try:
         forgetting: dict[str, list[list[dict]]] = {}
         for cond in [c for c in run.evaluate.conditions if c != "base"]:
             t0 = time.perf_counter()
+            matrix_file = out_dir / f"forgetting_{cond}.json"
+            if all((p.id, cond) in done for p in passages) and (
+                    run.task.absorb != "sequential" or matrix_file.exists()):
+                if run.task.absorb == "sequential":
+                    forgetting[cond] = json.loads(matrix_file.read_text())
+                continue  # a resumed run: every score of this condition is recorded
             if run.task.absorb == "together":
                 log.info("%s: absorbing all %d passages together", cond, len(passages))
                 together[cond] = score_together(cond, passages, model, tokenizer, run,
@@ -366,26 +406,29 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
             elif run.task.absorb == "sequential":
                 together[cond], forgetting[cond] = score_sequential(
                     cond, passages, model, tokenizer, run, self_edits.get(cond))
+                write_json_atomic(matrix_file, forgetting[cond])
             seconds[cond] += time.perf_counter() - t0
-        with (out_dir / "scores.jsonl").open("a") as record:
-            for passage in tqdm(passages, desc="contexts", unit="ctx"):
-                for cond in run.evaluate.conditions:
-                    t0 = time.perf_counter()
+        for passage in tqdm(passages, desc="contexts", unit="ctx"):
+            for cond in run.evaluate.conditions:
+                if (passage.id, cond) in done:
+                    per_passage[cond].append(passage_means(done[(passage.id, cond)]))
+                    continue
+                t0 = time.perf_counter()
 
-                    def compute(cond=cond, passage=passage):
-                        if cond in together:
-                            scores = together[cond][passage.id]
-                        else:
-                            scores = score_condition(cond, passage, model, tokenizer, run,
-                                                     self_edits.get(cond, {}).get(passage.id))
-                        return add_verdicts(scores, judge_model) if judge_model else scores
+                def compute(cond=cond, passage=passage):
+                    if cond in together:
+                        scores = together[cond][passage.id]
+                    else:
+                        scores = score_condition(cond, passage, model, tokenizer, run,
+                                                 self_edits.get(cond, {}).get(passage.id))
+                    return add_verdicts(scores, judge_model) if judge_model else scores
 
-                    scores = baseline.get(passage.id, compute) if cond == "base" else compute()
-                    seconds[cond] += time.perf_counter() - t0
-                    record.write(json.dumps({"context": passage.id, "condition": cond,
-                                             "questions": scores}) + "\n")
-                    record.flush()
-                    per_passage[cond].append(passage_means(scores))
+                scores = baseline.get(passage.id, compute) if cond == "base" else compute()
+                spent = time.perf_counter() - t0
+                seconds[cond] += spent
+                append_jsonl(out_dir / "scores.jsonl", {"context": passage.id, "condition": cond,
+                                                        "seconds": spent, "questions": scores})
+                per_passage[cond].append(passage_means(scores))
         summary = summarise(per_passage, run.seed, run.evaluate.resamples)
         proxy = proxy_correlations(per_passage)
         results = {"task": run.task.name, "data": run.task.data, "student": run.student.name,
@@ -394,9 +437,7 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
                    "summary": summary, "proxy_correlation": proxy}
         if forgetting:
             results["forgetting"] = {"mode": run.evaluate.forgetting, "matrix": forgetting}
-        staged = out_dir / "results.json.tmp"  # a killed run never leaves half a results.json
-        staged.write_text(json.dumps(results, indent=2) + "\n")
-        staged.replace(out_dir / "results.json")
+        write_json_atomic(out_dir / "results.json", results)  # never half a results.json
         print(format_table(summary, len(passages), n_questions))
         if proxy:
             print("the cheap reward (log-prob gain over base) vs the other gains, Pearson r "
@@ -423,7 +464,7 @@ def evaluate(run: RunConfig, out_dir: Path) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def main(cfg) -> None:
-    launch(cfg, evaluate)
+    launch(cfg, lambda run, out_dir: evaluate(run, out_dir, command_line("loop.evaluate")))
 
 
 if __name__ == "__main__":

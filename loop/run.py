@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 
-from loop.cli import check_models, launch
+from loop.cli import check_models, command_line, launch
 from loop.config import CONF_DIR, RunConfig, register
 
 register()
@@ -20,13 +20,10 @@ register()
 
 def execute(run: RunConfig, out_dir: Path) -> None:
     """Check the models are reachable, then the rounds (loop.outer)."""
-    from hydra.core.hydra_config import HydraConfig
-
     from loop import outer
 
     check_models(run)
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
-    outer.run(run, out_dir, command=" ".join(["python -m loop.run", *overrides]))
+    outer.run(run, out_dir, command=command_line("loop.run"))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

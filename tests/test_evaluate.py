@@ -250,3 +250,38 @@ def test_forgetting_scores_every_earlier_passage_after_each_edit(tiny_llama, tmp
     assert results["forgetting"]["mode"] == mode
     assert len(results["forgetting"]["matrix"]["passage"]) == 3
     assert (out / "forgetting.png").stat().st_size > 0
+
+
+def test_resume_reads_back_what_was_recorded_and_computes_the_rest(tiny_llama, tiny_qwen2,
+                                                                    tmp_path):
+    """A killed evaluation (scores and self-edits cut mid-file, a torn last line, no results)
+    resumes to the same results, computing only what was lost; a different config is refused."""
+    run = compose_run(f"student.path={tiny_llama}", f"teacher.path={tiny_qwen2}",
+                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      "student.train.epochs=2", "student.eval.max_new_tokens=4",
+                      "teacher.sampling.max_new_tokens=8", "teacher.sampling.batch_size=2",
+                      "evaluate.resamples=200", "evaluate.conditions=[base,passage,teacher_base]")
+    out = tmp_path / "run"
+    first = evaluate(run, out)
+    scores = (out / "scores.jsonl").read_text().splitlines(keepends=True)
+    edits = (out / "self_edits.jsonl").read_text().splitlines(keepends=True)
+    assert len(scores) == 9 and len(edits) == 3
+    kept = "".join(scores[:4])
+    (out / "scores.jsonl").write_text(kept + scores[4][:20])  # killed while writing line 5
+    (out / "self_edits.jsonl").write_text(edits[0])
+    (out / "results.json").unlink()
+
+    with pytest.raises(ConfigError, match="already holds a run; continue it with resume="):
+        evaluate(run, out)
+    with pytest.raises(ConfigError, match=r"another config \(student.train.epochs: 2 -> 3\)"):
+        evaluate(dataclasses.replace(run, resume=str(out), student=dataclasses.replace(
+            run.student, train=dataclasses.replace(run.student.train, epochs=3))), out)
+
+    again = evaluate(dataclasses.replace(run, resume=str(out)), tmp_path / "ignored")
+    assert again["summary"] == first["summary"]
+    rows = (out / "scores.jsonl").read_text()
+    assert rows.startswith(kept)  # what was recorded is untouched
+    keys = [(x["context"], x["condition"]) for x in map(json.loads, rows.splitlines())]
+    assert sorted(keys) == sorted({*keys}) and len(keys) == 9  # each exactly once
+    assert (out / "self_edits.jsonl").read_text() == "".join(edits)  # redrawn identically
+    assert not (tmp_path / "ignored").exists()
