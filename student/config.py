@@ -51,6 +51,25 @@ class EvalSettings:
 
 
 @dataclass
+class ArcSettings:
+    """ARC test-time training (task=arc). The paper's settings: LoRA r=128/alpha=16 on q, v,
+    gate, up, down; batch 2; cosine schedule; leave-one-out and leave-two-out tasks; at most
+    250 training tasks; more than 375 steps counts as a failed self-edit."""
+
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(
+        r=128, alpha=16, targets=["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]))
+    leave_out: list[int] = field(default_factory=lambda: [1, 2])  # demos held out per task
+    max_tasks: int = 250  # training tasks kept (a seeded subset when there are more)
+    max_tokens: int = 8192  # training tasks or views longer than this are dropped
+    batch_size: int = 2
+    warmup_steps: int = 11
+    max_steps: int = 375  # a self-edit asking for more steps fails (reward 0), as in SEAL
+    lr_range: list[float] = field(default_factory=lambda: [1e-6, 1e-2])  # accepted learning rates
+    max_epochs: int = 10  # accepted num_train_epochs
+    permute: bool = True  # add a copy of each training task with its demonstrations reordered
+
+
+@dataclass
 class StudentConfig:
     # Model identity: filled from conf/model/<preset>.yaml (the same presets serve both roles).
     name: str = MISSING  # the preset's name, used in run names and MLflow tags
@@ -65,3 +84,4 @@ class StudentConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    arc: ArcSettings = field(default_factory=ArcSettings)

@@ -60,20 +60,24 @@ def collate(sequences: list[list[int]], pad_id: int):
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def pack(sequences: list[list[int]]):
+def pack(sequences: list[list[int]], labels: list[list[int]] | None = None):
     """All sequences in one row, no padding: positions restart at 0 for each sequence.
 
     Transformers reads restarting `position_ids` (with no attention mask and no cache) as packed
     sequences and builds a block-diagonal causal mask, so no sequence attends to another. The
     first token of each sequence is not a target (in a padded batch it never is either), so the
     loss equals the padded batch's loss, without spending compute on padding: a self-edit's
-    short lines next to its long passage were 75% padding.
+    short lines next to its long passage were 75% padding. `labels` (default: the tokens
+    themselves) may mask tokens out of the loss with IGNORE.
     """
     import torch
 
     ids = [t for s in sequences for t in s]
     positions = [p for s in sequences for p in range(len(s))]
-    labels = [IGNORE if p == 0 else t for t, p in zip(ids, positions, strict=True)]
+    given = ids if labels is None else [t for lab in labels for t in lab]
+    if len(given) != len(ids):
+        raise ValueError("pack: labels must have one entry per token")
+    labels = [IGNORE if p == 0 else t for t, p in zip(given, positions, strict=True)]
     # use_cache=False: with a cache, transformers would not build the block-diagonal mask
     return {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]),
             "labels": torch.tensor([labels]), "use_cache": False}

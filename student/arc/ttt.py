@@ -1,0 +1,247 @@
+"""ARC test-time training: the student absorbs an ARC self-edit and answers the test input.
+
+1. Training tasks (`training_tasks`): from the task's n demonstrations, leave-k-out tasks (each
+   demonstration in turn is the query, k-1 more are removed; `student.arc.leave_out`), each
+   copied under every transform of the families the self-edit switched on, plus a copy with its
+   demonstrations reordered. Duplicates are removed in a fixed order, and a seeded subset of
+   `max_tasks` is kept: the same inputs give the same tasks in every process (the reference's
+   `set()` makes its subset change with Python's hash seed).
+2. Training (`train`): a fresh LoRA on the frozen student (`student.arc.lora`), AdamW with the
+   self-edit's learning rate and epochs, cosine schedule with warm-up, `batch_size` tasks per
+   step (packed, no padding). The loss is on every token, or on the answer grid's tokens only,
+   located by rendering the prompt alone through the student's chat template (no token ids
+   written in the code). A self-edit that needs more than `max_steps` steps fails.
+3. Prediction (`predict`): the student answers the test input under each of `augment.VIEWS`
+   (the whole task transformed), greedy; each answer is parsed (untrusted text: a rectangle of
+   digits or nothing), mapped back by the view's inverse, and the distinct grids are ranked by
+   votes (ties: the earlier view wins, identity first). The two best are the attempts (pass@2).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from student.arc import augment, grids
+from student.arc.grids import Grid
+from student.arc.selfedit import TTTConfig, parse
+from student.config import ArcSettings
+
+Pair = tuple[Grid, Grid]  # (input, output)
+SYSTEM = ("Figure out the underlying transformation in the following examples and apply it to "
+          "the test case. Grids are rows of digits, one row per line.\n\n")
+
+
+@dataclass
+class Query:
+    demos: list[Pair]
+    input: Grid
+    output: Grid | None = None  # the answer, for training tasks
+
+
+def messages(q: Query) -> list[dict]:
+    shown = "".join(f"Input:\n{grids.text(i)}\nOutput:\n{grids.text(o)}\n\n" for i, o in q.demos)
+    out = [{"role": "system", "content": SYSTEM + shown},
+           {"role": "user", "content": f"Input:\n{grids.text(q.input)}\nOutput:"}]
+    if q.output is not None:
+        out.append({"role": "assistant", "content": grids.text(q.output)})
+    return out
+
+
+def render_prompt(tokenizer, q: Query, instruct: bool) -> str:
+    """The prompt up to where the answer starts (the chat template's assistant turn)."""
+    msgs = messages(Query(q.demos, q.input))
+    if instruct:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in msgs) + "\n"
+
+
+def encode(tokenizer, q: Query, instruct: bool, loss: str) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of a training task; `loss="output"` masks everything before the
+    answer. The split point is where the rendered prompt alone ends."""
+    from student.data import IGNORE
+
+    prompt = render_prompt(tokenizer, q, instruct)
+    if instruct:
+        full = tokenizer.apply_chat_template(messages(q), tokenize=False)
+    else:
+        full = prompt + grids.text(q.output) + (tokenizer.eos_token or "")
+    if not full.startswith(prompt):
+        raise ValueError("the student's chat template renders the answer turn differently from "
+                         "its generation prompt; train with the all-tokens strategy instead")
+    p_ids = tokenizer(prompt, add_special_tokens=not instruct)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=not instruct)["input_ids"]
+    if ids[: len(p_ids)] != p_ids:
+        raise ValueError("the prompt's tokens change when the answer follows them; cannot locate "
+                         "the answer tokens")
+    labels = list(ids) if loss == "all" else [IGNORE] * len(p_ids) + ids[len(p_ids):]
+    return ids, labels
+
+
+def _fits(q: Query) -> bool:
+    every = [g for pair in q.demos for g in pair] + [q.input] + ([q.output] if q.output else [])
+    return all(max(grids.shape(g)) <= augment.MAX_SIDE for g in every)
+
+
+def _key(q: Query) -> str:
+    return repr((q.demos, q.input, q.output))
+
+
+def training_tasks(demos: Sequence[Pair], config: TTTConfig, settings: ArcSettings,
+                   seed: int) -> list[Query]:
+    """The leave-k-out tasks of `demos`, augmented as `config` says, deduplicated, at most
+    `settings.max_tasks` (a seeded subset)."""
+    n = len(demos)
+    base = []
+    for k in settings.leave_out:
+        for held in range(n):
+            others = [j for j in range(n) if j != held]
+            for removed in itertools.combinations(others, k - 1):
+                base.append(Query([demos[j] for j in others if j not in removed],
+                                  demos[held][0], demos[held][1]))
+    transforms = [augment.IDENTITY] + [t for fam in config.families
+                                       for t in augment.family(fam, seed)]
+    tasks: dict[str, Query] = {}
+    for q in base:
+        for t in transforms:
+            a = Query([(t(i), t(o)) for i, o in q.demos], t(q.input), t(q.output))
+            if _fits(a):
+                tasks.setdefault(_key(a), a)
+    if settings.permute:
+        rng = random.Random(seed)
+        for q in list(tasks.values()):
+            if len(q.demos) > 1:
+                order = rng.sample(range(len(q.demos)), len(q.demos))
+                p = Query([q.demos[j] for j in order], q.input, q.output)
+                tasks.setdefault(_key(p), p)
+    out = list(tasks.values())
+    if len(out) > settings.max_tasks:
+        keep = sorted(random.Random(seed).sample(range(len(out)), settings.max_tasks))
+        out = [out[i] for i in keep]
+    return out
+
+
+def _schedule(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    return factor
+
+
+def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
+          settings: ArcSettings, seed: int) -> list[float]:
+    """SFT of the adapter on encoded tasks; one loss per optimiser step."""
+    import torch
+
+    from student.data import pack
+
+    batch = max(1, settings.batch_size)
+    total = config.epochs * math.ceil(len(rows) / batch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, total))
+    order = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    losses = []
+    model.train()
+    for _ in range(config.epochs):
+        perm = torch.randperm(len(rows), generator=order).tolist()
+        for i in range(0, len(rows), batch):
+            chunk = [rows[j] for j in perm[i : i + batch]]
+            inputs = pack([ids for ids, _ in chunk], [lab for _, lab in chunk])
+            loss = model(**{k: v.to(device) if hasattr(v, "to") else v
+                            for k, v in inputs.items()}).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def vote(candidates: list[Grid | None]) -> list[Grid]:
+    """The two grids with the most votes (ties: the one first seen); None votes are dropped."""
+    counts: dict[str, list] = {}
+    for i, g in enumerate(candidates):
+        if g is not None:
+            counts.setdefault(repr(g), [0, i, g])[0] += 1
+    ranked = sorted(counts.values(), key=lambda c: (-c[0], c[1]))
+    return [g for _, _, g in ranked[:2]]
+
+
+def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
+            instruct: bool) -> tuple[list[Grid], list[str]]:
+    """(the two attempts, the raw answers) for one test input, from every view that fits."""
+    import torch
+
+    views, prompts = [], []
+    for v in augment.VIEWS:
+        q = Query([(v(i), v(o)) for i, o in demos], v(test_input))
+        if _fits(q):
+            views.append(v)
+            prompts.append(render_prompt(tokenizer, q, instruct))
+    # room for the largest grid the task shows, as rows of digits plus newlines, twice over
+    largest = max((len(g) * (len(g[0]) + 1) for pair in demos for g in pair), default=0)
+    max_new = min(settings.max_tokens, 2 * max(largest, len(test_input) * (len(test_input[0]) + 1))
+                  + 8)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True,
+                      add_special_tokens=not instruct).to(model.device)
+    with torch.inference_mode():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new,
+                             pad_token_id=tokenizer.pad_token_id)
+    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    candidates = []
+    for v, a in zip(views, answers, strict=True):
+        g = grids.parse(a)
+        candidates.append(v.inverse(g) if g is not None else None)
+    return vote(candidates), answers
+
+
+@dataclass
+class Attempt:
+    """One self-edit absorbed and the test inputs answered."""
+
+    success: bool  # every test output among its two attempts (pass@2)
+    failure: str | None = None  # why no training happened (an invalid or over-budget self-edit)
+    tasks: int = 0  # training tasks built
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    attempts: list[list[Grid]] = field(default_factory=list)  # per test input
+
+
+def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settings: ArcSettings,
+          instruct: bool) -> Attempt:
+    """The model as it is (in context only) answers every test input."""
+    attempts = [predict(model, tokenizer, demos, i, settings, instruct)[0] for i, _ in tests]
+    return Attempt(all(o in a for (_, o), a in zip(tests, attempts, strict=True)),
+                   attempts=attempts)
+
+
+def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
+                     self_edit: str, settings: ArcSettings, instruct: bool, seed: int) -> Attempt:
+    """Parse the self-edit, build its training tasks, train a fresh LoRA, answer, unload."""
+    from student.absorb import fresh_adapter
+
+    parsed = parse(self_edit, tuple(settings.lr_range), settings.max_epochs)
+    if parsed.config is None:
+        return Attempt(False, failure=f"invalid self-edit: {parsed.reason}")
+    config = parsed.config
+    tasks = training_tasks(demos, config, settings, seed)
+    rows = [encode(tokenizer, q, instruct, config.loss) for q in tasks]
+    rows = [r for r in rows if len(r[0]) <= settings.max_tokens]
+    if not rows:
+        return Attempt(False, failure="no training task fits student.arc.max_tokens")
+    steps = config.epochs * math.ceil(len(rows) / max(1, settings.batch_size))
+    if steps > settings.max_steps:
+        return Attempt(False, failure=f"over budget: {steps} steps > student.arc.max_steps="
+                                      f"{settings.max_steps}", tasks=len(rows), steps=steps)
+    with fresh_adapter(model, settings.lora, seed) as adapted:
+        losses = train(adapted, rows, config, settings, seed)
+        result = solve(adapted, tokenizer, demos, tests, settings, instruct)
+    result.tasks, result.steps, result.losses = len(rows), steps, losses
+    return result

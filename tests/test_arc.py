@@ -1,0 +1,242 @@
+"""ARC: grids as text, augmentation inverses, self-edit JSON validation, voting, training tasks,
+and test-time training on a tiny student (the real code path, random weights)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from loop.config import PROJECT_ROOT
+from loop.tasks import DataError, load_arc
+from student.arc import augment, grids
+from student.arc.selfedit import TTTConfig, parse, to_json
+from student.config import ArcSettings
+
+ARC = PROJECT_ROOT / "data" / "arc"
+TRAIN = ARC / "arc-agi_training_challenges_filtered_1B_training_set.json"
+EVAL = ARC / "arc-agi_evaluation_challenges_filtered_1B_eval_set.json"
+LIMITS = ((1e-6, 1e-2), 10)
+
+
+def random_grid(rng: random.Random, h: int | None = None, w: int | None = None):
+    h, w = h or rng.randint(1, 7), w or rng.randint(1, 7)
+    return [[rng.randint(0, 9) for _ in range(w)] for _ in range(h)]
+
+
+def every_transform():
+    return [t for fam in augment.FAMILIES for t in augment.family(fam, seed=3)] + augment.VIEWS
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+def test_the_papers_task_files_load_with_their_solutions():
+    train, evals = load_arc(TRAIN), load_arc(EVAL)
+    assert len(train) == 12 and len(evals) == 10
+    task = {t.id: t for t in train}["44f52bb0"]
+    assert len(task.train) == 6 and len(task.test) == 2  # two test inputs, two solutions
+    assert all(ex.output for ex in task.test)
+
+
+def test_a_bad_grid_names_the_file_the_task_and_the_grid(tmp_path):
+    challenges = tmp_path / "mine_challenges.json"
+    challenges.write_text(json.dumps({"t1": {"train": [{"input": [[1, 2], [3]], "output": [[1]]}],
+                                             "test": [{"input": [[1]]}]}}))
+    (tmp_path / "mine_solutions.json").write_text(json.dumps({"t1": [[[1]]]}))
+    with pytest.raises(DataError, match=r"mine_challenges.json: task t1: train 0 input: row 1 "
+                                        r"has 1 cells, row 0 has 2"):
+        load_arc(challenges)
+    challenges.write_text(json.dumps({"t1": {"train": [{"input": [[1]], "output": [[10]]}],
+                                             "test": [{"input": [[1]]}]}}))
+    with pytest.raises(DataError, match="holds 10; colours are integers 0-9"):
+        load_arc(challenges)
+    with pytest.raises(DataError, match="cannot guess its solutions file"):
+        load_arc(tmp_path / "tasks.json")
+
+
+# ---- grids as text --------------------------------------------------------------------------
+
+def test_grid_text_round_trips_on_every_grid_of_the_papers_tasks():
+    for path in (TRAIN, EVAL):
+        for task in load_arc(path):
+            for ex in task.train + task.test:
+                for g in (ex.input, ex.output):
+                    assert grids.parse(grids.text(g)) == g
+    assert grids.text([[0, 1], [2, 3]]) == "01\n23"
+
+
+@pytest.mark.parametrize("answer", ["", "12\n3", "1a\n22", "[[1, 2]]", "١٢\n٣٤", "1 2\n3 4",
+                                    "9" * 31 * 31])
+def test_parse_turns_anything_but_a_rectangle_of_digits_into_none(answer):
+    assert grids.parse(answer) is None
+
+
+def test_parse_ignores_surrounding_space_and_blank_lines():
+    assert grids.parse("\n 12 \n\n34\n") == [[1, 2], [3, 4]]
+
+
+# ---- augmentations --------------------------------------------------------------------------
+
+def test_every_transform_is_undone_by_its_inverse():
+    rng = random.Random(0)
+    shapes = [(1, 1), (1, 5), (5, 1), (2, 3), (3, 3), (4, 7), (7, 4)]
+    for t in every_transform():
+        for h, w in shapes:
+            g = random_grid(rng, h, w)
+            copy = [list(r) for r in g]
+            assert t.inverse(t(g)) == g, t.name
+            assert g == copy, t.name  # pure: the input grid is never changed
+
+
+def test_transforms_by_hand():
+    g = [[1, 2], [3, 4]]
+    assert augment.ROT90(g) == [[2, 4], [1, 3]]  # counter-clockwise, as numpy.rot90
+    assert augment.ROT270(g) == [[3, 1], [4, 2]]
+    assert augment.ROT180(g) == [[4, 3], [2, 1]]
+    assert augment.FLIP_ROWS(g) == [[3, 4], [1, 2]] and augment.FLIP_COLS(g) == [[2, 1], [4, 3]]
+    assert augment.TRANSPOSE(g) == [[1, 3], [2, 4]]
+    assert augment.REFLECT[0](g) == [[1, 2], [3, 4], [3, 4], [1, 2]]
+    assert augment.REFLECT[3](g) == [[2, 1, 1, 2], [4, 3, 3, 4]]
+    assert augment.RESOLUTION2([[5]]) == [[5, 5], [5, 5]]
+    assert augment.HEIGHT2(g) == [[1, 2], [1, 2], [3, 4], [3, 4]]
+    assert augment.REPEAT[2]([[7, 8]]) == [[7, 8, 7, 8], [7, 8, 7, 8]]
+    assert augment.translate(1, 0)([[1], [2], [3]]) == [[3], [1], [2]]  # cyclic
+    assert augment.chain(augment.ROT90, augment.RESOLUTION2)([[1, 2]]) == [[2, 2], [2, 2],
+                                                                           [1, 1], [1, 1]]
+
+
+def test_inverse_of_a_shape_the_transform_cannot_produce_is_none():
+    odd = [[1, 2, 3]]
+    for t in (augment.REFLECT[0], augment.RESOLUTION2, augment.HEIGHT2, augment.REPEAT[0]):
+        assert t.inverse(odd) is None, t.name
+    assert augment.chain(augment.ROT90, augment.RESOLUTION2).inverse(odd) is None
+
+
+# ---- self-edit JSON -------------------------------------------------------------------------
+
+GOOD = {"data_generation": {"use_basic_augmentations": True, "use_size_augmentations": False,
+                            "use_chain_augmentations": True, "use_repeat_augmentations": False},
+        "training": {"strategy": "train_using_output_tokens", "learning_rate": 1e-4,
+                     "num_train_epochs": 2}}
+
+
+def edited(**training):
+    return json.dumps({**GOOD, "training": {**GOOD["training"], **training}})
+
+
+def test_a_valid_self_edit_parses_also_inside_prose_or_a_code_fence():
+    want = TTTConfig(("basic", "chain"), "output", 1e-4, 2)
+    assert parse(json.dumps(GOOD), *LIMITS).config == want
+    assert parse(f"Sure! ```json\n{json.dumps(GOOD)}\n``` Good luck.", *LIMITS).config == want
+    assert parse(to_json(want), *LIMITS).config == want
+    assert parse(edited(num_train_epochs=3.0), *LIMITS).config.epochs == 3
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("I would use augmentations.", "no JSON object"),
+    ("[1, 2]", "no JSON object"),
+    ('{"training": {}}', "'data_generation' missing"),
+    (json.dumps({"data_generation": GOOD["data_generation"]}), "'training' missing"),
+    (json.dumps({**GOOD, "data_generation": {**GOOD["data_generation"],
+                                             "use_size_augmentations": "yes"}}),
+     "use_size_augmentations must be true or false"),
+    (edited(strategy="train_on_everything"), "training.strategy must be one of"),
+    (edited(learning_rate="1e-4"), "learning_rate must be a number"),
+    (edited(learning_rate=1.0), r"learning_rate 1 outside \[1e-06, 0.01\]"),
+    (edited(learning_rate=float("nan")), "learning_rate must be a number"),
+    (edited(num_train_epochs=0), r"num_train_epochs 0 outside \[1, 10\]"),
+    (edited(num_train_epochs=2.5), "num_train_epochs must be an integer"),
+    (edited(num_train_epochs=True), "num_train_epochs must be an integer"),
+    ("{" * 100000, "longer than 4096 characters"),
+    ("[" * 3000 + "]" * 3000, "longer than 4096"),
+])
+def test_an_invalid_self_edit_is_a_reason_never_an_exception(text, reason):
+    parsed = parse(text, *LIMITS)
+    assert parsed.config is None
+    assert re.search(reason, parsed.reason), parsed.reason
+
+
+def test_deeply_nested_json_within_the_cap_is_a_reason_not_a_crash():
+    assert parse("[" * 2000 + "]" * 2000, *LIMITS).reason == "no JSON object"
+
+
+# ---- voting ---------------------------------------------------------------------------------
+
+def test_vote_by_hand():
+    from student.arc.ttt import vote
+
+    a, b, c = [[1]], [[2]], [[3]]
+    assert vote([a, b, a, None, c, b, a]) == [a, b]
+    assert vote([c, b, b, c]) == [c, b]  # tie: the first seen (identity view first) wins
+    assert vote([None, None]) == [] and vote([b]) == [b]
+
+
+# ---- training tasks -------------------------------------------------------------------------
+
+DEMOS = [([[1, 0]], [[0, 1]]), ([[2, 0]], [[0, 2]]), ([[3, 3]], [[3, 3]])]
+
+
+def test_leave_out_tasks_by_hand():
+    from student.arc.ttt import training_tasks
+
+    plain = ArcSettings(leave_out=[1], permute=False)
+    none = TTTConfig((), "all", 1e-4, 1)
+    tasks = training_tasks(DEMOS, none, plain, seed=0)
+    assert [(len(q.demos), q.input) for q in tasks] == [(2, [[1, 0]]), (2, [[2, 0]]),
+                                                        (2, [[3, 3]])]
+    assert tasks[0].demos == [DEMOS[1], DEMOS[2]]
+    two = training_tasks(DEMOS, none, ArcSettings(leave_out=[1, 2], permute=False), seed=0)
+    assert len(two) == 3 + 3 * 2  # leave-two-out: each query, one more demo removed
+    basic = TTTConfig(("basic",), "all", 1e-4, 1)
+    aug = training_tasks(DEMOS, basic, plain, seed=0)
+    assert len(aug) > len(tasks) and len({repr(q) for q in aug}) == len(aug)  # no duplicates
+    assert aug == training_tasks(DEMOS, basic, plain, seed=0)  # deterministic
+    capped = training_tasks(DEMOS, basic, ArcSettings(leave_out=[1], max_tasks=5), seed=0)
+    assert len(capped) == 5
+
+
+def test_output_only_loss_masks_everything_before_the_answer_grid(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from student.arc.ttt import Query, encode
+    from student.data import IGNORE
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    q = Query(DEMOS[:2], [[3, 3]], [[3, 3], [4, 4]])
+    ids, labels = encode(tok, q, instruct=True, loss="output")
+    kept = [t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE]
+    assert tok.decode(kept).startswith("33\n44<|im_end|>")
+    assert labels[: len(ids) - len(kept)] == [IGNORE] * (len(ids) - len(kept))
+    all_ids, all_labels = encode(tok, q, instruct=True, loss="all")
+    assert all_ids == ids and all_labels == ids
+
+
+# ---- test-time training on a tiny student ---------------------------------------------------
+
+def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llama):
+    import torch
+
+    from student.arc.ttt import absorb_and_solve, solve
+    from student.model import load_student
+    from tests.test_models import tiny_student
+
+    model, tok = load_student(tiny_student(tiny_llama))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=40)
+    tests = [([[4, 0]], [[0, 4]])]
+    edit = to_json(TTTConfig(("basic",), "output", 5e-3, 2))
+    result = absorb_and_solve(model, tok, DEMOS, tests, edit, settings, True, seed=0)
+    assert result.failure is None and result.tasks > 3 and result.steps == len(result.losses)
+    assert result.losses[-1] < result.losses[0]
+    assert len(result.attempts) == 1 and len(result.attempts[0]) <= 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    over = absorb_and_solve(model, tok, DEMOS, tests, to_json(TTTConfig(("basic",), "all", 1e-4,
+                                                                        10)), settings, True, 0)
+    assert not over.success and over.failure.startswith("over budget") and not over.losses
+    bad = absorb_and_solve(model, tok, DEMOS, tests, "use rotations", settings, True, 0)
+    assert not bad.success and bad.failure == "invalid self-edit: no JSON object"
+    base = solve(model, tok, DEMOS, tests, settings, True)
+    assert base.failure is None and isinstance(base.success, bool)
