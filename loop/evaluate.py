@@ -214,7 +214,7 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
     exactly as they would have been."""
     from tqdm import tqdm
 
-    from teacher.prompts import self_edit_prompt
+    from loop.outer import context_prompt
 
     wanted = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
     path = out_dir / "self_edits.jsonl"
@@ -235,8 +235,7 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
             chunk = todo[b : b + step]
             # the same seeds for both conditions: the adapter is the only difference
             seeds = [derive_seed(run.seed, "evaluate-sample", p.id, i) for p, i in chunk]
-            texts = generator.sample([self_edit_prompt(run.teacher.sampling.prompt, p.title,
-                                                       p.context) for p, _ in chunk], seeds)
+            texts = generator.sample([context_prompt(run, p) for p, _ in chunk], seeds)
             for (p, i), seed, text in zip(chunk, seeds, texts, strict=True):
                 done[(cond, p.id, i)] = text
                 append_jsonl(path, {"condition": cond, "context": p.id, "sample": i,
@@ -255,16 +254,16 @@ def load_generator(run: RunConfig):
                                  settings=run.teacher.sampling)
 
 
-def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int,
-              resamples: int) -> dict[str, dict]:
+def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resamples: int,
+              metrics: tuple[str, ...] = METRICS) -> dict[str, dict]:
     """Per condition and metric: mean with interval, and the paired difference from every
-    condition before it (`vs_<other>`)."""
+    condition before it (`vs_<other>`). Rows are paired units (passages; ARC: task x sample)."""
     from loop.stats import bootstrap, paired_difference
 
     summary: dict[str, dict] = {}
     for cond, rows in per_passage.items():
         summary[cond] = {}
-        for m in METRICS + (("judge",) if "judge" in rows[0] else ()):
+        for m in metrics + (("judge",) if "judge" in rows[0] else ()):
             values = [r[m] for r in rows if r[m] is not None]
             if not values:
                 continue
@@ -304,11 +303,12 @@ def proxy_correlations(per_passage: dict[str, list[dict]]) -> dict[str, dict[str
     return out
 
 
-def format_table(summary: dict[str, dict], n_passages: int, n_questions: int) -> str:
+def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
+                 footer: str | None = None) -> str:
     """Means with 95% intervals per condition, then paired differences from `base`."""
-    metrics = [m for m in (*METRICS, "judge") if any(m in s for s in summary.values())]
+    metrics = [m for m in (*METRICS, "judge", "success") if any(m in s for s in summary.values())]
     names = {"exact_match": "EM %", "f1": "F1 %", "contains": "contains %", "logprob": "logprob",
-             "judge": "judge %"}
+             "judge": "judge %", "success": "success %"}
 
     def cell(e: dict | None) -> str:
         return f"{e['mean']:6.2f} [{e['low']:6.2f}, {e['high']:6.2f}]" if e else f"{'-':>22}"
@@ -321,11 +321,12 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int) ->
 
     lines = block("condition", "estimate", list(summary))
     for ref in summary:  # paired differences from each condition, for those listed after it
-        later = [c for c in summary if f"vs_{ref}" in summary[c].get("logprob", {})]
+        later = [c for c in summary
+                 if any(f"vs_{ref}" in summary[c].get(m, {}) for m in metrics)]
         if later:
             lines += [""] + block(f"minus {ref}", f"vs_{ref}", later)
-    lines.append(f"{n_passages} passages, {n_questions} questions; mean over passages "
-                 "[95% bootstrap interval]; differences are paired by passage")
+    lines.append(footer or f"{n_passages} passages, {n_questions} questions; mean over passages "
+                           "[95% bootstrap interval]; differences are paired by passage")
     errors = {c: s["judge_errors"] for c, s in summary.items() if "judge_errors" in s}
     if errors:
         lines.append("judge errors (no clear yes/no, left out of judge %): "
@@ -343,9 +344,13 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     from loop import plots, tracking
     from loop.baseline import BaselineCache
     from loop.outer import check_resume
-    from loop.tasks import load_squad, select
+    from loop.tasks import load_contexts, select
     from student.model import load_student
 
+    if run.task.format == "arc":
+        from loop import arc
+
+        return arc.evaluate(run, out_dir, command)
     if run.task.absorb not in ("single", "together", "sequential"):
         raise ConfigError(f"unknown task.absorb '{run.task.absorb}'; choose single, together or "
                           "sequential")
@@ -355,7 +360,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     unknown = sorted(set(run.evaluate.conditions) - set(CONDITIONS))
     if unknown:
         raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
-    passages = select(load_squad(run.task.data), run.task.n_contexts, run.seed)
+    passages = select(load_contexts(run.task), run.task.n_contexts, run.seed)
     n_questions = sum(len(p.questions) for p in passages)
     teacher_conditions = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
     check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))

@@ -63,6 +63,7 @@ class Evaluation:
     seconds: float
     train_loss: list[float] = field(default_factory=list)  # first and last step
     scores: dict[str, float] = field(default_factory=dict)  # every metric computed, means
+    failure: str | None = None  # why the self-edit was not absorbed (ARC: invalid, over budget)
 
     @property
     def key(self) -> tuple[int, str, int, int]:

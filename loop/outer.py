@@ -36,7 +36,7 @@ from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
 from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, reward
 from loop.seeds import derive_seed
-from loop.tasks import Passage, load_squad, select
+from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,14 @@ def validate(run: RunConfig) -> None:
     if run.reward.baseline not in BASELINES:
         raise ConfigError(f"unknown reward.baseline '{run.reward.baseline}'; choose from "
                           f"{list(BASELINES)}")
+    arc = run.task.format == "arc"
+    if arc and (run.reward.metric != "success" or run.reward.baseline == "passage"):
+        raise ConfigError("task=arc scores self-edits by reward.metric=success, against "
+                          "reward.baseline=none (the paper's) or student; got "
+                          f"reward.metric={run.reward.metric} reward.baseline={run.reward.baseline}")
+    if not arc and run.reward.metric == "success":
+        raise ConfigError("reward.metric=success is ARC's; pick another metric for "
+                          f"task={run.task.name}")
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
     for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
@@ -130,8 +138,6 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
     """k self-edits per context; those already in `path` are read back, the rest sampled."""
     from tqdm import tqdm
 
-    from teacher.prompts import self_edit_prompt
-
     edits = {(row["context"], row["sample"]): SelfEdit(**row) for row in read_jsonl(path)}
     todo = [(c, i) for c in contexts for i in range(run.loop.k) if (c.id, i) not in edits]
     step = max(1, run.teacher.sampling.batch_size)
@@ -139,8 +145,7 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
         for b in range(0, len(todo), step):
             chunk = todo[b : b + step]
             seeds = [derive_seed(run.seed, "sample", r, c.id, i) for c, i in chunk]
-            prompts = [self_edit_prompt(run.teacher.sampling.prompt, c.title, c.context)
-                       for c, _ in chunk]
+            prompts = [context_prompt(run, c) for c, _ in chunk]
             t0 = time.perf_counter()
             texts = generator.sample(prompts, seeds)
             share = (time.perf_counter() - t0) / len(chunk)
@@ -150,6 +155,17 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
                 edits[(c.id, i)] = e
             bar.update(len(chunk))
     return edits
+
+
+def context_prompt(run: RunConfig, context) -> str:
+    """What the teacher reads for a context: a SQuAD prompt (teacher.sampling.prompt) or ARC's."""
+    if run.task.format == "arc":
+        from loop import arc
+
+        return arc.prompt(context)
+    from teacher.prompts import self_edit_prompt
+
+    return self_edit_prompt(run.teacher.sampling.prompt, context.title, context.context)
 
 
 def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_model,
@@ -189,7 +205,14 @@ def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: 
 
 def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
                     judge_model) -> list[dict]:
-    """The per-question scores rewards are measured against (reward.baseline), once per passage."""
+    """The per-question scores rewards are measured against (reward.baseline), once per passage;
+    None for reward.baseline=none."""
+    if run.reward.baseline == "none":
+        return None
+    if run.task.format == "arc":
+        from loop import arc
+
+        return cache.get(passage.id, lambda: arc.score_base(model, tokenizer, passage, run))
     if run.reward.baseline == "student":
         return cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
                                                            judge_model, generate=True))
@@ -218,8 +241,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     total = len(contexts) * run.loop.k * run.reward.inner_seeds
     with tqdm(total=total, desc=f"round {r}: inner loop", unit="eval") as bar:
         for c in contexts:
-            base_score = context_score(baseline_scores(model, tokenizer, c, run, baseline,
-                                                       judge_model), metric)
+            base = baseline_scores(model, tokenizer, c, run, baseline, judge_model)
+            base_score = 0.0 if base is None else context_score(base, metric)
             for i in range(run.loop.k):
                 e = edits[(c.id, i)]
                 for j in range(run.reward.inner_seeds):
@@ -227,15 +250,22 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
                     if done is None:
                         seed = derive_seed(run.seed, "absorb", r, c.id, i, j)
                         t0 = time.perf_counter()
-                        texts = training_texts(e.text, c.title, c.context, run.student.data)
-                        scores, losses = absorb_and_score(model, tokenizer, c, texts, run, seed,
-                                                          judge_model, generate)
+                        failure = None
+                        if run.task.format == "arc":
+                            from loop import arc
+
+                            scores, losses, failure = arc.score_self_edit(model, tokenizer, c,
+                                                                          e.text, run, seed)
+                        else:
+                            texts = training_texts(e.text, c.title, c.context, run.student.data)
+                            scores, losses = absorb_and_score(model, tokenizer, c, texts, run,
+                                                              seed, judge_model, generate)
                         score = context_score(scores, metric)
                         gain = 0.0 if score is None or base_score is None else reward(score,
                                                                                       base_score)
                         done = Evaluation(r, c.id, i, j, e.hash, seed, metric, base_score,
                                           score, gain, time.perf_counter() - t0, losses,
-                                          metric_means(scores))
+                                          metric_means(scores), failure)
                         ledger.add(done)
                     out.append(done)
                     bar.update()
@@ -262,13 +292,12 @@ def self_edit_rows(run: RunConfig, contexts: list[Passage], edits, evals: list[E
 def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept_keys,
            previous: Path | None, out: Path) -> tuple[Path | None, list[float]]:
     """Train the round's teacher adapter on the kept pairs (or reuse a finished one)."""
-    from teacher.prompts import self_edit_prompt
     from teacher.train import train_adapter
 
     model, tokenizer = teacher
     by_id = {c.id: c for c in contexts}
-    pairs = [(self_edit_prompt(run.teacher.sampling.prompt, by_id[c].title, by_id[c].context),
-              edits[(c, i)].text) for c, i in sorted(kept_keys) if edits[(c, i)].text.strip()]
+    pairs = [(context_prompt(run, by_id[c]), edits[(c, i)].text)
+             for c, i in sorted(kept_keys) if edits[(c, i)].text.strip()]
     if not pairs:
         log.warning("round %d: no self-edit passed the filter; the teacher stays as it was", r)
         return previous, []
@@ -291,7 +320,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
 
     validate(run)
     out_dir = Path(run.resume) if run.resume else out_dir
-    pool = select(load_squad(run.task.data), run.task.n_contexts, run.seed)
+    pool = select(load_contexts(run.task), run.task.n_contexts, run.seed)
     schedule = round_contexts(pool, run.loop.contexts_per_round, run.loop.rounds, run.seed)
     record = check_resume(run, out_dir, command)
     print(f"resume after a crash with: {record['command']} resume={out_dir}")

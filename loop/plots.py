@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 LABELS = {"exact_match": "exact match %", "f1": "token F1 %", "contains": "gold contained %",
-          "logprob": "gold log-prob / token", "judge": "judge %"}
+          "logprob": "gold log-prob / token", "judge": "judge %", "success": "ARC success %"}
 
 
 def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:

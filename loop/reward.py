@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 # reward.metric -> the per-question field it averages (loop.evaluate's column names)
 METRICS = {"exact_match": "exact_match", "f1": "f1", "contains": "contains", "judge": "judge",
-           "answer_logprob": "logprob"}
+           "answer_logprob": "logprob", "success": "success"}  # success: ARC pass@2
 FILTERS = ("best_of_k", "threshold", "top_fraction")
-BASELINES = ("student", "passage")
+BASELINES = ("student", "passage", "none")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class RewardConfig:
     metric: str = "answer_logprob"
     # what a self-edit's score is compared with: `student`, the frozen student (SEAL); or
     # `passage`, the student after absorbing the passage alone (a gain is then what the
-    # self-edit adds to the passage, which the inner loop trains on too)
+    # self-edit adds to the passage, which the inner loop trains on too); or `none` (0: the
+    # reward is the score itself, the paper's ARC reward)
     baseline: str = "student"
     filter: str = "best_of_k"  # best_of_k (SEAL), threshold (gain > tau), top_fraction
     tau: float = 0.0  # threshold: keep gains above this (never below 0: no gain is never kept)

@@ -22,6 +22,7 @@ from omegaconf import MISSING
 @dataclass
 class TaskConfig:
     name: str = MISSING  # the task's name; also the MLflow experiment's name
+    format: str = "squad"  # squad (passages and questions) or arc (few-shot grid tasks)
     data: str = MISSING  # a JSON file in the shared format; relative paths are from the cwd
     n_contexts: int | None = None  # a seeded subset of this many contexts (None: all of them)
     # loop.evaluate: `single`, one fresh student per passage (the paper's main setting);
@@ -30,6 +31,10 @@ class TaskConfig:
     absorb: str = "single"
     # arc: the solutions file; None: the challenges file's name with "challenges" -> "solutions"
     solutions: str | None = None
+    ids: list[str] | None = None  # only these contexts (ARC task ids; SQuAD "<file>/<index>")
+    # what loop.evaluate reads by default (the held-out set): its data file and ids
+    eval_data: str | None = None
+    eval_ids: list[str] | None = None
 
 
 @dataclass
@@ -86,6 +91,21 @@ def load_squad(path: str | Path) -> list[Passage]:
         passages.append(Passage(f"{path.stem}/{i}", _text(row, "title", where),
                                 _text(row, "context", where), questions))
     return passages
+
+
+def load_contexts(task: TaskConfig) -> list:
+    """The contexts of task.data in the task's format: SQuAD passages or ARC tasks."""
+    if task.format not in ("squad", "arc"):
+        raise DataError(f"unknown task.format '{task.format}'; choose squad or arc")
+    contexts = load_arc(task.data, task.solutions) if task.format == "arc" else load_squad(task.data)
+    if task.ids is None:
+        return contexts
+    by_id = {c.id: c for c in contexts}
+    missing = [i for i in task.ids if i not in by_id]
+    if missing:
+        raise DataError(f"{task.data}: no context with id {missing[0]} (task.ids); it has "
+                        f"{', '.join(list(by_id)[:12])}{' ...' if len(by_id) > 12 else ''}")
+    return [by_id[i] for i in task.ids]
 
 
 def select(passages: list[Passage], n: int | None, seed: int) -> list[Passage]:

@@ -51,6 +51,18 @@ class EvalSettings:
 
 
 @dataclass
+class ArcOracle:
+    """The hand-tuned test-time training configuration (the reference's fixed TTT settings:
+    every augmentation family, loss on the output grid, lr 1e-4, 2 epochs): loop.evaluate's
+    `oracle` row for task=arc."""
+
+    families: list[str] = field(default_factory=lambda: ["basic", "size", "chain", "repeat"])
+    loss: str = "output"  # output | all
+    lr: float = 1e-4
+    epochs: int = 2
+
+
+@dataclass
 class ArcSettings:
     """ARC test-time training (task=arc). The paper's settings: LoRA r=128/alpha=16 on q, v,
     gate, up, down; batch 2; cosine schedule; leave-one-out and leave-two-out tasks; at most
@@ -67,6 +79,7 @@ class ArcSettings:
     lr_range: list[float] = field(default_factory=lambda: [1e-6, 1e-2])  # accepted learning rates
     max_epochs: int = 10  # accepted num_train_epochs
     permute: bool = True  # add a copy of each training task with its demonstrations reordered
+    oracle: ArcOracle = field(default_factory=ArcOracle)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Teacher prompts: SEAL's self-edit prompts for knowledge incorporation, chosen by name."""
+"""Teacher prompts: SEAL's self-edit prompts, for knowledge incorporation (chosen by name) and ARC."""
 
 from __future__ import annotations
 
@@ -28,3 +28,54 @@ def render(tokenizer, text: str, instruct: bool) -> str:
         return text
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                          add_generation_prompt=True)
+
+
+ARC_INSTRUCTION = """You are configuring a model training pipeline by selecting from predefined tools.
+
+You must make two decisions:
+
+1. **Data Generation Tools** - For each of the following, choose true or false:
+    - use_basic_augmentations
+    - use_size_augmentations
+    - use_chain_augmentations
+    - use_repeat_augmentations
+
+2. **Training Configuration** - Choose one of:
+    - "train_using_all_tokens"
+    - "train_using_output_tokens"
+
+Also specify:
+    - learning_rate (float)
+    - num_train_epochs (integer)
+
+### Output Format
+
+Respond with a valid JSON object. Do not include any explanation, markdown, or extra text. Use \
+lowercase `true`/`false` for booleans and ensure correct JSON syntax.
+
+Example output:
+
+{
+  "data_generation": {
+    "use_basic_augmentations": ...,
+    "use_size_augmentations": ...,
+    "use_chain_augmentations": ...,
+    "use_repeat_augmentations": ...
+  },
+  "training": {
+    "strategy": ...,
+    "learning_rate": ...,
+    "num_train_epochs": ...
+  }
+}"""
+
+
+def arc_prompt(demos: list[tuple[list[list[int]], list[list[int]]]]) -> str:
+    """SEAL's ARC self-edit prompt: the task's demonstrations (rows of space-separated digits
+    under Input: / Output:), then the instruction to answer with a JSON training configuration.
+    The test input is not shown."""
+    def grid(g):
+        return "".join(" ".join(str(v) for v in row) + "\n" for row in g)
+
+    shown = "".join(f"Input:\n{grid(i)}\nOutput:\n{grid(o)}\n" for i, o in demos)
+    return shown + "------\n\n" + ARC_INSTRUCTION

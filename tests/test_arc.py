@@ -3,6 +3,7 @@ and test-time training on a tiny student (the real code path, random weights).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -240,3 +241,75 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
     assert not bad.success and bad.failure == "invalid self-edit: no JSON object"
     base = solve(model, tok, DEMOS, tests, settings, True)
     assert base.failure is None and isinstance(base.success, bool)
+
+
+# ---- the loop and loop.evaluate with task=arc -----------------------------------------------
+
+def arc_run(tiny_llama, tiny_qwen2, tmp_path, *more):
+    from tests.conftest import compose_run
+
+    return compose_run("task=arc", "experiment=smoke", f"student.path={tiny_llama}",
+                       f"teacher.path={tiny_qwen2}", "tracking.enabled=false",
+                       "task.ids=[6150a2bd]", "task.eval_ids=[66e6c45b]",
+                       "student.arc.max_tasks=6", "student.arc.max_steps=8",
+                       "student.arc.warmup_steps=1", "teacher.sampling.max_new_tokens=16", *more)
+
+
+def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
+        tiny_llama, tiny_qwen2, tmp_path):
+    from loop import outer
+    from loop.baseline import BaselineCache
+    from loop.ledger import Ledger
+    from loop.tasks import load_contexts
+    from student.model import load_student
+
+    run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
+    [task] = load_contexts(run.task)
+    texts = [to_json(TTTConfig(("basic",), "output", 1e-3, 1)), "not json",
+             to_json(TTTConfig(("basic", "size"), "all", 1e-3, 9))]  # 9 epochs: over budget
+    edits = {(task.id, i): outer.SelfEdit(task.id, i, i, t, outer.text_hash(t), 0.0)
+             for i, t in enumerate(texts)}
+    run = dataclasses.replace(run, loop=dataclasses.replace(run.loop, k=3))
+    student = load_student(run.student)
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    evals = outer.inner_round(student, run, 0, [task], edits, ledger,
+                              BaselineCache(tmp_path / "b.jsonl", "tiny"), None)
+    assert [e.failure for e in evals][1:] == ["invalid self-edit: no JSON object",
+                                              "over budget: 27 steps > student.arc.max_steps=8"]
+    assert evals[0].failure is None and len(evals[0].train_loss) == 2
+    assert all(e.score in (0.0, 100.0) and e.reward == e.score and e.baseline == 0.0
+               for e in evals)  # reward.baseline=none: the reward is the success itself
+    assert len(Ledger(tmp_path / "ledger.jsonl").done) == 3
+
+
+def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path):
+    from loop import outer
+    from loop.evaluate import evaluate
+
+    run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
+    results = outer.run(run, tmp_path / "run")
+    assert [len(r["rewards"]) for r in results["rounds"]] == [2, 2]
+    ledger = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    assert all(x["metric"] == "success" for x in ledger)
+    prompt_rows = (tmp_path / "run" / "round_0" / "self_edits.jsonl").read_text()
+    assert prompt_rows  # the teacher's answers are recorded, whatever they are
+
+    ev = arc_run(tiny_llama, tiny_qwen2, tmp_path, "evaluate.samples=2",
+                 "evaluate.conditions=[base,teacher_base,oracle]")
+    # what conf/evaluate.yaml does: the task's held-out tasks
+    ev = dataclasses.replace(ev, task=dataclasses.replace(ev.task, data=ev.task.eval_data,
+                                                          ids=ev.task.eval_ids))
+    out = tmp_path / "eval"
+    res = evaluate(ev, out)
+    assert res["contexts"] == ["66e6c45b"] and set(res["summary"]) == {"base", "teacher_base",
+                                                                       "oracle"}
+    assert "vs_base" in res["summary"]["oracle"]["success"]
+    rows = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    assert sorted((r["condition"], r["sample"]) for r in rows if r["condition"] != "base") == [
+        ("oracle", 0), ("oracle", 1), ("teacher_base", 0), ("teacher_base", 1)]
+    oracle = [r for r in rows if r["condition"] == "oracle"]
+    teacher = [r for r in rows if r["condition"] == "teacher_base"]
+    assert [r["seed"] for r in oracle] == [r["seed"] for r in teacher]  # paired seeds
+    again = evaluate(dataclasses.replace(ev, resume=str(out)), out)
+    assert again["summary"] == res["summary"]  # read back, nothing recomputed
+    assert len((out / "scores.jsonl").read_text().splitlines()) == len(rows)

@@ -1,0 +1,165 @@
+"""The ARC domain in the loop: contexts are ARC tasks, a self-edit is a JSON training
+configuration, the score is pass@2 success of the student after test-time training on it.
+
+The loop's machinery is shared with SQuAD (rounds, ledger, filters, M-step, tracking); this
+module holds what differs: loading tasks, the teacher's prompt, and scoring a self-edit.
+A score is a list with one entry, `{"success": 0.0 or 1.0}`, so `reward.metric=success`
+averages it like any other metric (in percent): a reward is 100 for a solved task.
+"""
+
+from __future__ import annotations
+
+from loop.config import RunConfig
+from loop.tasks import ArcTask, load_arc
+
+
+def load(run: RunConfig) -> list[ArcTask]:
+    return load_arc(run.task.data, run.task.solutions)
+
+
+def pairs(examples) -> list[tuple]:
+    return [(e.input, e.output) for e in examples]
+
+
+def prompt(task: ArcTask) -> str:
+    from teacher.prompts import arc_prompt
+
+    return arc_prompt(pairs(task.train))
+
+
+def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
+    """The student as it is, in context only (the paper's ICL row)."""
+    from student.arc.ttt import solve
+
+    result = solve(model, tokenizer, pairs(task.train), pairs(task.test), run.student.arc,
+                   run.student.instruct)
+    return [{"success": float(result.success), "attempts": result.attempts}]
+
+
+def score_self_edit(model, tokenizer, task: ArcTask, text: str, run: RunConfig,
+                    seed: int) -> tuple[list[dict], list[float], str | None]:
+    """(scores, first and last training loss, why it failed before training) of one self-edit."""
+    from student.arc.ttt import absorb_and_solve
+
+    result = absorb_and_solve(model, tokenizer, pairs(task.train), pairs(task.test), text,
+                              run.student.arc, run.student.instruct, seed)
+    losses = [result.losses[0], result.losses[-1]] if result.losses else []
+    return ([{"success": float(result.success), "attempts": result.attempts,
+              "tasks": result.tasks, "steps": result.steps}], losses, result.failure)
+
+
+CONDITIONS = ("base", "teacher_base", "teacher", "oracle")
+
+
+def oracle_text(run: RunConfig) -> str:
+    from student.arc.selfedit import TTTConfig, to_json
+
+    o = run.student.arc.oracle
+    return to_json(TTTConfig(tuple(o.families), o.loss, o.lr, o.epochs))
+
+
+def evaluate(run: RunConfig, out_dir, command: str) -> dict:
+    """loop.evaluate for task=arc: the paper's rows on the evaluation tasks.
+
+    - `base`: the student in context only (no training);
+    - `teacher_base` / `teacher`: test-time training with `evaluate.samples` self-edits per task
+      from the untrained teacher / the teacher with `teacher.adapter` (same seeds: paired);
+    - `oracle`: test-time training with the hand-tuned configuration (`student.arc.oracle`).
+    A unit is a (task, self-edit index) pair, as in the paper's success rate; `base` has one
+    value per task, repeated for its units, and `oracle` uses the teacher conditions' seeds.
+    Rows of `scores.jsonl` are appended per unit and read back by `resume=`.
+    """
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from loop import plots, tracking
+    from loop.cli import check_models
+    from loop.config import ConfigError
+    from loop.evaluate import TEACHER_CONDITIONS, format_table, resolve_adapter, sample_self_edits
+    from loop.evaluate import summarise as summarise_units
+    from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
+    from loop.outer import check_resume
+    from loop.seeds import derive_seed
+    from loop.tasks import load_contexts, select
+    from student.model import load_student
+
+    conditions = list(run.evaluate.conditions)
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        raise ConfigError(f"unknown evaluate.conditions {unknown} for task=arc; choose from "
+                          f"{list(CONDITIONS)}")
+    if run.evaluate.samples < 1:
+        raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
+    tasks = select(load_contexts(run.task), run.task.n_contexts, run.seed)
+    teacher_conditions = [c for c in TEACHER_CONDITIONS if c in conditions]
+    check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
+    if run.teacher.adapter and "teacher" in teacher_conditions:
+        resolve_adapter(run.teacher.adapter, run)
+    out_dir = Path(run.resume) if run.resume else Path(out_dir)
+    record = check_resume(run, out_dir, command)
+    print(f"resume after a crash with: {record['command']} resume={out_dir}")
+    scores_path = out_dir / "scores.jsonl"
+    done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
+    self_edits = sample_self_edits(run, tasks, out_dir) if teacher_conditions else {}
+    tracker = tracking.start(run.tracking, experiment=run.task.name,
+                             run_name=f"evaluate {run.student.name}", config=run,
+                             tags={"entry": "loop.evaluate", "teacher": run.teacher.name,
+                                   "student": run.student.name, "task": run.task.name},
+                             run_id=record["mlflow_run_id"], exclude=("resume",))
+    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
+        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    status = "FAILED"
+    try:
+        model, tokenizer = load_student(run.student)
+        n = run.evaluate.samples
+        jobs = [(t, c, i) for t in tasks for c in conditions
+                for i in ([None] if c == "base" else range(n))]
+        todo = [j for j in jobs if (j[0].id, j[1], j[2]) not in done]
+        for task, cond, i in tqdm(todo, desc="arc: evaluations", unit="eval"):
+            t0 = time.perf_counter()
+            if cond == "base":
+                row = {"success": score_base(model, tokenizer, task, run)[0]["success"],
+                       "failure": None}
+            else:
+                text = oracle_text(run) if cond == "oracle" else self_edits[cond][task.id][i]
+                seed = derive_seed(run.seed, "absorb", "teacher", task.id, i)
+                scores, losses, failure = score_self_edit(model, tokenizer, task, text, run, seed)
+                row = {**scores[0], "failure": failure, "seed": seed, "train_loss": losses}
+            row = {"context": task.id, "condition": cond, "sample": i,
+                   "seconds": time.perf_counter() - t0, **row}
+            append_jsonl(scores_path, row)
+            done[(task.id, cond, i)] = row
+        # paired units: (task, sample); base repeats its one value per task
+        units = {c: [{"success": 100 * done[(t.id, c, None if c == "base" else i)]["success"]}
+                     for t in tasks for i in range(n)] for c in conditions}
+        summary = summarise_units(units, run.seed, run.evaluate.resamples, metrics=("success",))
+        failures = {c: sum(1 for t in tasks for i in range(n)
+                           if done[(t.id, c, None if c == "base" else i)].get("failure"))
+                    for c in conditions}
+        per_task = {t.id: {c: [done[(t.id, c, None if c == "base" else i)]["success"]
+                               for i in range(n)] for c in conditions} for t in tasks}
+        seconds = {c: sum(r["seconds"] for (_, cc, _), r in done.items() if cc == c) / len(tasks)
+                   for c in conditions}
+        results = {"task": run.task.name, "data": run.task.data, "student": run.student.name,
+                   "contexts": [t.id for t in tasks], "samples": n, "summary": summary,
+                   "failed_self_edits": failures, "per_task": per_task,
+                   "seconds_per_context": seconds}
+        write_json_atomic(out_dir / "results.json", results)
+        footer = (f"{len(tasks)} tasks x {n} self-edits; success % (pass@2) over (task, "
+                  "self-edit) units [95% bootstrap interval]; differences paired by unit\n"
+                  "self-edits that failed before training (invalid or over budget): "
+                  + ", ".join(f"{c} {k}" for c, k in failures.items() if c != "base"))
+        print(format_table(summary, len(tasks), 0, footer=footer))
+        tracker.log_metrics({f"{c}/success": s["success"]["estimate"]["mean"]
+                             for c, s in summary.items()})
+        tracker.log_table([{"task": tid, **{c: sum(v) / len(v) for c, v in row.items()}}
+                           for tid, row in per_task.items()], "per_task.json")
+        tracker.log_artifact(out_dir / "results.json")
+        title = f"{run.student.name} on ARC ({len(tasks)} tasks x {n}): success with 95% intervals"
+        tracker.log_artifact(plots.condition_bars(summary, out_dir / "results.png", title))
+        status = "FINISHED"
+        return results
+    finally:
+        tracker.close(status)
