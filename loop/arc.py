@@ -92,7 +92,7 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
                           f"{list(CONDITIONS)}")
     if run.evaluate.samples < 1:
         raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
-    tasks = select(load_contexts(run.task), run.task.n_contexts, run.seed)
+    tasks = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
     teacher_conditions = [c for c in TEACHER_CONDITIONS if c in conditions]
     check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
     if run.teacher.adapter and "teacher" in teacher_conditions:

@@ -360,7 +360,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     unknown = sorted(set(run.evaluate.conditions) - set(CONDITIONS))
     if unknown:
         raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
-    passages = select(load_contexts(run.task), run.task.n_contexts, run.seed)
+    passages = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
     n_questions = sum(len(p.questions) for p in passages)
     teacher_conditions = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
     check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))

@@ -1,5 +1,9 @@
 """The outer loop: ReST-EM rounds of sample -> absorb and score -> filter -> train the teacher.
 
+The same rounds serve both domains: SQuAD passages (below) and ARC tasks (`loop.arc`: the
+teacher writes a JSON training configuration, the student test-time trains on it, the score is
+pass@2 success).
+
     summary = outer.run(run_config, run_folder)   # what `python -m loop.run` does
 
 Each round:
@@ -351,7 +355,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
                    "rounds": summaries}
         write_json_atomic(out_dir / "results.json", results)
         tracker.log_artifact(out_dir / "results.json")
-        print(format_table(summaries, run.reward.metric))
+        print(format_table(summaries, run.reward.metric, run.reward.baseline))
         if adapter:
             print(f"trained teacher adapter: {adapter}")
         status = "FINISHED"
@@ -431,11 +435,13 @@ def mean(values) -> float:
     return sum(present) / len(present) if present else float("nan")
 
 
-def format_table(summaries: list[dict], metric: str) -> str:
+def format_table(summaries: list[dict], metric: str, baseline: str = "student") -> str:
     head = (f"{'round':>5} {'self-edits':>10} {'reward mean':>12} {'reward max':>11} "
             f"{'kept':>6} {'base':>8} {'after':>8} {'sample s':>9} {'inner s':>8} "
             f"{'train s':>8} {'evals/min':>9}")
-    lines = [f"reward = {metric} after absorbing the self-edit - the student's baseline", head,
+    against = {"student": " - the frozen student's", "passage": " - the passage-only student's",
+               "none": ""}[baseline]
+    lines = [f"reward = {metric} after absorbing the self-edit{against}", head,
              "-" * len(head)]
     for s in summaries:
         m = s["metrics"]

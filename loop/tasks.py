@@ -93,19 +93,22 @@ def load_squad(path: str | Path) -> list[Passage]:
     return passages
 
 
-def load_contexts(task: TaskConfig) -> list:
-    """The contexts of task.data in the task's format: SQuAD passages or ARC tasks."""
+def load_contexts(task: TaskConfig, held_out: bool = False) -> list:
+    """The contexts of task.data in the task's format: SQuAD passages or ARC tasks; only
+    `task.ids` when set, else (`held_out`, loop.evaluate) only `task.eval_ids` when set."""
     if task.format not in ("squad", "arc"):
         raise DataError(f"unknown task.format '{task.format}'; choose squad or arc")
     contexts = load_arc(task.data, task.solutions) if task.format == "arc" else load_squad(task.data)
-    if task.ids is None:
+    ids, key = (task.ids, "task.ids") if task.ids is not None or not held_out else (
+        task.eval_ids, "task.eval_ids")
+    if ids is None:
         return contexts
     by_id = {c.id: c for c in contexts}
-    missing = [i for i in task.ids if i not in by_id]
+    missing = [i for i in ids if i not in by_id]
     if missing:
-        raise DataError(f"{task.data}: no context with id {missing[0]} (task.ids); it has "
+        raise DataError(f"{task.data}: no context with id {missing[0]} ({key}); it has "
                         f"{', '.join(list(by_id)[:12])}{' ...' if len(by_id) > 12 else ''}")
-    return [by_id[i] for i in task.ids]
+    return [by_id[i] for i in ids]
 
 
 def select(passages: list[Passage], n: int | None, seed: int) -> list[Passage]:

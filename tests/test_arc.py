@@ -298,7 +298,7 @@ def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path
                  "evaluate.conditions=[base,teacher_base,oracle]")
     # what conf/evaluate.yaml does: the task's held-out tasks
     ev = dataclasses.replace(ev, task=dataclasses.replace(ev.task, data=ev.task.eval_data,
-                                                          ids=ev.task.eval_ids))
+                                                          ids=None))
     out = tmp_path / "eval"
     res = evaluate(ev, out)
     assert res["contexts"] == ["66e6c45b"] and set(res["summary"]) == {"base", "teacher_base",

@@ -125,3 +125,38 @@ def test_paper_squad_has_the_papers_settings():
     assert (s.lora.r, s.lora.alpha, s.train.lr, s.train.epochs, s.train.batch_size) == (
         32, 64, 1e-3, 10, 1)
     assert (run.teacher.sampling.temperature, run.teacher.sampling.top_p) == (1.0, 0.95)
+
+
+def test_paper_arc_has_the_papers_settings():
+    run = compose_run("experiment=paper_arc")
+    assert (run.teacher.name, run.student.name, run.task.name) == ("llama1b", "llama1b", "arc")
+    assert (run.loop.rounds, run.loop.contexts_per_round, run.loop.k) == (1, 12, 15)
+    assert run.task.ids is None and run.evaluate.samples == 5
+    assert (run.reward.metric, run.reward.baseline, run.reward.filter) == ("success", "none",
+                                                                          "threshold")
+    a = run.student.arc
+    assert (a.lora.r, a.lora.alpha, a.batch_size, a.max_tasks, a.max_steps, a.leave_out) == (
+        128, 16, 2, 250, 375, [1, 2])
+    assert sorted(a.lora.targets) == ["down_proj", "gate_proj", "q_proj", "up_proj", "v_proj"]
+    t = run.teacher.train
+    assert (t.lora.r, t.lr, t.epochs, t.batch_size) == (16, 5e-5, 8, 5)
+    assert run.teacher.sampling.temperature == 0.8
+
+
+def test_evaluate_reads_the_tasks_held_out_set():
+    from hydra import compose, initialize_config_dir
+
+    from loop.config import to_run_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        squad = to_run_config(compose("evaluate"))
+        arc = to_run_config(compose("evaluate", overrides=["task=arc"]))
+        mine = to_run_config(compose("evaluate", overrides=["task=arc", "task.ids=[66e6c45b]"]))
+    from loop.tasks import load_contexts
+
+    assert squad.task.data.endswith("eval200.json") and len(load_contexts(squad.task, True)) == 200
+    assert arc.task.data.endswith("evaluation_challenges_filtered_1B_eval_set.json")
+    assert [t.id for t in load_contexts(arc.task, held_out=True)] == [
+        "66e6c45b", "59341089", "68b67ca3", "b1fc8b8e"]
+    assert arc.evaluate.conditions == ["base", "teacher_base", "oracle"]
+    assert [t.id for t in load_contexts(mine.task, held_out=True)] == ["66e6c45b"]  # it wins
