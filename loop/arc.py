@@ -33,7 +33,8 @@ def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
 
     result = solve(model, tokenizer, pairs(task.train), pairs(task.test), run.student.arc,
                    run.student.instruct)
-    return [{"success": float(result.success), "attempts": result.attempts}]
+    return [{"success": float(result.success), "attempts": result.attempts,
+             "answers": result.answers}]
 
 
 def score_self_edit(model, tokenizer, task: ArcTask, text: str, run: RunConfig,
@@ -45,7 +46,8 @@ def score_self_edit(model, tokenizer, task: ArcTask, text: str, run: RunConfig,
                               run.student.arc, run.student.instruct, seed)
     losses = [result.losses[0], result.losses[-1]] if result.losses else []
     return ([{"success": float(result.success), "attempts": result.attempts,
-              "tasks": result.tasks, "steps": result.steps}], losses, result.failure)
+              "answers": result.answers, "tasks": result.tasks, "steps": result.steps}],
+            losses, result.failure)
 
 
 CONDITIONS = ("base", "teacher_base", "teacher", "oracle")
@@ -120,8 +122,7 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
         for task, cond, i in tqdm(todo, desc="arc: evaluations", unit="eval"):
             t0 = time.perf_counter()
             if cond == "base":
-                row = {"success": score_base(model, tokenizer, task, run)[0]["success"],
-                       "failure": None}
+                row = {**score_base(model, tokenizer, task, run)[0], "failure": None}
             else:
                 text = oracle_text(run) if cond == "oracle" else self_edits[cond][task.id][i]
                 seed = derive_seed(run.seed, "absorb", "teacher", task.id, i)

@@ -232,6 +232,7 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
     assert result.failure is None and result.tasks > 3 and result.steps == len(result.losses)
     assert result.losses[-1] < result.losses[0]
     assert len(result.attempts) == 1 and len(result.attempts[0]) <= 2
+    assert [len(a) for a in result.answers] == [6]  # every view's raw answer is kept
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     over = absorb_and_solve(model, tok, DEMOS, tests, to_json(TTTConfig(("basic",), "all", 1e-4,
@@ -307,6 +308,7 @@ def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path
     rows = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert sorted((r["condition"], r["sample"]) for r in rows if r["condition"] != "base") == [
         ("oracle", 0), ("oracle", 1), ("teacher_base", 0), ("teacher_base", 1)]
+    assert all(len(r["answers"]) == 1 for r in rows if not r["failure"])  # one test input
     oracle = [r for r in rows if r["condition"] == "oracle"]
     teacher = [r for r in rows if r["condition"] == "teacher_base"]
     assert [r["seed"] for r in oracle] == [r["seed"] for r in teacher]  # paired seeds

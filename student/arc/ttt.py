@@ -212,14 +212,16 @@ class Attempt:
     steps: int = 0
     losses: list[float] = field(default_factory=list)
     attempts: list[list[Grid]] = field(default_factory=list)  # per test input
+    answers: list[list[str]] = field(default_factory=list)  # per test input, the views' raw text
 
 
 def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settings: ArcSettings,
           instruct: bool) -> Attempt:
     """The model as it is (in context only) answers every test input."""
-    attempts = [predict(model, tokenizer, demos, i, settings, instruct)[0] for i, _ in tests]
+    answered = [predict(model, tokenizer, demos, i, settings, instruct) for i, _ in tests]
+    attempts = [a for a, _ in answered]
     return Attempt(all(o in a for (_, o), a in zip(tests, attempts, strict=True)),
-                   attempts=attempts)
+                   attempts=attempts, answers=[raw for _, raw in answered])
 
 
 def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
