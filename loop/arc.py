@@ -76,13 +76,13 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
 
     from tqdm import tqdm
 
-    from loop import plots, tracking
+    from loop import plots
     from loop.cli import check_models
     from loop.config import ConfigError
     from loop.evaluate import TEACHER_CONDITIONS, format_table, resolve_adapter, sample_self_edits
     from loop.evaluate import summarise as summarise_units
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.outer import check_resume
+    from loop.outer import check_resume, start_tracking
     from loop.seeds import derive_seed
     from loop.tasks import load_contexts, select
     from student.model import load_student
@@ -105,13 +105,7 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     scores_path = out_dir / "scores.jsonl"
     done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
     self_edits = sample_self_edits(run, tasks, out_dir) if teacher_conditions else {}
-    tracker = tracking.start(run.tracking, experiment=run.task.name,
-                             run_name=f"evaluate {run.student.name}", config=run,
-                             tags={"entry": "loop.evaluate", "teacher": run.teacher.name,
-                                   "student": run.student.name, "task": run.task.name},
-                             run_id=record["mlflow_run_id"], exclude=("resume",))
-    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
-        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}")
     status = "FAILED"
     try:
         model, tokenizer = load_student(run.student)

@@ -341,9 +341,9 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     the missing ones computed (the config must match the folder's `run.json`)."""
     from tqdm import tqdm
 
-    from loop import plots, tracking
+    from loop import plots
     from loop.baseline import BaselineCache
-    from loop.outer import check_resume
+    from loop.outer import check_resume, start_tracking
     from loop.tasks import load_contexts, select
     from student.model import load_student
 
@@ -378,13 +378,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     # self-edits first, then the teacher is freed before the student's work
     self_edits = sample_self_edits(run, passages, out_dir) if teacher_conditions else {}
     judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
-    tracker = tracking.start(run.tracking, experiment=run.task.name,
-                             run_name=f"evaluate {run.student.name}", config=run,
-                             tags={"entry": "loop.evaluate", "teacher": run.teacher.name,
-                                   "student": run.student.name, "task": run.task.name},
-                             run_id=record["mlflow_run_id"], exclude=("resume",))
-    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
-        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}")
     model, tokenizer = load_student(run.student)
     baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
     together: dict[str, dict[str, list[dict]]] = {}

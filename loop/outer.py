@@ -135,6 +135,20 @@ def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
     return record
 
 
+def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str):
+    """The run folder's MLflow run: the one in `record` continued (a resume), or a new one whose
+    id is then written to run.json."""
+    from loop import tracking
+
+    tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
+                             tags={"entry": entry, "teacher": run.teacher.name,
+                                   "student": run.student.name, "task": run.task.name},
+                             run_id=record["mlflow_run_id"], exclude=("resume",))
+    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
+        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    return tracker
+
+
 # ---- the phases of a round ------------------------------------------------------------------
 
 def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
@@ -315,7 +329,6 @@ def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept
 
 def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> dict:
     """All rounds; returns (and writes to `results.json`) the per-round summaries."""
-    from loop import tracking
     from loop.baseline import BaselineCache
     from loop.judge import load_judge
     from student.model import load_student
@@ -328,13 +341,8 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     schedule = round_contexts(pool, run.loop.contexts_per_round, run.loop.rounds, run.seed)
     record = check_resume(run, out_dir, command)
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
-    tracker = tracking.start(run.tracking, experiment=run.task.name,
-                             run_name=f"{run.teacher.name} -> {run.student.name}", config=run,
-                             tags={"entry": "loop.run", "teacher": run.teacher.name,
-                                   "student": run.student.name, "task": run.task.name},
-                             run_id=record["mlflow_run_id"], exclude=("resume",))
-    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
-        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    tracker = start_tracking(run, out_dir, record, "loop.run",
+                             f"{run.teacher.name} -> {run.student.name}")
     status = "FAILED"
     try:
         teacher = load_teacher(run.teacher)

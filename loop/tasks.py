@@ -64,14 +64,7 @@ def _text(entry: dict, key: str, where: str) -> str:
 
 def load_squad(path: str | Path) -> list[Passage]:
     path = Path(path)
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file (set task.data=<path to a JSON file>)") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    rows = _read_json(path, "set task.data=<path to a JSON file>")
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{path}: expected a non-empty JSON list of passages")
     passages = []

@@ -96,23 +96,33 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
     decay = cfg.train.schedule == "linear"
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total if decay else 1.0)
     order = torch.Generator().manual_seed(seed)
+
+    def batches():
+        for _ in range(cfg.train.epochs):
+            perm = torch.randperm(n, generator=order).tolist()
+            for i in range(0, n, batch):
+                chunk = [enc.input_ids[j] for j in perm[i : i + batch]]
+                yield pack(chunk) if cfg.train.packing else collate(chunk, tokenizer.pad_token_id)
+
+    losses = optimise(model, batches(), opt, sched)
+    return TrainResult(losses, n, sum(map(len, enc.input_ids)), enc.truncated)
+
+
+def optimise(model, batches, opt, sched) -> list[float]:
+    """One optimiser step per batch (model inputs with labels); the loss of each step. The
+    model is in train mode meanwhile and in eval mode afterwards."""
     device = next(model.parameters()).device
     losses = []
     model.train()
-    for _ in range(cfg.train.epochs):
-        perm = torch.randperm(n, generator=order).tolist()
-        for i in range(0, n, batch):
-            chunk = [enc.input_ids[j] for j in perm[i : i + batch]]
-            inputs = pack(chunk) if cfg.train.packing else collate(chunk, tokenizer.pad_token_id)
-            loss = model(**{k: v.to(device) if hasattr(v, "to") else v
-                            for k, v in inputs.items()}).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+    for inputs in batches:
+        loss = model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
     model.eval()
-    return TrainResult(losses, n, sum(map(len, enc.input_ids)), enc.truncated)
+    return losses
 
 
 def mean_loss(model, tokenizer, texts: list[str], max_length: int) -> float:

@@ -137,6 +137,7 @@ def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
     """SFT of the adapter on encoded tasks; one loss per optimiser step."""
     import torch
 
+    from student.absorb import optimise
     from student.data import pack
 
     batch = max(1, settings.batch_size)
@@ -145,23 +146,15 @@ def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, total))
     order = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    losses = []
-    model.train()
-    for _ in range(config.epochs):
-        perm = torch.randperm(len(rows), generator=order).tolist()
-        for i in range(0, len(rows), batch):
-            chunk = [rows[j] for j in perm[i : i + batch]]
-            inputs = pack([ids for ids, _ in chunk], [lab for _, lab in chunk])
-            loss = model(**{k: v.to(device) if hasattr(v, "to") else v
-                            for k, v in inputs.items()}).loss
-            loss.backward()
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-    model.eval()
-    return losses
+
+    def batches():
+        for _ in range(config.epochs):
+            perm = torch.randperm(len(rows), generator=order).tolist()
+            for i in range(0, len(rows), batch):
+                chunk = [rows[j] for j in perm[i : i + batch]]
+                yield pack([ids for ids, _ in chunk], [lab for _, lab in chunk])
+
+    return optimise(model, batches(), opt, sched)
 
 
 def vote(candidates: list[Grid | None]) -> list[Grid]:
