@@ -287,27 +287,35 @@ def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path
     from loop import outer
     from loop.evaluate import evaluate
 
-    run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
+    # top_fraction keeps one self-edit per round whatever its reward (threshold would keep
+    # none of a random teacher's), so the ARC M-step runs and leaves a teacher adapter
+    run = arc_run(tiny_llama, tiny_qwen2, tmp_path, "reward.filter=top_fraction",
+                  "reward.fraction=0.5")
     results = outer.run(run, tmp_path / "run")
     assert [len(r["rewards"]) for r in results["rounds"]] == [2, 2]
+    assert results["final_adapter"] == "round_1/teacher_adapter"
     ledger = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
     assert all(x["metric"] == "success" for x in ledger)
-    prompt_rows = (tmp_path / "run" / "round_0" / "self_edits.jsonl").read_text()
-    assert prompt_rows  # the teacher's answers are recorded, whatever they are
+    table = json.loads((tmp_path / "run" / "round_0" / "self_edit_table.json").read_text())
+    assert sum(x["kept"] for x in table) == 1
 
     ev = arc_run(tiny_llama, tiny_qwen2, tmp_path, "evaluate.samples=2",
-                 "evaluate.conditions=[base,teacher_base,oracle]")
+                 "evaluate.conditions=[base,teacher_base,teacher,oracle]",
+                 f"teacher.adapter={tmp_path / 'run'}")
     # what conf/evaluate.yaml does: the task's held-out tasks
     ev = dataclasses.replace(ev, task=dataclasses.replace(ev.task, data=ev.task.eval_data,
                                                           ids=None))
     out = tmp_path / "eval"
     res = evaluate(ev, out)
-    assert res["contexts"] == ["66e6c45b"] and set(res["summary"]) == {"base", "teacher_base",
-                                                                       "oracle"}
-    assert "vs_base" in res["summary"]["oracle"]["success"]
+    assert res["contexts"] == ["66e6c45b"] and list(res["summary"]) == [
+        "base", "teacher_base", "teacher", "oracle"]
+    assert {"vs_base", "vs_teacher_base", "vs_teacher"} <= set(res["summary"]["oracle"]["success"])
     rows = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert sorted((r["condition"], r["sample"]) for r in rows if r["condition"] != "base") == [
-        ("oracle", 0), ("oracle", 1), ("teacher_base", 0), ("teacher_base", 1)]
+        ("oracle", 0), ("oracle", 1), ("teacher", 0), ("teacher", 1), ("teacher_base", 0),
+        ("teacher_base", 1)]
+    edits = [json.loads(x) for x in (out / "self_edits.jsonl").read_text().splitlines()]
+    assert {e["condition"] for e in edits} == {"teacher_base", "teacher"}
     assert all(len(r["answers"]) == 1 for r in rows if not r["failure"])  # one test input
     oracle = [r for r in rows if r["condition"] == "oracle"]
     teacher = [r for r in rows if r["condition"] == "teacher_base"]
