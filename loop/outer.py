@@ -110,7 +110,9 @@ def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
     """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
 
     A resumed run must have the config of the run it continues: otherwise finished rounds and
-    new ones would answer different questions. The error lists the keys that differ.
+    new ones would answer different questions. The error lists the keys that differ. Keys the
+    record lacks (settings added to the tool after the run started) are taken at their current
+    values, with a warning naming them.
     """
     path = out_dir / "run.json"
     config = {k: v for k, v in flatten(run).items() if k != "resume"}
@@ -126,7 +128,11 @@ def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
     record = json.loads(path.read_text())
     old = {k: str(v) for k, v in record["config"].items()}
     new = {k: str(v) for k, v in config.items()}
-    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    added = sorted(new.keys() - old.keys())
+    if added:
+        log.warning("resume=%s: settings added since this run started take their current values: "
+                    "%s", run.resume, ", ".join(f"{k}={new[k]}" for k in added))
+    differ = sorted(k for k in old if old.get(k) != new.get(k))
     if differ:
         lines = "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in differ[:8])
         raise ConfigError(f"resume={run.resume} was started with another config ({lines}). "

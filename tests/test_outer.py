@@ -51,6 +51,22 @@ def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
         outer.check_resume(other, tmp_path, "ignored")
 
 
+def test_resume_of_a_run_from_before_a_setting_existed_takes_its_current_value(tmp_path, caplog):
+    import json
+
+    run = compose_run("experiment=smoke")
+    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    record = json.loads((tmp_path / "run.json").read_text())
+    del record["config"]["task.format"]  # as written by a version without task.format
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+    assert "take their current values: task.format=squad" in caplog.text
+    record["config"]["gone.key"] = 1  # a setting the tool no longer has: refused
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"gone.key: 1 -> None"):
+        outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+
+
 def test_unknown_metric_or_filter_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown reward.metric 'bleu'"):
         outer.validate(compose_run("reward.metric=bleu"))
