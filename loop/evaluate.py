@@ -25,6 +25,8 @@ every condition listed before it. Results go to the run folder (`results.json`, 
 
 A killed evaluation continues with `resume=<its folder>` (same overrides): self-edits and
 per-passage scores already recorded are read back, never recomputed.
+
+With `task=arc` the rows are ARC's (base, teacher_base, teacher, oracle): see `loop.arc.evaluate`.
 """
 
 from __future__ import annotations
