@@ -9,12 +9,8 @@ averages it like any other metric (in percent): a reward is 100 for a solved tas
 
 from __future__ import annotations
 
-from loop.config import RunConfig
-from loop.tasks import ArcTask, load_arc
-
-
-def load(run: RunConfig) -> list[ArcTask]:
-    return load_arc(run.task.data, run.task.solutions)
+from loop.config import ConfigError, RunConfig
+from loop.tasks import ArcTask
 
 
 def pairs(examples) -> list[tuple]:
@@ -54,10 +50,21 @@ CONDITIONS = ("base", "teacher_base", "teacher", "oracle")
 
 
 def oracle_text(run: RunConfig) -> str:
-    from student.arc.selfedit import TTTConfig, to_json
+    """The oracle's configuration as a self-edit; a setting the schema refuses is a ConfigError."""
+    from student.arc.augment import FAMILIES
+    from student.arc.selfedit import STRATEGIES, TTTConfig, parse, to_json
 
-    o = run.student.arc.oracle
-    return to_json(TTTConfig(tuple(o.families), o.loss, o.lr, o.epochs))
+    o, arc = run.student.arc.oracle, run.student.arc
+    unknown = sorted(set(o.families) - set(FAMILIES))
+    if unknown or o.loss not in STRATEGIES.values():
+        raise ConfigError(f"student.arc.oracle: families must be among {list(FAMILIES)} and loss "
+                          f"output or all; got families={list(o.families)} loss={o.loss}")
+    text = to_json(TTTConfig(tuple(f for f in FAMILIES if f in o.families), o.loss, o.lr,
+                             o.epochs))
+    parsed = parse(text, tuple(arc.lr_range), arc.max_epochs)
+    if parsed.config is None:
+        raise ConfigError(f"student.arc.oracle: {parsed.reason}")
+    return text
 
 
 def evaluate(run: RunConfig, out_dir, command: str) -> dict:
@@ -78,7 +85,6 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
 
     from loop import plots
     from loop.cli import check_models
-    from loop.config import ConfigError
     from loop.evaluate import TEACHER_CONDITIONS, format_table, resolve_adapter, sample_self_edits
     from loop.evaluate import summarise as summarise_units
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
@@ -94,6 +100,7 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
                           f"{list(CONDITIONS)}")
     if run.evaluate.samples < 1:
         raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
+    oracle = oracle_text(run) if "oracle" in conditions else None  # a bad setting fails now
     tasks = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
     teacher_conditions = [c for c in TEACHER_CONDITIONS if c in conditions]
     check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
@@ -118,7 +125,7 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
             if cond == "base":
                 row = {**score_base(model, tokenizer, task, run)[0], "failure": None}
             else:
-                text = oracle_text(run) if cond == "oracle" else self_edits[cond][task.id][i]
+                text = oracle if cond == "oracle" else self_edits[cond][task.id][i]
                 seed = derive_seed(run.seed, "absorb", "teacher", task.id, i)
                 scores, losses, failure = score_self_edit(model, tokenizer, task, text, run, seed)
                 row = {**scores[0], "failure": failure, "seed": seed, "train_loss": losses}

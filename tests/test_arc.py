@@ -242,6 +242,22 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
     assert not bad.success and bad.failure == "invalid self-edit: no JSON object"
     base = solve(model, tok, DEMOS, tests, settings, True)
     assert base.failure is None and isinstance(base.success, bool)
+    # no view fits a tiny token budget: no attempt, no generation, no exception
+    tight = solve(model, tok, DEMOS, tests, ArcSettings(max_tokens=16), True)
+    assert not tight.success and tight.attempts == [[]] and tight.answers == [[]]
+
+
+def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2, tmp_path):
+    from loop.arc import oracle_text
+    from loop.config import ConfigError
+
+    run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
+    assert parse(oracle_text(run), *LIMITS).config == TTTConfig(
+        ("basic", "size", "chain", "repeat"), "output", 1e-4, 2)
+    bad = dataclasses.replace(run, student=dataclasses.replace(run.student, arc=dataclasses.replace(
+        run.student.arc, oracle=dataclasses.replace(run.student.arc.oracle, loss="outputs"))))
+    with pytest.raises(ConfigError, match="student.arc.oracle: families must be among"):
+        oracle_text(bad)
 
 
 # ---- the loop and loop.evaluate with task=arc -----------------------------------------------

@@ -169,19 +169,24 @@ def vote(candidates: list[Grid | None]) -> list[Grid]:
 
 def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
             instruct: bool) -> tuple[list[Grid], list[str]]:
-    """(the two attempts, the raw answers) for one test input, from every view that fits."""
+    """(the two attempts, the raw answers) for one test input, from every view that fits: grids
+    within ARC's size, and prompt plus answer room within `settings.max_tokens`."""
     import torch
 
+    # room for the largest grid the task shows, as rows of digits plus newlines, twice over
+    largest = max((len(g) * (len(g[0]) + 1) for pair in demos for g in pair), default=0)
+    max_new = 2 * max(largest, len(test_input) * (len(test_input[0]) + 1)) + 8
     views, prompts = [], []
     for v in augment.VIEWS:
         q = Query([(v(i), v(o)) for i, o in demos], v(test_input))
         if _fits(q):
-            views.append(v)
-            prompts.append(render_prompt(tokenizer, q, instruct))
-    # room for the largest grid the task shows, as rows of digits plus newlines, twice over
-    largest = max((len(g) * (len(g[0]) + 1) for pair in demos for g in pair), default=0)
-    max_new = min(settings.max_tokens, 2 * max(largest, len(test_input) * (len(test_input[0]) + 1))
-                  + 8)
+            prompt = render_prompt(tokenizer, q, instruct)
+            length = len(tokenizer(prompt, add_special_tokens=not instruct)["input_ids"])
+            if length + max_new <= settings.max_tokens:
+                views.append(v)
+                prompts.append(prompt)
+    if not prompts:
+        return [], []
     batch = tokenizer(prompts, return_tensors="pt", padding=True,
                       add_special_tokens=not instruct).to(model.device)
     with torch.inference_mode():
