@@ -79,36 +79,22 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     Rows of `scores.jsonl` are appended per unit and read back by `resume=`.
     """
     import time
-    from pathlib import Path
 
     from tqdm import tqdm
 
     from loop import plots
-    from loop.cli import check_models
-    from loop.evaluate import TEACHER_CONDITIONS, format_table, resolve_adapter, sample_self_edits
+    from loop.evaluate import format_table, open_evaluation, sample_self_edits
     from loop.evaluate import summarise as summarise_units
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.outer import check_resume, start_tracking
+    from loop.outer import start_tracking
     from loop.seeds import derive_seed
     from loop.tasks import load_contexts, select
     from student.model import load_student
 
     conditions = list(run.evaluate.conditions)
-    unknown = sorted(set(conditions) - set(CONDITIONS))
-    if unknown:
-        raise ConfigError(f"unknown evaluate.conditions {unknown} for task=arc; choose from "
-                          f"{list(CONDITIONS)}")
-    if run.evaluate.samples < 1:
-        raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
     oracle = oracle_text(run) if "oracle" in conditions else None  # a bad setting fails now
     tasks = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
-    teacher_conditions = [c for c in TEACHER_CONDITIONS if c in conditions]
-    check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
-    if run.teacher.adapter and "teacher" in teacher_conditions:
-        resolve_adapter(run.teacher.adapter, run)
-    out_dir = Path(run.resume) if run.resume else Path(out_dir)
-    record = check_resume(run, out_dir, command)
-    print(f"resume after a crash with: {record['command']} resume={out_dir}")
+    out_dir, record, teacher_conditions = open_evaluation(run, out_dir, command, CONDITIONS)
     scores_path = out_dir / "scores.jsonl"
     done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
     self_edits = sample_self_edits(run, tasks, out_dir) if teacher_conditions else {}

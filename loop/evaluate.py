@@ -336,6 +336,29 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
     return "\n".join(lines)
 
 
+def open_evaluation(run: RunConfig, out_dir: Path, command: str,
+                    allowed: tuple[str, ...]) -> tuple[Path, dict, list[str]]:
+    """What every evaluation checks before working, so a mistake fails at launch: the
+    conditions, the models, `teacher.adapter`; then its run folder (a new one, or the one
+    `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
+    from loop.outer import check_resume
+
+    unknown = sorted(set(run.evaluate.conditions) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown evaluate.conditions {unknown} for task={run.task.name}; "
+                          f"choose from {list(allowed)}")
+    if run.evaluate.samples < 1:
+        raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
+    teacher_conditions = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
+    check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
+    if run.teacher.adapter and "teacher" in teacher_conditions:
+        resolve_adapter(run.teacher.adapter, run)  # a wrong path fails now, not after sampling
+    out_dir = Path(run.resume) if run.resume else Path(out_dir)
+    record = check_resume(run, out_dir, command)
+    print(f"resume after a crash with: {record['command']} resume={out_dir}")
+    return out_dir, record, teacher_conditions
+
+
 def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evaluate") -> dict:
     """Score every condition on every selected context; write and return the results.
 
@@ -345,7 +368,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
 
     from loop import plots
     from loop.baseline import BaselineCache
-    from loop.outer import check_resume, start_tracking
+    from loop.outer import start_tracking
     from loop.tasks import load_contexts, select
     from student.model import load_student
 
@@ -359,20 +382,9 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     if run.evaluate.forgetting not in ("grow", "merge"):
         raise ConfigError(f"unknown evaluate.forgetting '{run.evaluate.forgetting}'; choose grow "
                           "or merge")
-    unknown = sorted(set(run.evaluate.conditions) - set(CONDITIONS))
-    if unknown:
-        raise ConfigError(f"unknown evaluate.conditions {unknown}; choose from {list(CONDITIONS)}")
     passages = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
+    out_dir, record, teacher_conditions = open_evaluation(run, out_dir, command, CONDITIONS)
     n_questions = sum(len(p.questions) for p in passages)
-    teacher_conditions = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
-    check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
-    if run.evaluate.samples < 1:
-        raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
-    if run.teacher.adapter and "teacher" in teacher_conditions:
-        resolve_adapter(run.teacher.adapter, run)  # a wrong path fails now, not after sampling
-    out_dir = Path(run.resume) if run.resume else out_dir
-    record = check_resume(run, out_dir, command)
-    print(f"resume after a crash with: {record['command']} resume={out_dir}")
     recorded = read_jsonl(out_dir / "scores.jsonl")
     done = {(r["context"], r["condition"]): r["questions"] for r in recorded}
     if done:
