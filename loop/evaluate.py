@@ -44,6 +44,7 @@ from loop.config import CONF_DIR, ConfigError, RunConfig, register
 from loop.judge import add_verdicts, load_judge
 from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
 from loop.seeds import derive_seed
+from student.batched import chunks
 
 log = logging.getLogger(__name__)
 register()
@@ -77,27 +78,41 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
 
     Teacher conditions get the passage's self-edits and score every (self-edit, question).
     """
-    from loop.outer import absorb_and_score
     from student.evaluate import score_questions
 
-    qa = [(q.question, q.answer) for q in passage.questions]
     if condition == "base":
+        qa = [(q.question, q.answer) for q in passage.questions]
         return [dataclasses.asdict(s) for s in score_questions(model, tokenizer, passage.title, qa,
                                                                run.student)]
-    if condition == "passage":
-        jobs = [(derive_seed(run.seed, "absorb", condition, passage.id),
-                 condition_texts(condition, passage, run, None))]
-    else:  # the same absorb seeds for both teacher conditions: paired down to the sample
-        jobs = [(derive_seed(run.seed, "absorb", "teacher", passage.id, i),
-                 condition_texts(condition, passage, run, text))
-                for i, text in enumerate(self_edits or [])]
-    out = []
-    for i, (seed, texts) in enumerate(jobs):  # judged later, with the other conditions
-        scores, losses = absorb_and_score(model, tokenizer, passage, texts, run, seed,
-                                          judge_model=None, generate=True)
+    return score_condition_many(condition, [passage], model, tokenizer, run,
+                                {passage.id: self_edits or []})[0]
+
+
+def score_condition_many(condition: str, passages, model, tokenizer, run: RunConfig,
+                         self_edits: dict[str, list[str]]) -> list[list[dict]]:
+    """`score_condition` (not `base`) for many passages: all their adapters are absorbed and
+    scored together, student.train.max_adapters per pass when student.train.batched."""
+    from loop.outer import absorb_and_score_many
+
+    jobs, owner = [], []
+    for n, passage in enumerate(passages):
+        if condition == "passage":
+            mine = [(derive_seed(run.seed, "absorb", condition, passage.id),
+                     condition_texts(condition, passage, run, None))]
+        else:  # the same absorb seeds for both teacher conditions: paired down to the sample
+            mine = [(derive_seed(run.seed, "absorb", "teacher", passage.id, i),
+                     condition_texts(condition, passage, run, text))
+                    for i, text in enumerate(self_edits.get(passage.id) or [])]
+        for i, (seed, texts) in enumerate(mine):
+            jobs.append((passage, texts, seed))
+            owner.append((n, i))
+    # judged later, with the other conditions
+    results = absorb_and_score_many(model, tokenizer, jobs, run, judge_model=None, generate=True)
+    out: list[list[dict]] = [[] for _ in passages]
+    for (n, i), (_, _, seed), (scores, losses) in zip(owner, jobs, results, strict=True):
         first, last = losses or (None, None)
-        out += [{**s, "sample": i, "seed": seed, "train_loss_first": first,
-                 "train_loss_last": last} for s in scores]
+        out[n] += [{**s, "sample": i, "seed": seed, "train_loss_first": first,
+                    "train_loss_last": last} for s in scores]
     return out
 
 
@@ -421,6 +436,24 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
                     cond, passages, model, tokenizer, run, self_edits.get(cond))
                 write_json_atomic(matrix_file, forgetting[cond])
             seconds[cond] += time.perf_counter() - t0
+        if run.task.absorb == "single":  # many passages' adapters per batched pass
+            for cond in [c for c in run.evaluate.conditions if c != "base"]:
+                todo = [p for p in passages if (p.id, cond) not in done]
+                per = 1 if cond == "passage" else max(1, run.evaluate.samples)
+                for group in tqdm(chunks(todo, max(1, run.student.train.max_adapters // per)),
+                                  desc=cond, unit="batch", disable=not todo):
+                    t0 = time.perf_counter()
+                    results = score_condition_many(cond, group, model, tokenizer, run,
+                                                   self_edits.get(cond, {}))
+                    share = (time.perf_counter() - t0) / len(group)
+                    for passage, scores in zip(group, results, strict=True):
+                        if judge_model:
+                            scores = add_verdicts(scores, judge_model)
+                        append_jsonl(out_dir / "scores.jsonl",
+                                     {"context": passage.id, "condition": cond,
+                                      "seconds": share, "questions": scores})
+                        done[(passage.id, cond)] = scores
+                        seconds[cond] += share
         for passage in tqdm(passages, desc="contexts", unit="ctx"):
             for cond in run.evaluate.conditions:
                 if (passage.id, cond) in done:

@@ -42,6 +42,7 @@ from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
+from student.batched import chunks
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +222,57 @@ def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: 
 
     if not texts:  # an empty self-edit and no passage: nothing to absorb, the base is scored
         return score_context(model, tokenizer, passage, run, judge_model, generate), []
+    if batched(run):
+        return absorb_and_score_many(model, tokenizer, [(passage, texts, seed)], run,
+                                     judge_model, generate)[0]
     with absorbing(model, run.student, seed) as adapted:
         result = train(adapted, tokenizer, texts, run.student, seed)
         scores = score_context(adapted, tokenizer, passage, run, judge_model, generate)
     return scores, [result.losses[0], result.losses[-1]]
+
+
+def batched(run: RunConfig) -> bool:
+    """Whether self-edits are absorbed many at a time (student.train.batched, LoRA only)."""
+    return run.student.train.batched and run.student.train.method == "lora"
+
+
+def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str], int]],
+                          run: RunConfig, judge_model,
+                          generate: bool) -> list[tuple[list[dict], list[float]]]:
+    """`absorb_and_score` for many (passage, texts, seed) jobs: up to
+    student.train.max_adapters adapters trained in the same passes over the frozen student
+    (student.batched), then scored in shared batches. Same results as one at a time, up to
+    floating-point reduction order."""
+    from loop.judge import add_verdicts
+    from student import batched as many
+    from student.absorb import plan
+    from student.evaluate import score_questions_many
+
+    if not batched(run):
+        return [absorb_and_score(model, tokenizer, passage, texts, run, seed, judge_model,
+                                 generate) for passage, texts, seed in jobs]
+    out: list = [None] * len(jobs)
+    for i, (passage, texts, _) in enumerate(jobs):
+        if not texts:  # nothing to absorb: the base is scored
+            out[i] = (score_context(model, tokenizer, passage, run, judge_model, generate), [])
+    todo = [i for i in range(len(jobs)) if out[i] is None]
+    for group in many.chunks(todo, run.student.train.max_adapters):
+        plans = []
+        for i in group:  # the same steps and schedule as the one-at-a-time path, always packed
+            p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2], packing=True)
+            plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
+        with many.Adapters(model, run.student.lora, [j.seed for j in plans]) as adapters:
+            many.train(model, adapters, plans, tokenizer.pad_token_id)
+            scored = score_questions_many(
+                model, tokenizer, adapters,
+                [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])
+                 for i in group], run.student, generate)
+        for i, job, scores in zip(group, plans, scored, strict=True):
+            rows = [dataclasses.asdict(s) for s in scores]
+            if judge_model:
+                rows = add_verdicts(rows, judge_model)
+            out[i] = (rows, [job.losses[0], job.losses[-1]])
+    return out
 
 
 def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
@@ -253,7 +301,11 @@ def metric_means(questions: list[dict]) -> dict[str, float]:
 def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
                 edits: dict[tuple[str, int], SelfEdit], ledger: Ledger, baseline,
                 judge_model) -> list[Evaluation]:
-    """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger."""
+    """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger.
+
+    With student.train.batched (the default) the missing ones are absorbed
+    student.train.max_adapters at a time in shared passes (`absorb_and_score_many`); each is
+    written to the ledger as soon as its batch is scored."""
     from tqdm import tqdm
 
     from student.data import training_texts
@@ -261,39 +313,67 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     model, tokenizer = student
     metric = run.reward.metric
     generate = metric != "answer_logprob"
-    out = []
-    total = len(contexts) * run.loop.k * run.reward.inner_seeds
-    with tqdm(total=total, desc=f"round {r}: inner loop", unit="eval") as bar:
-        for c in contexts:
-            base = baseline_scores(model, tokenizer, c, run, baseline, judge_model)
-            base_score = 0.0 if base is None else context_score(base, metric)
-            for i in range(run.loop.k):
-                e = edits[(c.id, i)]
-                for j in range(run.reward.inner_seeds):
-                    done = ledger.get(r, c.id, i, j, e.hash)
-                    if done is None:
-                        seed = derive_seed(run.seed, "absorb", r, c.id, i, j)
-                        t0 = time.perf_counter()
-                        failure = None
-                        if run.task.format == "arc":
-                            from loop import arc
+    by_id = {c.id: c for c in contexts}
+    keys = [(c.id, i, j) for c in contexts for i in range(run.loop.k)
+            for j in range(run.reward.inner_seeds)]
+    done: dict[tuple[str, int, int], Evaluation] = {}
+    for cid, i, j in keys:
+        if (e := ledger.get(r, cid, i, j, edits[(cid, i)].hash)) is not None:
+            done[(cid, i, j)] = e
+    bases: dict[str, float] = {}
 
-                            scores, losses, failure = arc.score_self_edit(model, tokenizer, c,
-                                                                          e.text, run, seed)
-                        else:
-                            texts = training_texts(e.text, c.title, c.context, run.student.data)
-                            scores, losses = absorb_and_score(model, tokenizer, c, texts, run,
-                                                              seed, judge_model, generate)
-                        score = context_score(scores, metric)
-                        gain = 0.0 if score is None or base_score is None else reward(score,
-                                                                                      base_score)
-                        done = Evaluation(r, c.id, i, j, e.hash, seed, metric, base_score,
-                                          score, gain, time.perf_counter() - t0, losses,
-                                          metric_means(scores), failure)
-                        ledger.add(done)
-                    out.append(done)
-                    bar.update()
-    return out
+    def base_score(c: Passage) -> float:
+        if c.id not in bases:
+            base = baseline_scores(model, tokenizer, c, run, baseline, judge_model)
+            bases[c.id] = 0.0 if base is None else context_score(base, metric)
+        return bases[c.id]
+
+    def record(cid, i, j, seed, scores, losses, failure, seconds) -> None:
+        b = base_score(by_id[cid])
+        score = context_score(scores, metric)
+        gain = 0.0 if score is None or b is None else reward(score, b)
+        e = Evaluation(r, cid, i, j, edits[(cid, i)].hash, seed, metric, b, score, gain, seconds,
+                       losses, metric_means(scores), failure)
+        ledger.add(e)
+        done[(cid, i, j)] = e
+
+    todo = [key for key in keys if key not in done]
+    seeds = {key: derive_seed(run.seed, "absorb", r, *key) for key in todo}
+    with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"round {r}: inner loop",
+              unit="eval") as bar:
+        if run.task.format == "arc" or not batched(run):
+            for cid, i, j in todo:
+                c, seed = by_id[cid], seeds[(cid, i, j)]
+                base_score(c)
+                t0 = time.perf_counter()
+                failure = None
+                if run.task.format == "arc":
+                    from loop import arc
+
+                    scores, losses, failure = arc.score_self_edit(model, tokenizer, c,
+                                                                  edits[(cid, i)].text, run, seed)
+                else:
+                    texts = training_texts(edits[(cid, i)].text, c.title, c.context,
+                                           run.student.data)
+                    scores, losses = absorb_and_score(model, tokenizer, c, texts, run, seed,
+                                                      judge_model, generate)
+                record(cid, i, j, seed, scores, losses, failure, time.perf_counter() - t0)
+                bar.update()
+        else:
+            for c in {by_id[cid].id: by_id[cid] for cid, _, _ in todo}.values():
+                base_score(c)  # baselines first: they are not part of a batch's time
+            for group in chunks(todo, run.student.train.max_adapters):
+                t0 = time.perf_counter()
+                jobs = [(by_id[cid], training_texts(edits[(cid, i)].text, by_id[cid].title,
+                                                    by_id[cid].context, run.student.data),
+                         seeds[(cid, i, j)]) for cid, i, j in group]
+                results = absorb_and_score_many(model, tokenizer, jobs, run, judge_model,
+                                                generate)
+                share = (time.perf_counter() - t0) / len(group)
+                for (cid, i, j), (scores, losses) in zip(group, results, strict=True):
+                    record(cid, i, j, seeds[(cid, i, j)], scores, losses, None, share)
+                bar.update(len(group))
+    return [done[key] for key in keys]
 
 
 def self_edit_rows(run: RunConfig, contexts: list[Passage], edits, evals: list[Evaluation],

@@ -82,8 +82,22 @@ class TrainResult:
     truncated: int  # sequences cut to student.data.max_length
 
 
-def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> TrainResult:
-    """SFT of the adapter's parameters on `texts` (each a sequence), in seeded order."""
+@dataclass
+class Plan:
+    """What training on a self-edit's texts does, step by step: the batch of every optimiser
+    step (in seeded order) and its learning rate. Both training paths run the same plan."""
+
+    steps: list[dict]
+    lrs: list[float]
+    sequences: int
+    tokens: int
+    truncated: int
+
+
+def plan(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int,
+         packing: bool | None = None) -> Plan:
+    """`texts` (each a sequence) as optimiser steps: student.train.epochs passes in a seeded
+    order, student.train.batch_size sequences per step, the lr schedule evaluated per step."""
     import torch
 
     # never train past the model's context, whatever student.data.max_length says
@@ -91,21 +105,40 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
     enc = encode(tokenizer, texts, min(cfg.data.max_length, context))
     n, batch = len(enc.input_ids), max(1, cfg.train.batch_size)
     total = cfg.train.epochs * math.ceil(n / batch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
-    decay = cfg.train.schedule == "linear"
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total if decay else 1.0)
+    factor = schedule(cfg.train.schedule, total)
+    packing = cfg.train.packing if packing is None else packing
     order = torch.Generator().manual_seed(seed)
+    steps = []
+    for _ in range(cfg.train.epochs):
+        perm = torch.randperm(n, generator=order).tolist()
+        for i in range(0, n, batch):
+            chunk = [enc.input_ids[j] for j in perm[i : i + batch]]
+            steps.append(pack(chunk) if packing else collate(chunk, tokenizer.pad_token_id))
+    return Plan(steps, [cfg.train.lr * factor(s) for s in range(total)], n,
+                sum(map(len, enc.input_ids)), enc.truncated)
 
-    def batches():
-        for _ in range(cfg.train.epochs):
-            perm = torch.randperm(n, generator=order).tolist()
-            for i in range(0, n, batch):
-                chunk = [enc.input_ids[j] for j in perm[i : i + batch]]
-                yield pack(chunk) if cfg.train.packing else collate(chunk, tokenizer.pad_token_id)
 
-    losses = optimise(model, batches(), opt, sched)
-    return TrainResult(losses, n, sum(map(len, enc.input_ids)), enc.truncated)
+def schedule(name: str, total: int):
+    """The lr factor at each step: `linear` decays to 0 (SEAL's Trainer), `constant` stays 1."""
+    if name == "linear":
+        return lambda s: 1 - s / total
+    if name == "constant":
+        return lambda s: 1.0
+    raise ValueError(f"unknown student.train.schedule '{name}'; choose linear or constant")
+
+
+def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> TrainResult:
+    """SFT of the adapter's parameters on `texts` (each a sequence), in seeded order: the
+    one-adapter-at-a-time path (student.train.batched=false)."""
+    import torch
+
+    p = plan(model, tokenizer, texts, cfg, seed)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
+    factor = schedule(cfg.train.schedule, len(p.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    losses = optimise(model, iter(p.steps), opt, sched)
+    return TrainResult(losses, p.sequences, p.tokens, p.truncated)
 
 
 def optimise(model, batches, opt, sched) -> list[float]:

@@ -42,6 +42,10 @@ class TrainSettings:
     # a batch's sequences in one row without padding (same loss as a padded batch, less compute)
     packing: bool = True
     method: str = "lora"  # lora: a fresh adapter; full: every weight, restored afterwards
+    # LoRA self-edits are absorbed many at once, sharing every pass over the frozen base
+    # (student/batched.py); false: one adapter at a time with PEFT (the reference path)
+    batched: bool = True
+    max_adapters: int = 8  # adapters per batched pass; lower it if the inner loop runs out of memory
 
 
 @dataclass

@@ -91,6 +91,44 @@ def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
             for (q, a), p, lp in zip(qa, preds, logps, strict=True)]
 
 
+def score_questions_many(model, tokenizer, adapters, items: list[tuple[str, list[tuple[str, str]]]],
+                         cfg: StudentConfig, generate: bool = True) -> list[list[QuestionScore]]:
+    """`score_questions` for adapter i of `adapters` (student.batched.Adapters) on items[i] =
+    (title, [(question, gold), ...]), many adapters per forward pass: each adapter owns an equal
+    block of rows (a shorter question list is padded by repeating its last question, whose
+    extra scores are dropped), and up to student.eval.batch_size rows go in one call."""
+    from student.batched import chunks, pad_groups
+
+    if len(items) != adapters.k:
+        raise ValueError(f"score_questions_many: {len(items)} items for {adapters.k} adapters")
+    out: list[list[QuestionScore]] = [[] for _ in items]
+    todo = [i for i, (_, qa) in enumerate(items) if qa]
+    if not todo:
+        return out
+    width = max(len(items[i][1]) for i in todo)
+    try:
+        for group in chunks(todo, max(1, cfg.eval.batch_size // width)):
+            prompts, m = pad_groups([[answer_prompt(items[i][0], q) for q, _ in items[i][1]]
+                                     for i in group])
+            golds, _ = pad_groups([[a for _, a in items[i][1]] for i in group])
+            adapters.select(group, rows_each=m)
+            preds = answer(model, tokenizer, prompts, instruct=cfg.instruct,
+                           max_new_tokens=cfg.eval.max_new_tokens) if generate else None
+            logps = answer_logprob(model, tokenizer, prompts, golds, instruct=cfg.instruct)
+            for g, i in enumerate(group):
+                for j, (q, a) in enumerate(items[i][1]):
+                    lp = logps[g * m + j]
+                    if preds is None:
+                        out[i].append(QuestionScore(q, a, lp))
+                    else:
+                        p = preds[g * m + j]
+                        out[i].append(QuestionScore(q, a, lp, p, exact_match(p, a), f1(p, a),
+                                                    contains(p, a)))
+    finally:
+        adapters.select(None)
+    return out
+
+
 def judge(model, tokenizer, items: list[tuple[str, str, str]], *,
           instruct: bool) -> list[tuple[bool | None, str]]:
     """(verdict, reply) per (question, gold, prediction), from a local model with SEAL's prompt.

@@ -1,0 +1,155 @@
+"""Many adapters at once: each equals the same adapter trained alone, the base never changes,
+the adapters' scores equal one-at-a-time scores, and each saves as a standard PEFT adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from student import batched as many
+from student.absorb import fresh_adapter, plan, train
+from student.evaluate import score_questions, score_questions_many
+from student.model import load_student
+from tests.test_absorb import TEXTS, cfg_for, snapshot
+
+# Different data, learning rates, schedules and step counts per adapter.
+JOBS = [  # (texts, seed, lr, epochs)
+    (TEXTS, 0, 1e-3, 3),
+    (TEXTS[:1] + ["Crimean War\nA short line."], 1, 3e-3, 2),
+    (["Photosynthesis\nPlants turn light, water and carbon dioxide into sugar.", TEXTS[2]],
+     2, 5e-4, 4),
+]
+QA = [("Who saw an opportunity to expand?", "King Otto of Greece"),
+      ("What did the British and French blockade?", "Piraeus"),
+      ("Did Greece declare war?", "no")]
+# float32 on CPU; the batched path sums in another order (bmm vs PEFT's two Linear layers,
+# padded rows): after a few Adam steps the adapters agree to ~1e-6, far below one step's size
+# (lr 1e-3); 2e-5 leaves room for other CPUs' kernels
+ATOL = 2e-5
+
+
+def job_cfg(path, lr, epochs, schedule="linear"):
+    return cfg_for(path, lr=lr, epochs=epochs, schedule=schedule)
+
+
+def alone(model, tok, texts, cfg, seed) -> tuple[dict, list[float]]:
+    """The reference: one PEFT adapter, torch AdamW (student.absorb.train)."""
+    with fresh_adapter(model, cfg.lora, seed) as adapted:
+        result = train(adapted, tok, texts, cfg, seed)
+        weights = {n.replace(".default", ""): p.detach().clone()
+                   for n, p in adapted.named_parameters() if "lora_" in n}
+    return weights, result.losses
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen2"])
+def test_each_adapter_of_a_batch_equals_the_adapter_trained_alone(arch, request):
+    path = request.getfixturevalue(arch)
+    cfgs = [job_cfg(path, lr, ep) for _, _, lr, ep in JOBS]
+    model, tok = load_student(cfgs[0])
+    before = snapshot(model)
+    jobs = []
+    for (texts, seed, _, _), cfg in zip(JOBS, cfgs, strict=True):
+        p = plan(model, tok, texts, cfg, seed, packing=True)
+        jobs.append(many.Job(seed, p.steps, p.lrs))
+    assert len({len(j.steps) for j in jobs}) == 3  # adapters finish at different steps
+    with many.Adapters(model, cfgs[0].lora, [s for _, s, _, _ in JOBS]) as adapters:
+        many.train(model, adapters, jobs, tok.pad_token_id)
+        batched = [adapters.state_dict(i) for i in range(len(JOBS))]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base is bit-identical
+    assert not any(p.requires_grad for p in model.parameters())
+    for i, ((texts, seed, _, _), cfg) in enumerate(zip(JOBS, cfgs, strict=True)):
+        weights, losses = alone(model, tok, texts, cfg, seed)
+        assert len(jobs[i].losses) == len(losses)
+        assert jobs[i].losses == pytest.approx(losses, abs=1e-5)
+        assert batched[i].keys() == weights.keys()
+        moved = 0
+        for name, w in weights.items():
+            assert torch.allclose(batched[i][name], w, atol=ATOL, rtol=0), (i, name)
+            moved += int("lora_B" in name and torch.count_nonzero(w) > 0)
+        assert moved > 0  # the comparison is of trained adapters, not of zeros
+
+
+def test_finished_adapters_stop_changing(tiny_llama):
+    cfg = job_cfg(tiny_llama, 1e-3, 1)
+    model, tok = load_student(cfg)
+    short = plan(model, tok, TEXTS, cfg, 0, packing=True)
+    long = plan(model, tok, TEXTS, dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, epochs=4)), 1, packing=True)
+    jobs = [many.Job(0, short.steps, short.lrs), many.Job(1, long.steps, long.lrs)]
+    seen = []
+    with many.Adapters(model, cfg.lora, [0, 1]) as adapters:
+        def after_step(s):
+            seen.append([adapters.state_dict(i) for i in range(2)])
+        many.train(model, adapters, jobs, tok.pad_token_id, progress=after_step)
+    n = len(short.steps)
+    assert len(seen) == len(long.steps) > n
+    for s in range(n, len(seen)):  # adapter 0 is done: frozen; adapter 1 still moves
+        assert all(torch.equal(seen[s][0][k], seen[n - 1][0][k]) for k in seen[n - 1][0])
+        assert any(not torch.equal(seen[s][1][k], seen[s - 1][1][k]) for k in seen[s][1])
+
+
+@pytest.mark.parametrize("generate", [False, True])
+def test_batched_scores_equal_one_adapter_at_a_time(tiny_llama, generate):
+    cfg = job_cfg(tiny_llama, 3e-3, 3)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_new_tokens=8,
+                                                            batch_size=5))
+    model, tok = load_student(cfg)
+    items = [("Crimean War", QA), ("Crimean War", QA[:1]), ("Photosynthesis", QA[1:])]
+    seeds = [3, 4, 5]
+    jobs = [many.Job(s, *(lambda p: (p.steps, p.lrs))(plan(model, tok, TEXTS, cfg, s,
+                                                           packing=True)))
+            for s in seeds]
+    with many.Adapters(model, cfg.lora, seeds) as adapters:
+        many.train(model, adapters, jobs, tok.pad_token_id)
+        # batch_size 5 with 3 questions per block: one adapter per call, then a check with all
+        got = score_questions_many(model, tok, adapters, items, cfg, generate=generate)
+        wide = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=64))
+        got_wide = score_questions_many(model, tok, adapters, items, wide, generate=generate)
+        states = [adapters.state_dict(i) for i in range(3)]
+    for i, (title, qa) in enumerate(items):
+        with fresh_adapter(model, cfg.lora, seeds[i]) as adapted:
+            adapted.load_state_dict({k.replace("lora_A.", "lora_A.default.")
+                                     .replace("lora_B.", "lora_B.default."): v
+                                     for k, v in states[i].items()}, strict=False)
+            want = score_questions(adapted, tok, title, qa, cfg, generate=generate)
+        for result in (got[i], got_wide[i]):
+            assert len(result) == len(want)
+            for g, w in zip(result, want, strict=True):
+                assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
+                assert g.prediction == w.prediction
+
+
+def test_saved_adapter_loads_in_peft_with_the_same_outputs(tiny_qwen2, tmp_path):
+    from peft import PeftModel
+
+    cfg = job_cfg(tiny_qwen2, 3e-3, 3)
+    model, tok = load_student(cfg)
+    p = plan(model, tok, TEXTS, cfg, 7, packing=True)
+    ids = tok(TEXTS[0], return_tensors="pt")["input_ids"]
+    with many.Adapters(model, cfg.lora, [7]) as adapters:
+        many.train(model, adapters, [many.Job(7, p.steps, p.lrs)], tok.pad_token_id)
+        adapters.save(0, tmp_path / "adapter")
+        adapters.select([0])
+        with torch.inference_mode():
+            ours = model(input_ids=ids).logits
+    with torch.inference_mode():
+        base = model(input_ids=ids).logits
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert not list((tmp_path / "adapter").glob("*.tmp"))
+    loaded = PeftModel.from_pretrained(model, tmp_path / "adapter")
+    with torch.inference_mode():
+        theirs = loaded(input_ids=ids).logits
+    loaded.unload()
+    assert not torch.allclose(ours, base, atol=1e-4)  # the adapter changes the outputs
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_targets_that_match_nothing_are_a_clear_error(tiny_llama):
+    cfg = job_cfg(tiny_llama, 1e-3, 1)
+    model, _ = load_student(cfg)
+    lora = dataclasses.replace(cfg.lora, targets=["no_such_proj"])
+    with pytest.raises(ValueError, match="no_such_proj"), many.Adapters(model, lora, [0]):
+        pass
