@@ -1,5 +1,6 @@
 # make run    set up (venv + bundled models), then the default job on CPU
 # make test   set up, then the whole test suite
+# make bench  set up, then `python -m loop.bench` (the inner loop's two paths side by side)
 # make setup  only the set-up; every target is idempotent (the venv and the model cache are reused)
 
 SHELL  := /bin/bash
@@ -12,7 +13,7 @@ PY     := $(VENV)/bin/python
 # for a range, so GPU machines can take the CUDA torch that vLLM needs.
 PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints/cpu.txt
 
-.PHONY: setup run test lint
+.PHONY: setup run test bench lint
 
 setup: $(VENV)/.installed
 	$(PY) -m loop.assets
@@ -30,6 +31,9 @@ run: setup
 test: setup
 	$(PY) -m ruff check teacher student loop tests
 	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m loop.bench
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check teacher student loop tests

@@ -36,10 +36,26 @@ def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
 def score_self_edit(model, tokenizer, task: ArcTask, text: str, run: RunConfig,
                     seed: int) -> tuple[list[dict], list[float], str | None]:
     """(scores, first and last training loss, why it failed before training) of one self-edit."""
-    from student.arc.ttt import absorb_and_solve
+    return score_self_edits(model, tokenizer, task, [text], run, [seed])[0]
 
-    result = absorb_and_solve(model, tokenizer, pairs(task.train), pairs(task.test), text,
-                              run.student.arc, run.student.instruct, seed)
+
+def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: RunConfig,
+                     seeds: list[int]) -> list[tuple[list[dict], list[float], str | None]]:
+    """`score_self_edit` for many self-edits of one task: trained together,
+    student.train.max_adapters at a time, unless student.train.batched=false."""
+    from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
+
+    args = (model, tokenizer, pairs(task.train), pairs(task.test))
+    if run.student.train.batched:
+        results = absorb_and_solve_many(*args, texts, run.student.arc, run.student.instruct,
+                                        seeds, run.student.train.max_adapters)
+    else:
+        results = [absorb_and_solve(*args, text, run.student.arc, run.student.instruct, seed)
+                   for text, seed in zip(texts, seeds, strict=True)]
+    return [_row(result) for result in results]
+
+
+def _row(result) -> tuple[list[dict], list[float], str | None]:
     losses = [result.losses[0], result.losses[-1]] if result.losses else []
     return ([{"success": float(result.success), "attempts": result.attempts,
               "answers": result.answers, "tasks": result.tasks, "steps": result.steps}],
@@ -106,19 +122,31 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
         jobs = [(t, c, i) for t in tasks for c in conditions
                 for i in ([None] if c == "base" else range(n))]
         todo = [j for j in jobs if (j[0].id, j[1], j[2]) not in done]
-        for task, cond, i in tqdm(todo, desc="arc: evaluations", unit="eval"):
+        # a (task, condition)'s missing samples are absorbed together (student.train.batched)
+        batches = {}
+        for task, cond, i in todo:
+            batches.setdefault((task.id, cond), (task, cond, []))[2].append(i)
+        bar = tqdm(total=len(todo), desc="arc: evaluations", unit="eval")
+        for task, cond, samples in batches.values():
             t0 = time.perf_counter()
             if cond == "base":
-                row = {**score_base(model, tokenizer, task, run)[0], "failure": None}
+                rows = [{**score_base(model, tokenizer, task, run)[0], "failure": None}]
             else:
-                text = oracle if cond == "oracle" else self_edits[cond][task.id][i]
-                seed = derive_seed(run.seed, "absorb", "teacher", task.id, i)
-                scores, losses, failure = score_self_edit(model, tokenizer, task, text, run, seed)
-                row = {**scores[0], "failure": failure, "seed": seed, "train_loss": losses}
-            row = {"context": task.id, "condition": cond, "sample": i,
-                   "seconds": time.perf_counter() - t0, **row}
-            append_jsonl(scores_path, row)
-            done[(task.id, cond, i)] = row
+                texts = [oracle if cond == "oracle" else self_edits[cond][task.id][i]
+                         for i in samples]
+                seeds = [derive_seed(run.seed, "absorb", "teacher", task.id, i) for i in samples]
+                rows = [{**scores[0], "failure": failure, "seed": seed, "train_loss": losses}
+                        for (scores, losses, failure), seed in zip(
+                            score_self_edits(model, tokenizer, task, texts, run, seeds), seeds,
+                            strict=True)]
+            share = (time.perf_counter() - t0) / len(samples)
+            for i, row in zip(samples, rows, strict=True):
+                row = {"context": task.id, "condition": cond, "sample": i, "seconds": share,
+                       **row}
+                append_jsonl(scores_path, row)
+                done[(task.id, cond, i)] = row
+            bar.update(len(samples))
+        bar.close()
         # paired units: (task, sample); base repeats its one value per task
         units = {c: [{"success": 100 * done[(t.id, c, None if c == "base" else i)]["success"]}
                      for t in tasks for i in range(n)] for c in conditions}

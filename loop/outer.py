@@ -341,7 +341,22 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     seeds = {key: derive_seed(run.seed, "absorb", r, *key) for key in todo}
     with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"round {r}: inner loop",
               unit="eval") as bar:
-        if run.task.format == "arc" or not batched(run):
+        if run.task.format == "arc" and batched(run):
+            from loop import arc
+
+            for c in {cid: by_id[cid] for cid, _, _ in todo}.values():
+                base_score(c)
+                mine = [key for key in todo if key[0] == c.id]
+                for group in chunks(mine, run.student.train.max_adapters):
+                    t0 = time.perf_counter()
+                    results = arc.score_self_edits(
+                        model, tokenizer, c, [edits[(cid, i)].text for cid, i, _ in group], run,
+                        [seeds[key] for key in group])
+                    share = (time.perf_counter() - t0) / len(group)
+                    for key, (scores, losses, failure) in zip(group, results, strict=True):
+                        record(*key, seeds[key], scores, losses, failure, share)
+                    bar.update(len(group))
+        elif run.task.format == "arc" or not batched(run):
             for cid, i, j in todo:
                 c, seed = by_id[cid], seeds[(cid, i, j)]
                 base_score(c)

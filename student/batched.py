@@ -7,15 +7,19 @@ target `nn.Linear` by a `StackedLoRALinear` that holds all k adapters' A and B m
 
     y = base(x) + scale · (x A_iᵀ) B_iᵀ        (two batched matmuls for all adapters)
 
-Rows are grouped by adapter: `select(adapters, rows_each)` says which adapters the next
-forward passes serve and how many consecutive rows each one owns, so a (k·m × T × d) input is
-viewed as (k × m·T × d) and no weights are gathered per row. Training (`train`) packs each
-adapter's step into one row, pads the rows to one width with a separate padding segment (its
-positions restart at 0, so transformers' packed-sequence mask keeps it apart and it is not a
-target), sums the adapters' mean losses (each adapter's gradient is its own loss's gradient: the
-adapters share no parameter) and steps a stacked AdamW in which every adapter has its own
-learning rate per step and its own step count; an adapter whose steps are done leaves the batch
-and stops changing.
+Routing (`Adapters.route`): the next forward passes give each row, or each token, an adapter;
+read row after row, every adapter's tokens form one contiguous run, so the update is two
+matmuls per adapter on its slice of the flattened input, or two batched matmuls for all when
+the runs are equal (generation: one block of rows per adapter). Training (`train`) packs every
+adapter's step into shared rows of one width with little padding (`_rows`), sums the adapters'
+mean losses (each adapter's gradient is its own loss's gradient: the adapters share no
+parameter) and steps a stacked AdamW in which every adapter has its own learning rate per step
+and its own step count; an adapter whose steps are done leaves the batch and stops changing.
+
+Speed: every pass over the base serves all k adapters. On a GPU that is the point (one
+self-edit's few hundred tokens leave it idle); on a 2-core CPU a single self-edit's step
+already runs the matmuls near the machine's peak, so the gain there is small (README,
+`python -m loop.bench`).
 
 Equivalence: an adapter trained here equals the same adapter trained alone by `student.absorb`
 (PEFT, torch AdamW) with the same seed, data and steps, up to floating-point reduction order
@@ -27,7 +31,6 @@ adapter loads with `PeftModel.from_pretrained` or as a vLLM LoRA request.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 from student.config import LoraSettings
@@ -68,18 +71,26 @@ def _stacked_linear_class():
 
         def forward(self, x):
             y = self.base(x)
-            owner = self._owner[0]
-            if owner.active is None:
+            routing = self._owner[0].tokens
+            if routing is None:
                 return y
-            a, b = self.lora_A, self.lora_B
-            if owner.subset is not None:  # some adapters only: gather their (small) matrices
-                a, b = a[owner.subset], b[owner.subset]
-            n = a.shape[0]
-            h = x.reshape(n, -1, x.shape[-1]).to(a.dtype)  # adapter i's rows are consecutive
+            sizes, ids, per_row, index = routing
+            if per_row:  # runs of whole rows: as many tokens per row as this pass has
+                sizes = [n * x.shape[-2] for n in sizes]
+            h = x.reshape(-1, x.shape[-1]).to(self.lora_A.dtype)
             if self.dropout and self.training:
                 h = nn.functional.dropout(h, self.dropout)
-            delta = torch.bmm(torch.bmm(h, a.transpose(1, 2)), b.transpose(1, 2))
-            return y + (self.scale * delta).reshape(y.shape).to(y.dtype)
+            if len(set(sizes)) == 1:  # equal runs: two batched matmuls for all adapters
+                a = self.lora_A if index is None else self.lora_A[index]
+                b = self.lora_B if index is None else self.lora_B[index]
+                h = h.view(len(ids), sizes[0], h.shape[-1])
+                delta = torch.bmm(torch.bmm(h, a.transpose(1, 2)) * self.scale,
+                                  b.transpose(1, 2))
+            else:  # unbind: one gradient buffer per stacked matrix, not one per adapter
+                a, b = self.lora_A.unbind(0), self.lora_B.unbind(0)
+                delta = torch.cat([((c @ a[i].T) * self.scale) @ b[i].T
+                                   for c, i in zip(h.split(sizes), ids, strict=True)])
+            return y + delta.reshape(y.shape).to(y.dtype)
 
     return StackedLoRALinear
 
@@ -89,7 +100,7 @@ class Adapters:
 
         with Adapters(model, lora, seeds) as adapters:
             train(model, adapters, jobs)          # all k in the same passes
-            adapters.select(range(k), rows_each=m)  # then k·m rows, m per adapter
+            adapters.route(row_owners)              # then rows, each row's adapter
             model(...) / model.generate(...)
             adapters.save(i, folder)              # adapter i in PEFT's format
         # the base's modules are exactly the originals again
@@ -99,8 +110,7 @@ class Adapters:
         if not seeds:
             raise ValueError("Adapters: no seeds (one per adapter)")
         self.model, self.lora, self.seeds = model, lora, list(seeds)
-        self.active = None  # adapters served by the next forward passes (None: the base alone)
-        self.subset = None  # their indices when not all k, in order
+        self.tokens = None  # the next passes' routing (None: the base alone): see `route`
         self.modules: dict[str, object] = {}  # module name -> StackedLoRALinear
         self._originals: dict[str, object] = {}
 
@@ -130,7 +140,7 @@ class Adapters:
         for name, base in self._originals.items():
             self._swap(name, base)
         self._originals.clear()
-        self.active = self.subset = None
+        self.tokens = None
         self.model.eval()
 
     def _swap(self, name: str, module) -> None:
@@ -140,21 +150,25 @@ class Adapters:
     def parameters(self) -> list:
         return [p for m in self.modules.values() for p in (m.lora_A, m.lora_B)]
 
-    def select(self, adapters, rows_each: int = 1) -> None:
-        """The next forward passes serve `adapters` (indices, in row order), each owning
-        `rows_each` consecutive rows of the batch; None: the base alone."""
-        if adapters is None:
-            self.active = self.subset = None
+    def route(self, owners) -> None:
+        """The next forward passes take adapter `owners[row, t]` for each token (a 2-D tensor:
+        rows may mix adapters) or `owners[row]` for each row (a 1-D tensor or a list: rows of
+        any length, so also every step of `generate`). Read row after row, each adapter's tokens
+        must form one contiguous run (student.batched._rows packs them so); they are multiplied
+        by that adapter's own matrices. None: the base alone."""
+        if owners is None:
+            self.tokens = None
             return
         import torch
 
-        adapters = list(adapters)
-        if not adapters or rows_each < 1:
-            raise ValueError("select: at least one adapter and one row each")
+        owners = torch.as_tensor(owners)
+        ids, sizes = torch.unique_consecutive(owners.flatten(), return_counts=True)
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError("route: an adapter's tokens are not one contiguous run")
+        ids = ids.tolist()
         device = next(iter(self.modules.values())).lora_A.device
-        self.active = (adapters, rows_each)
-        self.subset = None if adapters == list(range(self.k)) else torch.tensor(adapters,
-                                                                                device=device)
+        index = None if ids == list(range(self.k)) else torch.tensor(ids, device=device)
+        self.tokens = (sizes.tolist(), ids, owners.dim() == 1, index)
 
     def state_dict(self, i: int) -> dict:
         """Adapter i's weights under PEFT's key names (`...q_proj.lora_A.weight`)."""
@@ -247,27 +261,64 @@ class StackedAdamW:
             p.grad = None
 
 
-def _stack_rows(rows: list[dict], pad_id: int) -> dict:
-    """One packed row per adapter, right-padded to one width. The padding is a segment of its
-    own (positions from 0), so no real token attends to it, and it is never a target."""
+def _segments(step: dict) -> list[tuple[list[int], list[int]]]:
+    """A packed row (student.data.pack) back into its sequences: (token ids, labels) each."""
+    ids, labels = step["input_ids"][0].tolist(), step["labels"][0].tolist()
+    starts = [t for t, p in enumerate(step["position_ids"][0].tolist()) if p == 0] + [len(ids)]
+    return [(ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def _rows(steps: list[dict], pad_id: int) -> tuple[dict, object]:
+    """The adapters' step data as rows of one width with little padding. Sequences go in adapter
+    order (longest first within an adapter), each into the current row if it fits, else a new
+    one, so that read row after row every adapter's tokens are one contiguous run
+    (`Adapters.route`); a row may hold several adapters' sequences. The width is the one, among
+    a few from the longest sequence up, that needs the fewest padded tokens. Padding is a segment
+    of its own (positions from 0), so no real token attends to it; it is never a target and
+    takes the adapter of the sequence before it. Returns the batch and each token's adapter
+    (an index into `steps`)."""
     import torch
 
-    width = max(r["input_ids"].shape[1] for r in rows)
+    seqs = [(i, ids, labels) for i, s in enumerate(steps)
+            for ids, labels in sorted(_segments(s), key=lambda x: -len(x[0]))]
+
+    def fill(width: int) -> list[list]:
+        rows: list[list] = []
+        used = width
+        for seq in seqs:
+            if used + len(seq[1]) > width:
+                rows.append([])
+                used = 0
+            rows[-1].append(seq)
+            used += len(seq[1])
+        return rows
+
+    longest = max(len(ids) for _, ids, _ in seqs)
+    widths = sorted({longest, *(int(longest * f) for f in (1.15, 1.3, 1.5, 1.75, 2.0))})
+    width = min(widths, key=lambda w: (len(fill(w)) * w, w))
+    rows = fill(width)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = r["input_ids"].shape[1]
-        ids[i, :n], labels[i, :n], pos[i, :n] = r["input_ids"][0], r["labels"][0], \
-            r["position_ids"][0]
-        pos[i, n:] = torch.arange(width - n)
-    return {"input_ids": ids, "labels": labels, "position_ids": pos}
+    owner = torch.zeros((len(rows), width), dtype=torch.long)
+    for n, row in enumerate(rows):
+        t = 0
+        for i, seq, lab in row:
+            ids[n, t : t + len(seq)] = torch.tensor(seq)
+            labels[n, t : t + len(seq)] = torch.tensor(lab)
+            pos[n, t : t + len(seq)] = torch.arange(len(seq))
+            owner[n, t:] = i
+            t += len(seq)
+        pos[n, t:] = torch.arange(width - t)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos}, owner
 
 
 def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None) -> list[Job]:
     """Train adapter i on jobs[i], all in the same forward/backward passes; fills each job's
     `losses`. Adapters with fewer steps leave the batch when done; the base never changes."""
     import torch
+
+    from student.evaluate import head_logits
 
     if len(jobs) != adapters.k:
         raise ValueError(f"train: {len(jobs)} jobs for {adapters.k} adapters")
@@ -279,17 +330,26 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
     try:
         for s in range(max(len(j.steps) for j in jobs)):
             live = [i for i, j in enumerate(jobs) if s < len(j.steps)]
-            batch = _stack_rows([jobs[i].steps[s] for i in live], pad_id)
-            adapters.select(live)
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           position_ids=batch["position_ids"].to(device), use_cache=False).logits
-            # the token at t is predicted at t - 1; each adapter's loss is its mean over targets
+            batch, owner = _rows([jobs[i].steps[s] for i in live], pad_id)
+            adapters.route(torch.tensor(live)[owner])
+            hidden = model.get_decoder()(
+                input_ids=batch["input_ids"].to(device),
+                position_ids=batch["position_ids"].to(device), use_cache=False).last_hidden_state
+            # the token at t is predicted at t - 1; logits only where there is a target (no
+            # vocabulary-wide rows for padding); each adapter's loss is its mean over targets
             target = batch["labels"][:, 1:].to(device)
-            ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                   target.flatten(), ignore_index=IGNORE,
-                                                   reduction="none").view(target.shape)
-            count = (target != IGNORE).sum(1).clamp(min=1)
-            losses = ce.sum(1) / count
+            where = (target != IGNORE).nonzero(as_tuple=True)
+            picked, wanted = hidden[:, :-1][where], target[where]
+            # in slices of 256 targets: the vocabulary-wide softmax stays in cache (2x faster
+            # than one call on a 2-core CPU)
+            ce = torch.cat([torch.nn.functional.cross_entropy(
+                head_logits(model, picked[a : a + 256]).float(), wanted[a : a + 256],
+                reduction="none") for a in range(0, len(wanted), 256)])
+            rows_of = owner[:, 1:].to(device)[where]  # the target token's adapter, in `live`
+            total = torch.zeros(len(live), device=device).index_add(0, rows_of, ce)
+            count = torch.zeros(len(live), device=device).index_add(
+                0, rows_of, torch.ones_like(ce))
+            losses = total / count.clamp(min=1)
             losses.sum().backward()
             opt.step(live, [jobs[i].lrs[s] for i in live])
             opt.zero_grad()
@@ -298,13 +358,9 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
             if progress is not None:
                 progress(s)
     finally:
-        adapters.select(None)
+        adapters.route(None)
         model.eval()
     return jobs
-
-
-def steps_total(jobs: list[Job]) -> int:
-    return sum(len(j.steps) for j in jobs)
 
 
 def chunks(items: list, size: int) -> list[list]:
@@ -313,14 +369,15 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def pad_groups(groups: list[list]) -> tuple[list, int]:
-    """Equal-size groups for `Adapters.select(rows_each=m)`: each group is padded by repeating
-    its last item (the copies' results are dropped by the caller). Returns the flat rows and m."""
-    m = max(len(g) for g in groups)
-    if any(not g for g in groups):
-        raise ValueError("pad_groups: an empty group")
-    return [x for g in groups for x in g + [g[-1]] * (m - len(g))], m
-
-
-def ceil_div(a: int, b: int) -> int:
-    return math.ceil(a / b)
+def fill(sizes: list[int], budget: int) -> list[list[int]]:
+    """Indices into `sizes`, in order, grouped so that each group's sizes sum to at most
+    `budget` (a group holds at least one index)."""
+    groups: list[list[int]] = []
+    total = budget
+    for i, n in enumerate(sizes):
+        if total + n > budget or not groups:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    return groups

@@ -45,15 +45,30 @@ def answer_logprob(model, tokenizer, prompts: list[str], golds: list[str], *,
     for i, (p, g) in enumerate(pairs):
         ids[i, : len(p) + len(g)] = torch.tensor(p + g)
         mask[i, : len(p) + len(g)] = 1
+    # the token at position t is predicted at t - 1; the head runs only where a gold token is
+    # predicted (a vocabulary-wide row per prompt token would be most of the work)
+    rows = torch.tensor([i for i, (p, g) in enumerate(pairs) for _ in g])
+    cols = torch.tensor([t for p, g in pairs for t in range(len(p) - 1, len(p) + len(g) - 1)])
+    gold = torch.tensor([t for _, g in pairs for t in g])
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        hidden = model.get_decoder()(input_ids=ids.to(model.device),
+                                     attention_mask=mask.to(model.device)).last_hidden_state
+        logits = head_logits(model, hidden[rows.to(model.device), cols.to(model.device)])
         logp = torch.log_softmax(logits.float(), dim=-1)
-    scores = []
-    for i, (p, g) in enumerate(pairs):
-        # the token at position t is predicted by the logits at t - 1
-        steps = torch.arange(len(p) - 1, len(p) + len(g) - 1)
-        scores.append(logp[i, steps, torch.tensor(g)].mean().item())
-    return scores
+        picked = logp[torch.arange(len(gold)), gold.to(model.device)].cpu()
+    sums = torch.zeros(len(pairs), dtype=picked.dtype).index_add(0, rows, picked)
+    return (sums / torch.tensor([len(g) for _, g in pairs])).tolist()
+
+
+def head_logits(model, hidden):
+    """The causal LM's head on some hidden states: what its forward does after the decoder."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 style
+    if cap:
+        import torch
+
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
 @dataclass
@@ -94,38 +109,34 @@ def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
 def score_questions_many(model, tokenizer, adapters, items: list[tuple[str, list[tuple[str, str]]]],
                          cfg: StudentConfig, generate: bool = True) -> list[list[QuestionScore]]:
     """`score_questions` for adapter i of `adapters` (student.batched.Adapters) on items[i] =
-    (title, [(question, gold), ...]), many adapters per forward pass: each adapter owns an equal
-    block of rows (a shorter question list is padded by repeating its last question, whose
-    extra scores are dropped), and up to student.eval.batch_size rows go in one call."""
-    from student.batched import chunks, pad_groups
+    (title, [(question, gold), ...]), many adapters per call: the rows of every (adapter,
+    question) in adapter order, each adapter's rows routed to it, whole adapters up to
+    student.eval.batch_size rows per call."""
+    from student.batched import fill
 
     if len(items) != adapters.k:
         raise ValueError(f"score_questions_many: {len(items)} items for {adapters.k} adapters")
     out: list[list[QuestionScore]] = [[] for _ in items]
     todo = [i for i, (_, qa) in enumerate(items) if qa]
-    if not todo:
-        return out
-    width = max(len(items[i][1]) for i in todo)
     try:
-        for group in chunks(todo, max(1, cfg.eval.batch_size // width)):
-            prompts, m = pad_groups([[answer_prompt(items[i][0], q) for q, _ in items[i][1]]
-                                     for i in group])
-            golds, _ = pad_groups([[a for _, a in items[i][1]] for i in group])
-            adapters.select(group, rows_each=m)
+        for group in fill([len(items[i][1]) for i in todo], max(1, cfg.eval.batch_size)):
+            mine = [todo[g] for g in group]
+            qa = [(i, q, a) for i in mine for q, a in items[i][1]]
+            prompts = [answer_prompt(items[i][0], q) for i, q, _ in qa]
+            adapters.route([i for i, _, _ in qa])
             preds = answer(model, tokenizer, prompts, instruct=cfg.instruct,
                            max_new_tokens=cfg.eval.max_new_tokens) if generate else None
-            logps = answer_logprob(model, tokenizer, prompts, golds, instruct=cfg.instruct)
-            for g, i in enumerate(group):
-                for j, (q, a) in enumerate(items[i][1]):
-                    lp = logps[g * m + j]
-                    if preds is None:
-                        out[i].append(QuestionScore(q, a, lp))
-                    else:
-                        p = preds[g * m + j]
-                        out[i].append(QuestionScore(q, a, lp, p, exact_match(p, a), f1(p, a),
-                                                    contains(p, a)))
+            logps = answer_logprob(model, tokenizer, prompts, [a for _, _, a in qa],
+                                   instruct=cfg.instruct)
+            for n, (i, q, a) in enumerate(qa):
+                if preds is None:
+                    out[i].append(QuestionScore(q, a, logps[n]))
+                else:
+                    p = preds[n]
+                    out[i].append(QuestionScore(q, a, logps[n], p, exact_match(p, a), f1(p, a),
+                                                contains(p, a)))
     finally:
-        adapters.select(None)
+        adapters.route(None)
     return out
 
 

@@ -247,6 +247,28 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
     assert not tight.success and tight.attempts == [[]] and tight.answers == [[]]
 
 
+def test_self_edits_trained_together_equal_one_at_a_time(tiny_llama):
+    from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
+    from student.model import load_student
+    from tests.test_models import tiny_student
+
+    model, tok = load_student(tiny_student(tiny_llama))
+    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=40)
+    tests = [([[4, 0]], [[0, 4]]), ([[5, 5]], [[5, 5]])]
+    edits = [to_json(TTTConfig(("basic",), "output", 5e-3, 2)), "use rotations",
+             to_json(TTTConfig(("basic",), "all", 1e-4, 10)),  # over budget
+             to_json(TTTConfig(("basic", "size"), "all", 1e-3, 1))]
+    seeds = [0, 1, 2, 3]
+    together = absorb_and_solve_many(model, tok, DEMOS, tests, edits, settings, True, seeds,
+                                     max_adapters=8)
+    for edit, seed, got in zip(edits, seeds, together, strict=True):
+        want = absorb_and_solve(model, tok, DEMOS, tests, edit, settings, True, seed)
+        assert got.failure == want.failure and got.steps == want.steps
+        assert got.losses == pytest.approx(want.losses, abs=1e-4)
+        assert got.answers == want.answers and got.attempts == want.attempts
+    assert [r.failure is None for r in together] == [True, False, False, True]
+
+
 def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2, tmp_path):
     from loop.arc import oracle_text
     from loop.config import ConfigError

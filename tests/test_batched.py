@@ -104,7 +104,7 @@ def test_batched_scores_equal_one_adapter_at_a_time(tiny_llama, generate):
             for s in seeds]
     with many.Adapters(model, cfg.lora, seeds) as adapters:
         many.train(model, adapters, jobs, tok.pad_token_id)
-        # batch_size 5 with 3 questions per block: one adapter per call, then a check with all
+        # batch_size 5: at most one or two adapters' questions per call; then all in one call
         got = score_questions_many(model, tok, adapters, items, cfg, generate=generate)
         wide = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, batch_size=64))
         got_wide = score_questions_many(model, tok, adapters, items, wide, generate=generate)
@@ -132,7 +132,7 @@ def test_saved_adapter_loads_in_peft_with_the_same_outputs(tiny_qwen2, tmp_path)
     with many.Adapters(model, cfg.lora, [7]) as adapters:
         many.train(model, adapters, [many.Job(7, p.steps, p.lrs)], tok.pad_token_id)
         adapters.save(0, tmp_path / "adapter")
-        adapters.select([0])
+        adapters.route([0])
         with torch.inference_mode():
             ours = model(input_ids=ids).logits
     with torch.inference_mode():
@@ -153,3 +153,23 @@ def test_targets_that_match_nothing_are_a_clear_error(tiny_llama):
     lora = dataclasses.replace(cfg.lora, targets=["no_such_proj"])
     with pytest.raises(ValueError, match="no_such_proj"), many.Adapters(model, lora, [0]):
         pass
+
+
+def test_bench_compares_both_paths_and_ends_with_the_contract_line(tiny_llama, capsys):
+    import re
+
+    from loop.bench import main
+
+    main(["--k", "3", "--repeats", "2", f"student.path={tiny_llama}", "student.name=tiny",
+          "student.train.epochs=2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sum("one at a time:" in x for x in lines) == sum("batched:" in x and "repeat" in x
+                                                             for x in lines) == 2
+    diff = next(x for x in lines if x.startswith("largest per-question"))
+    assert float(diff.split()[-1]) < 1e-4  # the two paths score the same
+    last = re.fullmatch(r"speedup=([\d.]+) batched_per_min=([\d.]+) sequential_per_min=([\d.]+)"
+                        r" peak_fraction=([\d.]+)", lines[-1])
+    assert last, lines[-1]
+    speedup, batched, sequential, _ = map(float, last.groups())
+    assert batched > 0 and sequential > 0
+    assert speedup == pytest.approx(batched / sequential, rel=0.02)

@@ -60,10 +60,17 @@ def test_a_sample_does_not_depend_on_its_batch(tiny_qwen2):
                                             dtype="float32"))
     prompts = ["Passage: a cat sat.\nImplications:\n", "Passage: the war ended in 1856 with a "
                "treaty signed in Paris.\nImplications:\n", "Hi"]
-    together = sample(model, tok, prompts, [7, 8, 9], instruct=True, settings=SHORT)
-    alone = [sample(model, tok, [p], [s], instruct=True, settings=SHORT)[0]
+    # Each sample's draws come from its own seed, whatever else is in the batch. Padding changes
+    # the matmul shapes, so logits differ in the last bits from one CPU's kernels to another's;
+    # a random tiny model at temperature 1 spreads its probability over 151k tokens, where such
+    # a bit can move a draw across a token boundary. At temperature 0.3 its distributions have
+    # room between boundaries, and the property under test, the per-sample seed, is what decides.
+    peaked = dataclasses.replace(SHORT, temperature=0.3)
+    together = sample(model, tok, prompts, [7, 8, 9], instruct=True, settings=peaked)
+    alone = [sample(model, tok, [p], [s], instruct=True, settings=peaked)[0]
              for p, s in zip(prompts, [7, 8, 9], strict=True)]
     assert together == alone
+    assert len(set(together)) == 3 and all(together)
 
 
 def test_top_p_keeps_only_the_nucleus():

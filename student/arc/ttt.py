@@ -132,29 +132,39 @@ def _schedule(warmup: int, total: int):
     return factor
 
 
-def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
-          settings: ArcSettings, seed: int) -> list[float]:
-    """SFT of the adapter on encoded tasks; one loss per optimiser step."""
+def plan(rows: list[tuple[list[int], list[int]]], config: TTTConfig, settings: ArcSettings,
+         seed: int) -> tuple[list[dict], list[float]]:
+    """The packed batch of every optimiser step (seeded order) and its learning rate (warm-up,
+    then cosine): what both training paths run."""
     import torch
 
-    from student.absorb import optimise
     from student.data import pack
 
     batch = max(1, settings.batch_size)
     total = config.epochs * math.ceil(len(rows) / batch)
+    factor = _schedule(settings.warmup_steps, total)
+    order = torch.Generator().manual_seed(seed)
+    steps = []
+    for _ in range(config.epochs):
+        perm = torch.randperm(len(rows), generator=order).tolist()
+        for i in range(0, len(rows), batch):
+            chunk = [rows[j] for j in perm[i : i + batch]]
+            steps.append(pack([ids for ids, _ in chunk], [lab for _, lab in chunk]))
+    return steps, [config.lr * factor(s) for s in range(total)]
+
+
+def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
+          settings: ArcSettings, seed: int) -> list[float]:
+    """SFT of the adapter on encoded tasks; one loss per optimiser step (one adapter at a time)."""
+    import torch
+
+    from student.absorb import optimise
+
+    steps, _ = plan(rows, config, settings, seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, total))
-    order = torch.Generator().manual_seed(seed)
-
-    def batches():
-        for _ in range(config.epochs):
-            perm = torch.randperm(len(rows), generator=order).tolist()
-            for i in range(0, len(rows), batch):
-                chunk = [rows[j] for j in perm[i : i + batch]]
-                yield pack([ids for ids, _ in chunk], [lab for _, lab in chunk])
-
-    return optimise(model, batches(), opt, sched)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, len(steps)))
+    return optimise(model, iter(steps), opt, sched)
 
 
 def vote(candidates: list[Grid | None]) -> list[Grid]:
@@ -167,12 +177,10 @@ def vote(candidates: list[Grid | None]) -> list[Grid]:
     return [g for _, _, g in ranked[:2]]
 
 
-def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
-            instruct: bool) -> tuple[list[Grid], list[str]]:
-    """(the two attempts, the raw answers) for one test input, from every view that fits: grids
-    within ARC's size, and prompt plus answer room within `settings.max_tokens`."""
-    import torch
-
+def view_prompts(tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
+                 instruct: bool) -> tuple[list, list[str], int]:
+    """(views, their prompts, answer room in tokens) for one test input: every view whose grids
+    are within ARC's size and whose prompt plus answer room fits `settings.max_tokens`."""
     # room for the largest grid the task shows, as rows of digits plus newlines, twice over
     largest = max((len(g) * (len(g[0]) + 1) for pair in demos for g in pair), default=0)
     max_new = 2 * max(largest, len(test_input) * (len(test_input[0]) + 1)) + 8
@@ -185,19 +193,53 @@ def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings:
             if length + max_new <= settings.max_tokens:
                 views.append(v)
                 prompts.append(prompt)
-    if not prompts:
-        return [], []
+    return views, prompts, max_new
+
+
+def _generate(model, tokenizer, prompts: list[str], max_new: int, instruct: bool) -> list[str]:
+    import torch
+
     batch = tokenizer(prompts, return_tensors="pt", padding=True,
                       add_special_tokens=not instruct).to(model.device)
     with torch.inference_mode():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new,
                              pad_token_id=tokenizer.pad_token_id)
-    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def _decide(views, answers: list[str]) -> list[Grid]:
     candidates = []
     for v, a in zip(views, answers, strict=True):
         g = grids.parse(a)
         candidates.append(v.inverse(g) if g is not None else None)
-    return vote(candidates), answers
+    return vote(candidates)
+
+
+def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
+            instruct: bool) -> tuple[list[Grid], list[str]]:
+    """(the two attempts, the raw answers) for one test input, from every view that fits: grids
+    within ARC's size, and prompt plus answer room within `settings.max_tokens`."""
+    views, prompts, max_new = view_prompts(tokenizer, demos, test_input, settings, instruct)
+    if not prompts:
+        return [], []
+    answers = _generate(model, tokenizer, prompts, max_new, instruct)
+    return _decide(views, answers), answers
+
+
+def predict_many(model, tokenizer, adapters, demos: Sequence[Pair], test_input: Grid,
+                 settings: ArcSettings, instruct: bool) -> list[tuple[list[Grid], list[str]]]:
+    """`predict` for every adapter of `adapters` (student.batched.Adapters) in one generate
+    call: the same view prompts, one block of rows per adapter."""
+    views, prompts, max_new = view_prompts(tokenizer, demos, test_input, settings, instruct)
+    if not prompts:
+        return [([], []) for _ in range(adapters.k)]
+    adapters.route([i for i in range(adapters.k) for _ in prompts])
+    try:
+        answers = _generate(model, tokenizer, prompts * adapters.k, max_new, instruct)
+    finally:
+        adapters.route(None)
+    blocks = [answers[i * len(prompts) : (i + 1) * len(prompts)] for i in range(adapters.k)]
+    return [(_decide(views, b), b) for b in blocks]
 
 
 @dataclass
@@ -222,26 +264,66 @@ def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settin
                    attempts=attempts, answers=[raw for _, raw in answered])
 
 
-def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
-                     self_edit: str, settings: ArcSettings, instruct: bool, seed: int) -> Attempt:
-    """Parse the self-edit, build its training tasks, train a fresh LoRA, answer, unload."""
-    from student.absorb import fresh_adapter
-
+def prepare(tokenizer, demos: Sequence[Pair], self_edit: str, settings: ArcSettings,
+            instruct: bool, seed: int) -> tuple[Attempt | None, TTTConfig | None, list]:
+    """Parse a self-edit and build its encoded training tasks: (a failed Attempt, None, [])
+    when it cannot be trained (invalid, nothing fits, over the step budget)."""
     parsed = parse(self_edit, tuple(settings.lr_range), settings.max_epochs)
     if parsed.config is None:
-        return Attempt(False, failure=f"invalid self-edit: {parsed.reason}")
+        return Attempt(False, failure=f"invalid self-edit: {parsed.reason}"), None, []
     config = parsed.config
     tasks = training_tasks(demos, config, settings, seed)
     rows = [encode(tokenizer, q, instruct, config.loss) for q in tasks]
     rows = [r for r in rows if len(r[0]) <= settings.max_tokens]
     if not rows:
-        return Attempt(False, failure="no training task fits student.arc.max_tokens")
+        return Attempt(False, failure="no training task fits student.arc.max_tokens"), None, []
     steps = config.epochs * math.ceil(len(rows) / max(1, settings.batch_size))
     if steps > settings.max_steps:
         return Attempt(False, failure=f"over budget: {steps} steps > student.arc.max_steps="
-                                      f"{settings.max_steps}", tasks=len(rows), steps=steps)
+                                      f"{settings.max_steps}", tasks=len(rows), steps=steps), \
+            None, []
+    return None, config, rows
+
+
+def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
+                     self_edit: str, settings: ArcSettings, instruct: bool, seed: int) -> Attempt:
+    """Parse the self-edit, build its training tasks, train a fresh LoRA, answer, unload."""
+    from student.absorb import fresh_adapter
+
+    failed, config, rows = prepare(tokenizer, demos, self_edit, settings, instruct, seed)
+    if failed is not None:
+        return failed
     with fresh_adapter(model, settings.lora, seed) as adapted:
         losses = train(adapted, rows, config, settings, seed)
         result = solve(adapted, tokenizer, demos, tests, settings, instruct)
-    result.tasks, result.steps, result.losses = len(rows), steps, losses
+    result.tasks, result.steps, result.losses = len(rows), len(losses), losses
     return result
+
+
+def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
+                          self_edits: list[str], settings: ArcSettings, instruct: bool,
+                          seeds: list[int], max_adapters: int) -> list[Attempt]:
+    """`absorb_and_solve` for many self-edits of one task: the trainable ones are trained
+    `max_adapters` at a time in shared passes (student.batched) and answer the test inputs in
+    one generate call per test input."""
+    from student import batched as many
+
+    out: list[Attempt | None] = []
+    ready = []
+    for n, (text, seed) in enumerate(zip(self_edits, seeds, strict=True)):
+        failed, config, rows = prepare(tokenizer, demos, text, settings, instruct, seed)
+        out.append(failed)
+        if failed is None:
+            ready.append((n, rows, *plan(rows, config, settings, seed), seed))
+    for group in many.chunks(ready, max_adapters):
+        jobs = [many.Job(seed, steps, lrs) for _, _, steps, lrs, seed in group]
+        with many.Adapters(model, settings.lora, [j.seed for j in jobs]) as adapters:
+            many.train(model, adapters, jobs, tokenizer.pad_token_id)
+            answered = [predict_many(model, tokenizer, adapters, demos, i, settings, instruct)
+                        for i, _ in tests]
+        for a, ((n, rows, _, _, _), job) in enumerate(zip(group, jobs, strict=True)):
+            attempts = [per_test[a][0] for per_test in answered]
+            out[n] = Attempt(all(o in g for (_, o), g in zip(tests, attempts, strict=True)),
+                             tasks=len(rows), steps=len(job.steps), losses=job.losses,
+                             attempts=attempts, answers=[per_test[a][1] for per_test in answered])
+    return out

@@ -1,0 +1,264 @@
+"""`python -m loop.bench`: the inner loop's two paths side by side on the same self-edits.
+
+    python -m loop.bench                      # CPU defaults: smollm135m student, k=8 (make bench)
+    python -m loop.bench --k 4 --repeats 3 student=llama1b     # any student preset or override
+
+Each repeat absorbs and scores the same k self-edits (each on its passage's questions, the
+inner loop's reward) once one adapter at a time (PEFT, `student.train.batched=false`) and once
+all k in shared passes (`student/batched.py`), the two interleaved and alternating which goes
+first so machine drift cancels. It prints self-edits evaluated per minute for each path (median
+over repeats), their ratio, the largest score difference between the two paths, the batched
+path's achieved GFLOP/s (its floating-point operations counted by torch's FlopCounterMode over
+one extra pass, divided by its median time) against this machine's own matmul peak measured here
+in the student's dtype, and each path's peak memory. The last line is
+
+    speedup=<ratio> batched_per_min=<x> sequential_per_min=<y> peak_fraction=<f>
+
+The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
+bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError, RunConfig, register, to_run_config
+
+SAMPLE = PROJECT_ROOT / "data" / "bench" / "self_edits.json"
+
+
+def compose(overrides: list[str]) -> RunConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_run_config(hydra_compose("config", overrides=overrides))
+
+
+class PeakMemory:
+    """Peak resident memory of this process (CPU, sampled every 20 ms) or peak CUDA memory
+    allocated, over a `with` block, in GiB."""
+
+    def __init__(self, device: str):
+        self.device, self.peak, self._stop = device, 0.0, threading.Event()
+
+    def _rss(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak = self._rss()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            import torch
+
+            self.peak = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+
+def matmul_peak(dtype, device: str, n: int = 1024, repeats: int = 20) -> float:
+    """This machine's dense matmul throughput in GFLOP/s (median of `repeats`, n × n × n)."""
+    import torch
+
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def load_sample(path: Path, run: RunConfig, k: int):
+    """k (passage, self-edit) pairs from the recorded sample, passages from its data file."""
+    from loop.tasks import load_squad
+
+    if not path.exists():
+        raise ConfigError(f"no self-edit sample at {path}: write one with "
+                          "`python -m loop.bench --from-teacher --save`")
+    rows = json.loads(path.read_text())
+    data = PROJECT_ROOT / rows["data"]
+    by_id = {p.id: p for p in load_squad(str(data))}
+    items = [(by_id[r["context"]], r["self_edit"]) for r in rows["self_edits"]]
+    if len(items) < k:
+        raise ConfigError(f"{path} holds {len(items)} self-edits; --k {k} needs as many")
+    return items[:k]
+
+
+def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
+    """k fresh self-edits from the configured teacher on the first k passages of task.data."""
+    from loop.outer import context_prompt
+    from loop.seeds import derive_seed
+    from loop.tasks import load_squad
+    from teacher.generate import TransformersGenerator
+    from teacher.model import load_teacher
+
+    passages = load_squad(run.task.data)[:k]
+    model, tokenizer = load_teacher(run.teacher)
+    gen = TransformersGenerator(model, tokenizer, instruct=run.teacher.instruct,
+                                settings=run.teacher.sampling)
+    texts = gen.sample([context_prompt(run, p) for p in passages],
+                       [derive_seed(run.seed, "bench", p.id) for p in passages])
+    del model
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        data = Path(run.task.data).resolve()
+        rel = data.relative_to(PROJECT_ROOT) if data.is_relative_to(PROJECT_ROOT) else data
+        save.write_text(json.dumps({
+            "teacher": run.teacher.name, "data": str(rel),
+            "sampling": dataclasses.asdict(run.teacher.sampling),
+            "self_edits": [{"context": p.id, "self_edit": t} for p, t in zip(passages, texts,
+                                                                              strict=True)]},
+            indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {k} self-edits to {save}")
+    return list(zip(passages, texts, strict=True))
+
+
+def run_path(model, tokenizer, jobs, run: RunConfig, batched: bool, device: str):
+    """(seconds, peak GiB, results) of absorbing and scoring every job on one path."""
+    from loop.outer import absorb_and_score_many
+
+    cfg = dataclasses.replace(run, student=dataclasses.replace(
+        run.student, train=dataclasses.replace(run.student.train, batched=batched)))
+    generate = run.reward.metric != "answer_logprob"
+    with PeakMemory(device) as mem:
+        t0 = time.perf_counter()
+        results = absorb_and_score_many(model, tokenizer, jobs, cfg, None, generate)
+        if device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    return seconds, mem.peak, results
+
+
+def count_flops(model, tokenizer, jobs, run: RunConfig) -> int:
+    """Floating-point operations of one batched pass over `jobs` (torch's FlopCounterMode:
+    matmuls, batched matmuls and attention, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loop.outer import absorb_and_score_many
+
+    generate = run.reward.metric != "answer_logprob"
+    with FlopCounterMode(display=False) as counter:
+        absorb_and_score_many(model, tokenizer, jobs, run, None, generate)
+    return counter.get_total_flops()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m loop.bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Other arguments are config overrides, as for loop.run (student=llama1b, "
+               "student.lora.r=16, ...).")
+    parser.add_argument("--k", type=int, default=8, help="self-edits per pass (default 8)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats of each path, interleaved (default 3)")
+    parser.add_argument("--sample", type=Path, default=SAMPLE, help="recorded self-edits")
+    parser.add_argument("--from-teacher", action="store_true",
+                        help="sample fresh self-edits from the configured teacher instead")
+    parser.add_argument("--save", action="store_true",
+                        help="with --from-teacher: write them to --sample")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        parser.error(f"unknown option {bad[0]}")
+    try:
+        bench(args, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def bench(args, overrides: list[str]) -> None:
+    import torch
+
+    from loop.cli import check_models
+    from student.data import training_texts
+    from student.model import load_student
+
+    run = compose(overrides)
+    run = dataclasses.replace(run, student=dataclasses.replace(
+        run.student, train=dataclasses.replace(run.student.train, max_adapters=args.k,
+                                               method="lora")))
+    check_models(run, ("teacher", "student") if args.from_teacher else ("student",))
+    items = (sample_from_teacher(run, args.k, args.sample if args.save else None)
+             if args.from_teacher else load_sample(args.sample, run, args.k))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_student(run.student, device)
+    dtype = next(model.parameters()).dtype
+    jobs = [(p, training_texts(text, p.title, p.context, run.student.data), 1000 + n)
+            for n, (p, text) in enumerate(items)]
+    tokens = sum(len(tokenizer(t)["input_ids"]) + 1 for _, texts, _ in jobs for t in texts)
+    print(f"student {run.student.name} ({dtype}, {device}, {torch.get_num_threads()} threads); "
+          f"{args.k} self-edits, {tokens} training tokens each epoch in all; "
+          f"{run.student.train.epochs} epochs, LoRA r={run.student.lora.r}, "
+          f"reward metric {run.reward.metric}")
+    peak = matmul_peak(dtype, device)
+    print(f"matmul peak ({dtype}, 1024^3, median of 20): {peak:.1f} GFLOP/s")
+
+    run_path(model, tokenizer, jobs[:1], run, True, device)  # warm-up: first-call costs
+    times = {True: [], False: []}
+    mems = {True: 0.0, False: 0.0}
+    results = {}
+    for rep in range(args.repeats):
+        for batched in ((True, False) if rep % 2 == 0 else (False, True)):
+            seconds, mem, res = run_path(model, tokenizer, jobs, run, batched, device)
+            times[batched].append(seconds)
+            mems[batched] = max(mems[batched], mem)
+            results[batched] = res
+            print(f"  repeat {rep + 1}/{args.repeats} {'batched' if batched else 'one at a time'}"
+                  f": {seconds:.1f} s", flush=True)
+    # the two paths' scores, question by question (both are deterministic given the seeds)
+    diff = max(abs(a["logprob"] - b["logprob"])
+               for (sa, _), (sb, _) in zip(results[True], results[False], strict=True)
+               for a, b in zip(sa, sb, strict=True))
+    flops = count_flops(model, tokenizer, jobs, run)
+    med = {b: statistics.median(t) for b, t in times.items()}
+    per_min = {b: 60 * args.k / med[b] for b in med}
+    achieved = flops / med[True] / 1e9
+    speedup = med[False] / med[True]
+    print(f"{'path':<16}{'median s':>10}{'self-edits/min':>16}{'peak GiB':>10}")
+    for b, name in ((False, "one at a time"), (True, "batched")):
+        print(f"{name:<16}{med[b]:>10.1f}{per_min[b]:>16.2f}{mems[b]:>10.2f}")
+    print(f"batched: {flops / 1e12:.2f} TFLOP per pass, {achieved:.1f} GFLOP/s achieved = "
+          f"{achieved / peak:.2f} of the measured matmul peak")
+    print(f"largest per-question log-prob difference between the paths: {diff:.2e}")
+    print(f"speedup={speedup:.2f} batched_per_min={per_min[True]:.2f} "
+          f"sequential_per_min={per_min[False]:.2f} peak_fraction={achieved / peak:.2f}")
+
+
+if __name__ == "__main__":
+    main()
