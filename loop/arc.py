@@ -48,7 +48,8 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
     args = (model, tokenizer, pairs(task.train), pairs(task.test))
     if run.student.train.batched:
         results = absorb_and_solve_many(*args, texts, run.student.arc, run.student.instruct,
-                                        seeds, run.student.train.max_adapters)
+                                        seeds, run.student.train.max_adapters,
+                                        run.student.train.pass_tokens)
     else:
         results = [absorb_and_solve(*args, text, run.student.arc, run.student.instruct, seed)
                    for text, seed in zip(texts, seeds, strict=True)]

@@ -262,7 +262,8 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
             p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2], packing=True)
             plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
         with many.Adapters(model, run.student.lora, [j.seed for j in plans]) as adapters:
-            many.train(model, adapters, plans, tokenizer.pad_token_id)
+            many.train(model, adapters, plans, tokenizer.pad_token_id,
+                       pass_tokens=many.pass_tokens(run.student.train.pass_tokens, model.device))
             scored = score_questions_many(
                 model, tokenizer, adapters,
                 [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])

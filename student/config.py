@@ -45,7 +45,10 @@ class TrainSettings:
     # LoRA self-edits are absorbed many at once, sharing every pass over the frozen base
     # (student/batched.py); false: one adapter at a time with PEFT (the reference path)
     batched: bool = True
-    max_adapters: int = 8  # adapters per batched pass; lower it if the inner loop runs out of memory
+    max_adapters: int = 8  # adapters trained together; lower it if the inner loop runs out of memory
+    # tokens per forward/backward pass within a batched step (gradients accumulated, same
+    # result); unset: 512 on a CPU, where small passes stay in cache, all at once on a GPU
+    pass_tokens: int | None = None
 
 
 @dataclass

@@ -173,3 +173,28 @@ def test_bench_compares_both_paths_and_ends_with_the_contract_line(tiny_llama, c
     speedup, batched, sequential, _ = map(float, last.groups())
     assert batched > 0 and sequential > 0
     assert speedup == pytest.approx(batched / sequential, rel=0.02)
+
+
+@pytest.mark.parametrize("pass_tokens", [0, 40])
+def test_the_loop_scores_the_same_with_either_path(tiny_llama, pass_tokens):
+    """What the inner loop records: absorb_and_score_many, batched or not, gives the same
+    scores; passes of a few rows (gradients accumulated) give the same as one pass."""
+    from loop.outer import absorb_and_score_many
+    from loop.tasks import Passage, Question
+    from tests.conftest import compose_run
+
+    run = compose_run(f"student.path={tiny_llama}", "student.name=tiny", "student.train.epochs=3",
+                      "student.eval.max_new_tokens=6", f"student.train.pass_tokens={pass_tokens}")
+    model, tok = load_student(run.student)
+    passages = [Passage(f"p{i}", "Crimean War", " ".join(TEXTS[: i + 1]),
+                        [Question(q, a) for q, a in QA[: 3 - i]]) for i in range(3)]
+    jobs = [(p, TEXTS[: 3 - i], 10 + i) for i, p in enumerate(passages)]
+    jobs.append((passages[0], [], 13))  # nothing to absorb: the base is scored
+    sequential = dataclasses.replace(run, student=dataclasses.replace(
+        run.student, train=dataclasses.replace(run.student.train, batched=False)))
+    got = absorb_and_score_many(model, tok, jobs, run, None, generate=True)
+    want = absorb_and_score_many(model, tok, jobs, sequential, None, generate=True)
+    for (gs, gl), (ws, wl) in zip(got, want, strict=True):
+        assert gl == pytest.approx(wl, abs=1e-5)
+        assert [s["prediction"] for s in gs] == [s["prediction"] for s in ws]
+        assert [s["logprob"] for s in gs] == pytest.approx([s["logprob"] for s in ws], abs=1e-4)

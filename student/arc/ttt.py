@@ -302,7 +302,8 @@ def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pa
 
 def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
                           self_edits: list[str], settings: ArcSettings, instruct: bool,
-                          seeds: list[int], max_adapters: int) -> list[Attempt]:
+                          seeds: list[int], max_adapters: int,
+                          pass_tokens: int | None = None) -> list[Attempt]:
     """`absorb_and_solve` for many self-edits of one task: the trainable ones are trained
     `max_adapters` at a time in shared passes (student.batched) and answer the test inputs in
     one generate call per test input."""
@@ -318,7 +319,8 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
     for group in many.chunks(ready, max_adapters):
         jobs = [many.Job(seed, steps, lrs) for _, _, steps, lrs, seed in group]
         with many.Adapters(model, settings.lora, [j.seed for j in jobs]) as adapters:
-            many.train(model, adapters, jobs, tokenizer.pad_token_id)
+            many.train(model, adapters, jobs, tokenizer.pad_token_id,
+                       pass_tokens=many.pass_tokens(pass_tokens, model.device))
             answered = [predict_many(model, tokenizer, adapters, demos, i, settings, instruct)
                         for i, _ in tests]
         for a, ((n, rows, _, _, _), job) in enumerate(zip(group, jobs, strict=True)):
