@@ -47,9 +47,12 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
 
     args = (model, tokenizer, pairs(task.train), pairs(task.test))
     if run.student.train.batched:
-        results = absorb_and_solve_many(*args, texts, run.student.arc, run.student.instruct,
-                                        seeds, run.student.train.max_adapters,
-                                        run.student.train.pass_tokens)
+        from student.batched import memory_advice
+
+        with memory_advice(min(len(texts), run.student.train.max_adapters), run.student.train):
+            results = absorb_and_solve_many(*args, texts, run.student.arc, run.student.instruct,
+                                            seeds, run.student.train.max_adapters,
+                                            run.student.train.pass_tokens)
     else:
         results = [absorb_and_solve(*args, text, run.student.arc, run.student.instruct, seed)
                    for text, seed in zip(texts, seeds, strict=True)]

@@ -35,6 +35,7 @@ def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
 
     from loop.assets import AssetError
     from loop.tasks import DataError
+    from student.batched import OutOfMemory
 
     # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -42,6 +43,6 @@ def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
     print(f"run folder: {out_dir}")
     try:
         body(to_run_config(cfg), out_dir)
-    except (AssetError, ConfigError, DataError) as e:  # user errors: a message, not a traceback
+    except (AssetError, ConfigError, DataError, OutOfMemory) as e:  # a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

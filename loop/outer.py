@@ -107,13 +107,20 @@ def validate(run: RunConfig) -> None:
 
 # ---- the run folder ------------------------------------------------------------------------
 
+# How the student's work is batched, not what it computes (the two paths agree up to
+# floating-point order, tests/test_batched.py): a resume may change them, e.g. after running
+# out of memory.
+EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
+                       "student.train.pass_tokens", "student.eval.batch_size"})
+
+
 def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
     """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
 
     A resumed run must have the config of the run it continues: otherwise finished rounds and
     new ones would answer different questions. The error lists the keys that differ. Keys the
     record lacks (settings added to the tool after the run started) are taken at their current
-    values, with a warning naming them.
+    values, with a warning naming them; so are changed `EXECUTION` settings.
     """
     path = out_dir / "run.json"
     config = {k: v for k, v in flatten(run).items() if k != "resume"}
@@ -134,6 +141,11 @@ def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
         log.warning("resume=%s: settings added since this run started take their current values: "
                     "%s", run.resume, ", ".join(f"{k}={new[k]}" for k in added))
     differ = sorted(k for k in old if old.get(k) != new.get(k))
+    how = [k for k in differ if k in EXECUTION]
+    if how:
+        log.warning("resume=%s: execution settings changed (the results do not depend on them): "
+                    "%s", run.resume, ", ".join(f"{k}: {old[k]} -> {new.get(k)}" for k in how))
+        differ = [k for k in differ if k not in EXECUTION]
     if differ:
         lines = "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in differ[:8])
         raise ConfigError(f"resume={run.resume} was started with another config ({lines}). "
@@ -261,7 +273,8 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
         for i in group:  # the same steps and schedule as the one-at-a-time path, always packed
             p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2], packing=True)
             plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
-        with many.Adapters(model, run.student.lora, [j.seed for j in plans]) as adapters:
+        with many.Adapters(model, run.student.lora, [j.seed for j in plans]) as adapters, \
+                many.memory_advice(len(group), run.student.train):
             many.train(model, adapters, plans, tokenizer.pad_token_id,
                        pass_tokens=many.pass_tokens(run.student.train.pass_tokens, model.device))
             scored = score_questions_many(

@@ -31,6 +31,7 @@ adapter loads with `PeftModel.from_pretrained` or as a vLLM LoRA request.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from student.config import LoraSettings
@@ -387,6 +388,31 @@ def pass_tokens(setting: int | None, device) -> int:
     if setting is not None:
         return max(0, setting)
     return 0 if str(device).startswith("cuda") else 512
+
+
+class OutOfMemory(RuntimeError):
+    """A batched pass ran out of memory; the message names the settings to lower."""
+
+
+@contextmanager
+def memory_advice(adapters: int, train):
+    """Turn an out-of-memory error inside a batched pass into one that says what to lower."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        # CUDA: "CUDA out of memory"; CPU: "can't allocate memory" or "not enough memory"
+        text = str(e).lower()
+        if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+                or any(m in text for m in ("out of memory", "not enough memory",
+                                           "allocate memory"))):
+            raise
+        raise OutOfMemory(
+            f"out of memory training and scoring {adapters} self-edit adapters together "
+            f"(student.train.max_adapters={train.max_adapters}, student.train.pass_tokens="
+            f"{train.pass_tokens}): lower student.train.max_adapters, set "
+            "student.train.pass_tokens (e.g. 512), or lower student.eval.batch_size; "
+            "student.train.batched=false trains one adapter at a time. A run resumes with "
+            "these changed (resume=<run folder>), keeping what it finished") from e
 
 
 def chunks(items: list, size: int) -> list[list]:

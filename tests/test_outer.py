@@ -51,6 +51,29 @@ def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
         outer.check_resume(other, tmp_path, "ignored")
 
 
+def test_resume_may_change_how_the_student_is_batched(tmp_path, caplog):
+    run = compose_run("experiment=smoke")
+    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    smaller = compose_run("experiment=smoke", "student.train.max_adapters=2",
+                          "student.train.pass_tokens=256", f"resume={tmp_path}")
+    outer.check_resume(smaller, tmp_path, "ignored")
+    assert "student.train.max_adapters: 8 -> 2" in caplog.text
+
+
+def test_out_of_memory_in_a_batched_pass_names_the_settings_to_lower():
+    import torch
+
+    from student.batched import OutOfMemory, memory_advice
+
+    run = compose_run()
+    advice = pytest.raises(OutOfMemory, match=r"8 self-edit adapters.*lower student.train."
+                                              r"max_adapters.*resume")
+    with advice, memory_advice(8, run.student.train):  # a real allocation failure: 40 TB
+        torch.empty(10**13)
+    with pytest.raises(RuntimeError, match="unrelated"), memory_advice(8, run.student.train):
+        raise RuntimeError("unrelated")
+
+
 def test_resume_of_a_run_from_before_a_setting_existed_takes_its_current_value(tmp_path, caplog):
     import json
 
