@@ -100,8 +100,8 @@ class Adapters:
     """k fresh LoRA adapters installed on `model` (a frozen causal LM), one per seed.
 
         with Adapters(model, lora, seeds) as adapters:
-            train(model, adapters, jobs)          # all k in the same passes
-            adapters.route(row_owners)              # then rows, each row's adapter
+            train(model, adapters, jobs, pad_id)  # all k in the same passes
+            adapters.route(row_owners)            # then each row's adapter, rows grouped
             model(...) / model.generate(...)
             adapters.save(i, folder)              # adapter i in PEFT's format
         # the base's modules are exactly the originals again
