@@ -33,16 +33,11 @@ def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
              "answers": result.answers}]
 
 
-def score_self_edit(model, tokenizer, task: ArcTask, text: str, run: RunConfig,
-                    seed: int) -> tuple[list[dict], list[float], str | None]:
-    """(scores, first and last training loss, why it failed before training) of one self-edit."""
-    return score_self_edits(model, tokenizer, task, [text], run, [seed])[0]
-
-
 def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: RunConfig,
                      seeds: list[int]) -> list[tuple[list[dict], list[float], str | None]]:
-    """`score_self_edit` for many self-edits of one task: trained together,
-    student.train.max_adapters at a time, unless student.train.batched=false."""
+    """(scores, first and last training loss, why it failed before training) of each
+    self-edit of one task: trained together, student.train.max_adapters at a time, unless
+    student.train.batched=false."""
     from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
 
     args = (model, tokenizer, pairs(task.train), pairs(task.test))

@@ -108,10 +108,13 @@ def load_sample(path: Path, run: RunConfig, k: int):
     if not path.exists():
         raise ConfigError(f"no self-edit sample at {path}: write one with "
                           "`python -m loop.bench --from-teacher --save`")
-    rows = json.loads(path.read_text())
-    data = PROJECT_ROOT / rows["data"]
-    by_id = {p.id: p for p in load_squad(str(data))}
-    items = [(by_id[r["context"]], r["self_edit"]) for r in rows["self_edits"]]
+    try:
+        rows = json.loads(path.read_text())
+        by_id = {p.id: p for p in load_squad(str(PROJECT_ROOT / rows["data"]))}
+        items = [(by_id[r["context"]], r["self_edit"]) for r in rows["self_edits"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path} is not a self-edit sample written by `python -m loop.bench "
+                          f"--from-teacher --save` ({type(e).__name__}: {e})") from e
     if len(items) < k:
         raise ConfigError(f"{path} holds {len(items)} self-edits; --k {k} needs as many")
     return items[:k]
@@ -119,6 +122,7 @@ def load_sample(path: Path, run: RunConfig, k: int):
 
 def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
     """k fresh self-edits from the configured teacher on the first k passages of task.data."""
+    from loop.ledger import write_json_atomic
     from loop.outer import context_prompt
     from loop.seeds import derive_seed
     from loop.tasks import load_squad
@@ -136,12 +140,11 @@ def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
         save.parent.mkdir(parents=True, exist_ok=True)
         data = Path(run.task.data).resolve()
         rel = data.relative_to(PROJECT_ROOT) if data.is_relative_to(PROJECT_ROOT) else data
-        save.write_text(json.dumps({
+        write_json_atomic(save, {
             "teacher": run.teacher.name, "data": str(rel),
             "sampling": dataclasses.asdict(run.teacher.sampling),
             "self_edits": [{"context": p.id, "self_edit": t} for p, t in zip(passages, texts,
-                                                                              strict=True)]},
-            indent=1, ensure_ascii=False) + "\n")
+                                                                              strict=True)]})
         print(f"wrote {k} self-edits to {save}")
     return list(zip(passages, texts, strict=True))
 
@@ -195,9 +198,21 @@ def main(argv: list[str] | None = None) -> None:
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
         parser.error(f"unknown option {bad[0]}")
+    if args.k < 1 or args.repeats < 1:
+        parser.error("--k and --repeats must be at least 1")
+    if args.save and not args.from_teacher:
+        parser.error("--save writes the self-edits --from-teacher samples; give both")
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from loop.assets import AssetError
+    from loop.tasks import DataError
+    from student.batched import OutOfMemory
+
     try:
         bench(args, overrides)
-    except ConfigError as e:
+    except (AssetError, ConfigError, DataError, OutOfMemory, HydraException,
+            OmegaConfBaseException) as e:  # user errors: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -78,7 +78,22 @@ class SelfEdit:
     seconds: float  # this sample's share of its generate call
 
 
+def validate_student(run: RunConfig) -> None:
+    """The student's training settings, checked at launch by every entry point (a typo would
+    otherwise fail at the first self-edit, an hour in)."""
+    if run.student.train.schedule not in ("linear", "constant"):
+        raise ConfigError(f"unknown student.train.schedule '{run.student.train.schedule}'; "
+                          "choose linear or constant")
+    if run.student.train.method not in ("lora", "full"):
+        raise ConfigError(f"unknown student.train.method '{run.student.train.method}'; choose "
+                          "lora or full")
+    if run.student.train.max_adapters < 1:
+        raise ConfigError("student.train.max_adapters must be at least 1, got "
+                          f"{run.student.train.max_adapters}")
+
+
 def validate(run: RunConfig) -> None:
+    validate_student(run)
     if run.reward.metric not in METRICS:
         raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose from {list(METRICS)}")
     if run.reward.filter not in FILTERS:
@@ -355,53 +370,33 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     seeds = {key: derive_seed(run.seed, "absorb", r, *key) for key in todo}
     with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"round {r}: inner loop",
               unit="eval") as bar:
-        if run.task.format == "arc" and batched(run):
-            from loop import arc
+        # max_adapters self-edits per batch (one at a time with student.train.batched=false,
+        # so a kill loses at most the batch in flight); both callees take either path
+        size = run.student.train.max_adapters if run.student.train.batched else 1
+        for c in {cid: by_id[cid] for cid, _, _ in todo}.values():
+            base_score(c)  # baselines first: they are not part of a batch's time
+        is_arc = run.task.format == "arc"
+        # ARC batches one task's self-edits; SQuAD batches across passages
+        groups = ([g for c in by_id for g in chunks([k for k in todo if k[0] == c], size)]
+                  if is_arc else chunks(todo, size))
+        for group in groups:
+            t0 = time.perf_counter()
+            if is_arc:
+                from loop import arc
 
-            for c in {cid: by_id[cid] for cid, _, _ in todo}.values():
-                base_score(c)
-                mine = [key for key in todo if key[0] == c.id]
-                for group in chunks(mine, run.student.train.max_adapters):
-                    t0 = time.perf_counter()
-                    results = arc.score_self_edits(
-                        model, tokenizer, c, [edits[(cid, i)].text for cid, i, _ in group], run,
-                        [seeds[key] for key in group])
-                    share = (time.perf_counter() - t0) / len(group)
-                    for key, (scores, losses, failure) in zip(group, results, strict=True):
-                        record(*key, seeds[key], scores, losses, failure, share)
-                    bar.update(len(group))
-        elif run.task.format == "arc" or not batched(run):
-            for cid, i, j in todo:
-                c, seed = by_id[cid], seeds[(cid, i, j)]
-                base_score(c)
-                t0 = time.perf_counter()
-                failure = None
-                if run.task.format == "arc":
-                    from loop import arc
-
-                    scores, losses, failure = arc.score_self_edit(model, tokenizer, c,
-                                                                  edits[(cid, i)].text, run, seed)
-                else:
-                    texts = training_texts(edits[(cid, i)].text, c.title, c.context,
-                                           run.student.data)
-                    scores, losses = absorb_and_score(model, tokenizer, c, texts, run, seed,
-                                                      judge_model, generate)
-                record(cid, i, j, seed, scores, losses, failure, time.perf_counter() - t0)
-                bar.update()
-        else:
-            for c in {by_id[cid].id: by_id[cid] for cid, _, _ in todo}.values():
-                base_score(c)  # baselines first: they are not part of a batch's time
-            for group in chunks(todo, run.student.train.max_adapters):
-                t0 = time.perf_counter()
+                results = arc.score_self_edits(
+                    model, tokenizer, by_id[group[0][0]],
+                    [edits[(cid, i)].text for cid, i, _ in group], run, [seeds[k] for k in group])
+            else:
                 jobs = [(by_id[cid], training_texts(edits[(cid, i)].text, by_id[cid].title,
                                                     by_id[cid].context, run.student.data),
                          seeds[(cid, i, j)]) for cid, i, j in group]
-                results = absorb_and_score_many(model, tokenizer, jobs, run, judge_model,
-                                                generate)
-                share = (time.perf_counter() - t0) / len(group)
-                for (cid, i, j), (scores, losses) in zip(group, results, strict=True):
-                    record(cid, i, j, seeds[(cid, i, j)], scores, losses, None, share)
-                bar.update(len(group))
+                results = [(*res, None) for res in absorb_and_score_many(
+                    model, tokenizer, jobs, run, judge_model, generate)]
+            share = (time.perf_counter() - t0) / len(group)
+            for key, (scores, losses, failure) in zip(group, results, strict=True):
+                record(*key, seeds[key], scores, losses, failure, share)
+            bar.update(len(group))
     return [done[key] for key in keys]
 
 

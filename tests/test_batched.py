@@ -198,3 +198,20 @@ def test_the_loop_scores_the_same_with_either_path(tiny_llama, pass_tokens):
         assert gl == pytest.approx(wl, abs=1e-5)
         assert [s["prediction"] for s in gs] == [s["prediction"] for s in ws]
         assert [s["logprob"] for s in gs] == pytest.approx([s["logprob"] for s in ws], abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["student.train.no_such_key=1"], "no_such_key"),
+    (["--sample", "{bad}"], "is not a self-edit sample"),
+    (["--k", "9"], "holds 8 self-edits; --k 9"),
+])
+def test_bench_input_errors_are_one_message_and_exit_2(argv, message, tmp_path, capsys):
+    from loop.bench import main
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"self_edits": 3}')
+    with pytest.raises(SystemExit) as exit_:
+        main([a.replace("{bad}", str(bad)) for a in argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

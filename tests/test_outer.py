@@ -51,6 +51,15 @@ def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
         outer.check_resume(other, tmp_path, "ignored")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("student.train.schedule=cosine", "unknown student.train.schedule 'cosine'"),
+    ("student.train.method=qlora", "unknown student.train.method 'qlora'"),
+    ("student.train.max_adapters=0", "student.train.max_adapters must be at least 1")])
+def test_bad_student_training_settings_fail_at_launch(override, message):
+    with pytest.raises(ConfigError, match=message):
+        outer.validate(compose_run(override))
+
+
 def test_resume_may_change_how_the_student_is_batched(tmp_path, caplog):
     run = compose_run("experiment=smoke")
     outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
