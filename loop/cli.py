@@ -27,7 +27,7 @@ def command_line(entry: str) -> str:
     return " ".join([f"python -m {entry}", *overrides])
 
 
-def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
+def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) -> None:
     """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
     import warnings
 
@@ -36,13 +36,16 @@ def launch(cfg, body: Callable[[RunConfig, Path], None]) -> None:
     from loop.assets import AssetError
     from loop.tasks import DataError
     from student.batched import OutOfMemory
+    from teacher.external import EndpointError
 
     # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    print(f"run folder: {out_dir}")
+    if folder:
+        print(f"run folder: {out_dir}")
     try:
         body(to_run_config(cfg), out_dir)
-    except (AssetError, ConfigError, DataError, OutOfMemory) as e:  # a message, not a traceback
+    # a message, not a traceback
+    except (AssetError, ConfigError, DataError, EndpointError, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,7 +18,7 @@ from loop.reward import RewardConfig
 from loop.tasks import TaskConfig
 from loop.tracking import TrackingConfig
 from student.config import StudentConfig
-from teacher.config import TeacherConfig
+from teacher.config import EndpointConfig, TeacherConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -35,6 +35,20 @@ class EvaluateConfig:
     forgetting: str = "grow"
     resamples: int = 10_000  # bootstrap resamples for the 95% intervals
     judge: str | None = None  # a model preset (conf/model/) that also grades, SEAL's yes/no prompt
+    # the `external` row: self-edits from an OpenAI-compatible endpoint (a hosted model, vLLM)
+    external: EndpointConfig = field(default_factory=EndpointConfig)
+
+
+@dataclass
+class ServeConfig:
+    """`python -m loop.serve`: the teacher as an OpenAI-compatible endpoint."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
+    port: int = 8000  # 0: any free port (printed)
+    name: str | None = None  # the model name clients ask for; unset: the teacher preset's name
+    max_tokens: int = 2048  # the most tokens one completion may ask for
+    max_request_bytes: int = 1_000_000
+    key_env: str | None = None  # a variable whose value clients must send as a bearer key
 
 
 @dataclass
@@ -55,6 +69,7 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     seed: int = 0  # the root of every derived seed
     resume: str | None = None  # a run folder to continue (same config); finished work is kept
 

@@ -15,8 +15,11 @@ Conditions (rows):
   passage, each absorbed separately with SEAL's data rule: its lines plus the passage), with the
   trained adapter `teacher.adapter` when one is given;
 - `teacher_base`: the same, from the teacher without any adapter (the untrained teacher).
-  `teacher` and `teacher_base` draw their self-edits with the same seeds and absorb them with
-  the same seeds, so their difference is paired down to the sample.
+- `external`: the same, with self-edits from an OpenAI-compatible endpoint
+  (`evaluate.external.url` and `.model`; the key from the environment: teacher.external), e.g. a
+  larger hosted model, a `vllm serve`, or `python -m loop.serve`.
+  The self-edit conditions draw with the same seeds (the prompt and the sample index decide
+  them) and absorb with the same seeds, so their differences are paired down to the sample.
 
 Every condition is scored on the same contexts, so differences are paired: the table shows each
 condition's mean over contexts with a 95% bootstrap interval, and its paired difference from
@@ -24,7 +27,10 @@ every condition listed before it. Results go to the run folder (`results.json`, 
 `self_edits.jsonl`, `results.png`) and to an MLflow run.
 
 A killed evaluation continues with `resume=<its folder>` (same overrides): self-edits and
-per-passage scores already recorded are read back, never recomputed.
+per-passage scores already recorded are read back, never recomputed. A resume may also add
+conditions (a longer `evaluate.conditions`, with `teacher.adapter` or `evaluate.external.*` for
+a row that is new): the recorded rows are kept and only the new ones computed, so a trained
+teacher is compared with the rows of an evaluation that ran while it trained.
 
 With `task=arc` the rows are ARC's (base, teacher_base, teacher, oracle): see `loop.arc.evaluate`.
 """
@@ -49,8 +55,9 @@ from student.batched import chunks
 log = logging.getLogger(__name__)
 register()
 
-CONDITIONS = ("base", "passage", "teacher_base", "teacher")
-TEACHER_CONDITIONS = ("teacher_base", "teacher")
+CONDITIONS = ("base", "passage", "teacher_base", "teacher", "external")
+TEACHER_CONDITIONS = ("teacher_base", "teacher")  # sampled from the local teacher
+SELF_EDIT_CONDITIONS = (*TEACHER_CONDITIONS, "external")
 METRICS = ("exact_match", "f1", "contains", "logprob")  # per question; EM/F1/contains in percent
 
 
@@ -225,39 +232,44 @@ def resolve_adapter(spec: str, run: RunConfig) -> Path:
 
 
 def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict[str, list[str]]]:
-    """{condition: {passage id: self-edits}} for the teacher conditions asked for, recorded in
-    `self_edits.jsonl` (condition, context, sample, seed, text). Those already recorded (a
+    """{condition: {passage id: self-edits}} for the self-edit conditions asked for, recorded
+    in `self_edits.jsonl` (condition, context, sample, seed, text). Those already recorded (a
     resumed evaluation) are read back; each sample has its own seed, so the rest are drawn
     exactly as they would have been."""
     from tqdm import tqdm
 
     from loop.outer import context_prompt
+    from teacher.external import EndpointGenerator
 
-    wanted = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
+    wanted = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
     path = out_dir / "self_edits.jsonl"
     done = {(r["condition"], r["context"], r["sample"]): r["text"] for r in read_jsonl(path)}
     jobs = [(p, i) for p in passages for i in range(run.evaluate.samples)]
-    step = max(1, run.teacher.sampling.batch_size)
-    generator = None
+    local = None
     for cond in wanted:
         todo = [(p, i) for p, i in jobs if (cond, p.id, i) not in done]
-        if todo and generator is None:
-            generator = load_generator(run)
-        if todo:
+        if not todo:
+            continue
+        if cond == "external":
+            generator = EndpointGenerator(run.evaluate.external, run.teacher.sampling)
+            step = 4 * max(1, run.evaluate.external.concurrency)  # recorded after each batch
+        else:
+            generator = local = local or load_generator(run)
+            step = max(1, run.teacher.sampling.batch_size)
             adapter = resolve_adapter(run.teacher.adapter, run) if (
                 cond == "teacher" and run.teacher.adapter) else None
             generator.use_adapter(adapter)
         for b in tqdm(range(0, len(todo), step), desc=f"{cond}: sampling", unit="batch",
                       disable=not todo):
             chunk = todo[b : b + step]
-            # the same seeds for both conditions: the adapter is the only difference
+            # the same seeds for every self-edit condition: only the writer differs
             seeds = [derive_seed(run.seed, "evaluate-sample", p.id, i) for p, i in chunk]
             texts = generator.sample([context_prompt(run, p) for p, _ in chunk], seeds)
             for (p, i), seed, text in zip(chunk, seeds, texts, strict=True):
                 done[(cond, p.id, i)] = text
                 append_jsonl(path, {"condition": cond, "context": p.id, "sample": i,
                                     "seed": seed, "text": text})
-    if not run.teacher.adapter and len(wanted) == 2:
+    if not run.teacher.adapter and {"teacher", "teacher_base"} <= set(wanted):
         log.warning("teacher.adapter is not set: `teacher` and `teacher_base` are the same teacher")
     return {cond: {p.id: [done[(cond, p.id, i)] for i in range(run.evaluate.samples)]
                    for p in passages} for cond in wanted}
@@ -351,6 +363,22 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
     return "\n".join(lines)
 
 
+def added_conditions(old: dict, new: dict) -> set[str]:
+    """The keys a resume may change when it adds rows: `evaluate.conditions` (a superset of the
+    recorded one), and the settings of a row that is new (`teacher.adapter` for `teacher`,
+    `evaluate.external.*` for `external`). Rows already recorded keep their exact config."""
+    before, after = old.get("evaluate.conditions"), new.get("evaluate.conditions")
+    if not (isinstance(before, list) and isinstance(after, list)
+            and set(before) < set(after)):
+        return set()
+    keys = {"evaluate.conditions"}
+    if "teacher" not in before:
+        keys.add("teacher.adapter")
+    if "external" not in before:
+        keys |= {k for k in new if k.startswith("evaluate.external.")}
+    return keys
+
+
 def open_evaluation(run: RunConfig, out_dir: Path, command: str,
                     allowed: tuple[str, ...]) -> tuple[Path, dict, list[str]]:
     """What every evaluation checks before working, so a mistake fails at launch: the
@@ -365,12 +393,17 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
                           f"choose from {list(allowed)}")
     if run.evaluate.samples < 1:
         raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
-    teacher_conditions = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
-    check_models(run, roles=("teacher", "student") if teacher_conditions else ("student",))
+    teacher_conditions = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
+    local = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
+    check_models(run, roles=("teacher", "student") if local else ("student",))
     if run.teacher.adapter and "teacher" in teacher_conditions:
         resolve_adapter(run.teacher.adapter, run)  # a wrong path fails now, not after sampling
+    if "external" in teacher_conditions:
+        from teacher.external import EndpointGenerator
+
+        EndpointGenerator(run.evaluate.external, run.teacher.sampling).check()
     out_dir = Path(run.resume) if run.resume else Path(out_dir)
-    record = check_resume(run, out_dir, command)
+    record = check_resume(run, out_dir, command, grows=added_conditions)
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
     return out_dir, record, teacher_conditions
 

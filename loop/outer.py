@@ -33,6 +33,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,13 +130,16 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "student.train.pass_tokens", "student.eval.batch_size"})
 
 
-def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
+def check_resume(run: RunConfig, out_dir: Path, command: str,
+                 grows: Callable[[dict, dict], set[str]] | None = None) -> dict:
     """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
 
     A resumed run must have the config of the run it continues: otherwise finished rounds and
     new ones would answer different questions. The error lists the keys that differ. Keys the
     record lacks (settings added to the tool after the run started) are taken at their current
-    values, with a warning naming them; so are changed `EXECUTION` settings.
+    values, with a warning naming them; so are changed `EXECUTION` settings. `grows(old, new)`
+    names keys that may differ because the resume extends the run without changing what is
+    recorded (loop.evaluate: added conditions); the record then takes the new config and command.
     """
     path = out_dir / "run.json"
     config = {k: v for k, v in flatten(run).items() if k != "resume"}
@@ -161,11 +165,18 @@ def check_resume(run: RunConfig, out_dir: Path, command: str) -> dict:
         log.warning("resume=%s: execution settings changed (the results do not depend on them): "
                     "%s", run.resume, ", ".join(f"{k}: {old[k]} -> {new.get(k)}" for k in how))
         differ = [k for k in differ if k not in EXECUTION]
+    extended = [k for k in differ if k in (grows(record["config"], config) if grows else ())]
+    differ = [k for k in differ if k not in extended]
     if differ:
         lines = "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in differ[:8])
         raise ConfigError(f"resume={run.resume} was started with another config ({lines}). "
                           f"Resume it with the same overrides: {record['command']} "
                           f"resume={run.resume}")
+    if extended:
+        log.warning("resume=%s extends the run (%s); what is recorded is kept", run.resume,
+                    "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in extended))
+        record = {**record, "command": command, "config": config}
+        write_json_atomic(path, record)
     return record
 
 

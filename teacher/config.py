@@ -48,6 +48,22 @@ class TeacherTrainSettings:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible endpoint that writes self-edits (`loop.evaluate`'s `external` row):
+    a hosted model, a `vllm serve`, or `python -m teacher.serve`. The key is read from the
+    environment variable named by `key_env` and never stored in a config, a log or MLflow."""
+
+    url: str | None = None  # e.g. http://localhost:8000/v1; unset: $OPENAI_BASE_URL
+    model: str | None = None  # the served model's name; unset: $SEAL_EXTERNAL_MODEL
+    key_env: str = "OPENAI_API_KEY"  # the variable holding the key (unset: no key is sent)
+    chat: bool = True  # /chat/completions with the prompt as one user message; false: /completions
+    concurrency: int = 8  # requests in flight at once
+    timeout: float = 300.0  # seconds per request
+    retries: int = 3  # per request, on connection errors, 429 and 5xx, with backoff
+    max_response_bytes: int = 4_000_000  # a longer response body is refused, never parsed
+
+
+@dataclass
 class TeacherConfig:
     # Model identity: filled from conf/model/<preset>.yaml (the same presets serve both roles).
     name: str = MISSING  # the preset's name, used in run names and MLflow tags

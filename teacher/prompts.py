@@ -22,12 +22,13 @@ def self_edit_prompt(kind: str, title: str, context: str) -> str:
     return PROMPTS[kind].format(title=title, context=context)
 
 
-def render(tokenizer, text: str, instruct: bool) -> str:
-    """The prompt as the model sees it: through the chat template for instruct models."""
+def render(tokenizer, text: str | list[dict], instruct: bool) -> str:
+    """The prompt as the model sees it: through the chat template for instruct models (a
+    string is one user message; a list is a whole chat, as `loop.serve` receives it)."""
     if not instruct:
         return text
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 ARC_INSTRUCTION = """You are configuring a model training pipeline by selecting from predefined tools.
