@@ -35,6 +35,7 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
 
     from loop.assets import AssetError
     from loop.tasks import DataError
+    from loop.tracking import TrackingError
     from student.batched import OutOfMemory
     from teacher.external import EndpointError
 
@@ -46,6 +47,6 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
     try:
         body(to_run_config(cfg), out_dir)
     # a message, not a traceback
-    except (AssetError, ConfigError, DataError, EndpointError, OutOfMemory) as e:
+    except (AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -39,10 +39,20 @@ def append_jsonl(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    """A JSONL file replaced whole: absent, the old one, or the complete new one."""
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    staged.replace(path)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """A JSON file that is either absent, the old one, or the complete new one."""
+    from loop import faults
+
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(json.dumps(obj, indent=2) + "\n")
+    faults.point("json")
     staged.replace(path)
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loop import faults
 from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
 from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, reward
@@ -188,7 +189,8 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
     tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
                              tags={"entry": entry, "teacher": run.teacher.name,
                                    "student": run.student.name, "task": run.task.name},
-                             run_id=record["mlflow_run_id"], exclude=("resume",))
+                             run_id=record["mlflow_run_id"], exclude=("resume",),
+                             pending=out_dir / tracking.PENDING)
     if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
         write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
     return tracker
@@ -217,6 +219,7 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
                 append_jsonl(path, dataclasses.asdict(e))
                 edits[(c.id, i)] = e
             bar.update(len(chunk))
+            faults.point("sample")
     return edits
 
 
@@ -408,6 +411,7 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
             for key, (scores, losses, failure) in zip(group, results, strict=True):
                 record(*key, seeds[key], scores, losses, failure, share)
             bar.update(len(group))
+            faults.point("inner")
     return [done[key] for key in keys]
 
 
@@ -442,7 +446,7 @@ def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept
         return previous, []
     start = None if run.teacher.train.from_base else previous
     stats = train_adapter(model, tokenizer, pairs, run.teacher, out,
-                          derive_seed(run.seed, "teacher", r), start_from=start)
+                          derive_seed(run.seed, "teacher", r), start_from=start, fault=faults.point)
     return out, stats.losses
 
 

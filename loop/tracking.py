@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import time
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,53 +63,243 @@ def git_commit() -> str:
     return proc.stdout.strip() or "unknown"
 
 
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used at launch (a user error: one message, exit 2)."""
+
+
+OUTAGE = ("an MLflow call failed",)  # log prefix, for grepping a run's log
+PENDING = "tracking_pending.jsonl"  # in the run folder: records not yet sent
+
+
 class MlflowTracker:
-    def __init__(self, cfg: TrackingConfig, experiment: str, run_name: str, params: dict,
-                 tags: dict[str, str], run_id: str | None = None):
+    """One MLflow run, driven through `MlflowClient` with an explicit run id.
+
+    A call that fails (the server went away mid-run) does not stop the run: it is kept, in
+    order, in memory and in `pending` (a JSONL file in the run folder), retried before later
+    calls once `retry_s` has passed since the last failure, and at `close`. What still cannot be
+    sent at the end stays in the file, and the command that sends it is printed
+    (`python -m loop.tracking sync <run folder>`). A resumed run picks the file up too.
+    """
+
+    def __init__(self, uri: str, run_id: str, pending: Path | None = None,
+                 retry_s: float = 30.0):
         import mlflow
 
-        self._mlflow = mlflow
-        mlflow.set_tracking_uri(cfg.uri)
-        client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            local = not cfg.uri.startswith(("http://", "https://", "databricks"))
-            location = Path(cfg.artifacts).resolve().as_uri() if local else None
-            exp_id = client.create_experiment(experiment, artifact_location=location)
+        from loop.ledger import read_jsonl
+
+        self.uri, self.run_id, self.pending, self.retry_s = uri, run_id, pending, retry_s
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        self._queue: list[dict] = read_jsonl(pending) if pending else []  # a killed run's
+        self._failed_at: float | None = None
+
+    @classmethod
+    def open(cls, cfg: TrackingConfig, experiment: str, run_name: str, params: dict,
+             tags: dict[str, str], run_id: str | None = None,
+             pending: Path | None = None) -> MlflowTracker:
+        """A new MLflow run with its params and tags, or `run_id` continued (a resume)."""
+        import mlflow
+        from mlflow.entities import Param
+
+        client = mlflow.MlflowClient(tracking_uri=cfg.uri)
+        if run_id:  # its params are already there
+            client.update_run(run_id, status="RUNNING")
         else:
-            exp_id = exp.experiment_id
-        if run_id:  # a resumed run continues its MLflow run; its params are already there
-            self.run = mlflow.start_run(run_id=run_id)
-        else:
-            self.run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
-            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-            mlflow.set_tags({**tags, "git_commit": git_commit()})
-        self.run_id = self.run.info.run_id
-        print(f"MLflow run {self.run_id} in experiment '{experiment}'; "
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                local = not cfg.uri.startswith(("http://", "https://", "databricks"))
+                location = Path(cfg.artifacts).resolve().as_uri() if local else None
+                exp_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            run_id = client.create_run(exp_id, run_name=run_name,
+                                       tags={**tags, "git_commit": git_commit()}).info.run_id
+            items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # MLflow's batch limit
+                client.log_batch(run_id, params=items[i : i + 100])
+        print(f"MLflow run {run_id} in experiment '{experiment}'; "
               f"see it with: mlflow ui --backend-store-uri {cfg.uri}")
+        return cls(cfg.uri, run_id, pending)
+
+    # -- the Tracker calls: each is one record, sent now or kept ---------------------------------
 
     def log_metrics(self, metrics, step=None) -> None:
-        self._mlflow.log_metrics(metrics, step=step)
+        self._call({"op": "metrics", "metrics": metrics, "step": step or 0,
+                    "timestamp": int(time.time() * 1000)})
 
     def log_table(self, rows, name) -> None:
         if rows:
-            self._mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, artifact_file=name)
+            self._call({"op": "table", "data": {k: [r[k] for r in rows] for k in rows[0]},
+                        "name": name})
 
     def log_artifact(self, path) -> None:
-        self._mlflow.log_artifact(str(path))
+        self._call({"op": "artifact", "path": str(Path(path).resolve())})
 
     def log_artifacts(self, folder, artifact_path) -> None:
-        self._mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+        self._call({"op": "artifacts", "path": str(Path(folder).resolve()),
+                    "artifact_path": artifact_path})
 
     def close(self, status="FINISHED") -> None:
-        self._mlflow.end_run(status=status)
+        self._call({"op": "end", "status": status}, force=True)
+        if self._queue:
+            where = f" are kept in {self.pending}" if self.pending else " were lost"
+            print(f"MLflow at {self.uri} could not be reached: {len(self._queue)} tracking "
+                  f"records{where}. When it is back, send them with: python -m loop.tracking "
+                  f"sync {self.pending.parent if self.pending else '<run folder>'}", flush=True)
+
+    # -- sending and keeping ----------------------------------------------------------------
+
+    def _call(self, record: dict, force: bool = False) -> None:
+        from loop import faults
+
+        faults.point("tracking")
+        self._queue.append(record)
+        sent = self.flush(force)
+        if self.pending and (not sent or self.pending.exists()):
+            self._keep()
+
+    def flush(self, force: bool = True) -> bool:
+        """Send the kept records in order; True when none is left. While the server is down,
+        a try is made at most every `retry_s` seconds (unless `force`)."""
+        if self._failed_at is not None and not force and (
+                time.monotonic() - self._failed_at < self.retry_s):
+            return False
+        try:
+            while self._queue:
+                self._send(self._queue[0])
+                self._queue.pop(0)
+        except Exception as e:  # MLflow wraps connection errors in its own exception types
+            if self._failed_at is None:
+                log.warning("%s (%s at %s): the run goes on; records are kept%s",
+                            OUTAGE[0], type(e).__name__, self.uri,
+                            f" in {self.pending}" if self.pending else "")
+            self._failed_at = time.monotonic()
+            return False
+        if self._failed_at is not None:
+            log.warning("MLflow at %s is back: the kept records were sent", self.uri)
+        self._failed_at = None
+        return True
+
+    def _keep(self) -> None:
+        """The pending file mirrors the records not yet sent (gone when there are none)."""
+        if self._queue:
+            from loop.ledger import write_jsonl_atomic
+
+            write_jsonl_atomic(self.pending, self._queue)
+        else:
+            self.pending.unlink(missing_ok=True)
+
+    def _send(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        op, run_id = record["op"], self.run_id
+        if op == "metrics":
+            self.client.log_batch(run_id, metrics=[
+                Metric(k, float(v), record["timestamp"], record["step"])
+                for k, v in record["metrics"].items()])
+        elif op == "table":
+            self.client.log_table(run_id, data=record["data"], artifact_file=record["name"])
+        elif op == "artifact":
+            self.client.log_artifact(run_id, record["path"])
+        elif op == "artifacts":
+            self.client.log_artifacts(run_id, record["path"], record["artifact_path"])
+        elif op == "end":
+            self.client.set_terminated(run_id, record["status"])
+        else:
+            raise ValueError(f"unknown tracking record {op!r}")
 
 
 def start(cfg: TrackingConfig, experiment: str, run_name: str, config: Any,
           tags: dict[str, str], run_id: str | None = None,
-          exclude: tuple[str, ...] = ()) -> Tracker:
-    """The MLflow run (a new one, or `run_id` continued), or a NullTracker when tracking is off."""
+          exclude: tuple[str, ...] = (), pending: Path | None = None) -> Tracker:
+    """The MLflow run (a new one, or `run_id` continued), or a NullTracker when tracking is off.
+
+    A tracking server that cannot be reached at launch is a TrackingError naming the URI."""
     if not cfg.enabled:
         return NullTracker()
+    quick_http_failures()
+    check_reachable(cfg.uri)
     params = {k: v for k, v in flatten(config).items() if k not in exclude}
-    return MlflowTracker(cfg, experiment, run_name, params, tags, run_id)
+    return MlflowTracker.open(cfg, experiment, run_name, params, tags, run_id, pending)
+
+
+def quick_http_failures() -> None:
+    """MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff
+    factor 2); the tracker keeps what it cannot send instead, so fail fast. Users' own
+    MLFLOW_HTTP_REQUEST_* settings win."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def check_reachable(uri: str) -> None:
+    """An http(s) tracking URI must answer MLflow's /health before the run starts."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as r:
+            r.read(100)
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy may refuse /health); MLflow's own calls tell more
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, "reason", e)
+        raise TrackingError(
+            f"the MLflow server at tracking.uri={uri} cannot be reached ({why}). Start it "
+            f"(mlflow server --host 127.0.0.1 --port 5000), point tracking.uri at a running "
+            f"one, or run without tracking: tracking=none (the run folder keeps every "
+            f"result)") from None
+
+
+def sync(folder: Path) -> int:
+    """Send the tracking records a run folder kept while its MLflow server was away; the
+    number sent. Raises TrackingError when the server is still away."""
+    import json
+
+    record = json.loads((folder / "run.json").read_text())
+    uri, run_id = record["config"]["tracking.uri"], record.get("mlflow_run_id")
+    pending = folder / PENDING
+    if not pending.exists():
+        return 0
+    if not run_id:
+        raise TrackingError(f"{folder}: its MLflow run was never created (the server was away "
+                            "at launch); nothing to send the records to")
+    quick_http_failures()
+    check_reachable(uri)
+    tracker = MlflowTracker(uri, run_id, pending)
+    n = len(tracker._queue)
+    if not tracker.flush():
+        raise TrackingError(f"MLflow at {uri} refused the records ({n} kept in {pending}); "
+                            "see the warning above")
+    pending.unlink(missing_ok=True)
+    return n
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m loop.tracking sync <run folder>...`"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m loop.tracking", description=(
+        "Send the MLflow records that runs kept in their folders while the server was away."))
+    parser.add_argument("command", choices=["sync"])
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    for folder in args.folders:
+        if not (folder / "run.json").is_file():
+            print(f"error: {folder} is not a run folder (no run.json)", file=sys.stderr)
+            sys.exit(2)
+        try:
+            n = sync(folder)
+        except TrackingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(f"{folder}: {n} tracking records sent" if n else f"{folder}: nothing to send")
+
+
+if __name__ == "__main__":
+    main()

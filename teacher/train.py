@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,16 @@ class TrainStats:
     examples: int
 
 
+def _step_callback(fault: Callable[[str], None]):
+    from transformers import TrainerCallback
+
+    class StepFault(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            fault("train")
+
+    return StepFault()
+
+
 def pair_rows(pairs: list[tuple[str, str]], instruct: bool) -> list[dict]:
     """TRL's prompt/completion rows: chat messages for instruct models, plain text otherwise."""
     if instruct:
@@ -37,10 +48,13 @@ def pair_rows(pairs: list[tuple[str, str]], instruct: bool) -> list[dict]:
 
 
 def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherConfig, out: Path,
-                  seed: int, start_from: Path | None = None) -> TrainStats:
+                  seed: int, start_from: Path | None = None,
+                  fault: Callable[[str], None] | None = None) -> TrainStats:
     """Train a LoRA on `model` (left unchanged) and save it at `out`.
 
     `start_from`: an adapter to keep training (cfg.train.from_base=false); None: a fresh one.
+    `fault`: loop.faults.point, called after each optimiser step ("train") and between staging
+    and renaming the adapter ("save"), for the reliability suite.
     """
     import torch
     from datasets import Dataset
@@ -67,7 +81,8 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
             # no truncation: a self-edit is already capped by teacher.sampling.max_new_tokens
             completion_only_loss=True, max_length=None)
         trainer = SFTTrainer(model=peft_model, args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list(pair_rows(pairs, cfg.instruct)))
+                             train_dataset=Dataset.from_list(pair_rows(pairs, cfg.instruct)),
+                             callbacks=[_step_callback(fault)] if fault else None)
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         steps = trainer.state.global_step
@@ -75,6 +90,8 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
     shutil.rmtree(staged, ignore_errors=True)
     peft_model.save_pretrained(str(staged))
     (staged / "train_losses.json").write_text(json.dumps(losses))
+    if fault:
+        fault("save")
     shutil.rmtree(out, ignore_errors=True)
     staged.rename(out)
     peft_model.unload()  # the base as it was: its weights were frozen throughout
