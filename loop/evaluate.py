@@ -384,9 +384,10 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     """What every evaluation checks before working, so a mistake fails at launch: the
     conditions, the models, `teacher.adapter`; then its run folder (a new one, or the one
     `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
-    from loop.outer import check_resume, validate_student
+    from loop.outer import check_resume, check_tracking, validate_student
 
     validate_student(run)
+    check_tracking(run)
     unknown = sorted(set(run.evaluate.conditions) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown evaluate.conditions {unknown} for task={run.task.name}; "

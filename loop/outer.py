@@ -181,6 +181,14 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     return record
 
 
+def check_tracking(run: RunConfig) -> None:
+    """A tracking server that cannot be reached fails at launch, before any run folder."""
+    from loop import tracking
+
+    if run.tracking.enabled:
+        tracking.check_reachable(run.tracking.uri)
+
+
 def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str):
     """The run folder's MLflow run: the one in `record` continued (a resume), or a new one whose
     id is then written to run.json."""
@@ -461,6 +469,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     from teacher.model import load_teacher
 
     validate(run)
+    check_tracking(run)
     out_dir = Path(run.resume) if run.resume else out_dir
     pool = select(load_contexts(run.task), run.task.n_contexts, run.seed)
     schedule = round_contexts(pool, run.loop.contexts_per_round, run.loop.rounds, run.seed)

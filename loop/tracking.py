@@ -153,15 +153,14 @@ class MlflowTracker:
 
         faults.point("tracking")
         self._queue.append(record)
-        sent = self.flush(force)
-        if self.pending and (not sent or self.pending.exists()):
-            self._keep()
+        self.flush(force)
 
     def flush(self, force: bool = True) -> bool:
         """Send the kept records in order; True when none is left. While the server is down,
         a try is made at most every `retry_s` seconds (unless `force`)."""
         if self._failed_at is not None and not force and (
                 time.monotonic() - self._failed_at < self.retry_s):
+            self._keep()
             return False
         try:
             while self._queue:
@@ -173,14 +172,18 @@ class MlflowTracker:
                             OUTAGE[0], type(e).__name__, self.uri,
                             f" in {self.pending}" if self.pending else "")
             self._failed_at = time.monotonic()
+            self._keep()
             return False
         if self._failed_at is not None:
             log.warning("MLflow at %s is back: the kept records were sent", self.uri)
         self._failed_at = None
+        self._keep()
         return True
 
     def _keep(self) -> None:
         """The pending file mirrors the records not yet sent (gone when there are none)."""
+        if self.pending is None:
+            return
         if self._queue:
             from loop.ledger import write_jsonl_atomic
 
