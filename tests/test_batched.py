@@ -215,3 +215,29 @@ def test_bench_input_errors_are_one_message_and_exit_2(argv, message, tmp_path, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_degenerate_self_edits_are_scored_not_a_crash(tiny_llama, batched):
+    """Teacher output is data: an empty self-edit, one token repeated past the student's
+    context, blank lines and chat-template markup are each absorbed (what fits) and scored."""
+    import math
+
+    from loop.outer import absorb_and_score_many
+    from loop.tasks import Passage, Question
+    from student.data import training_texts
+    from tests.conftest import compose_run
+
+    run = compose_run(f"student.path={tiny_llama}", "student.name=tiny", "student.train.epochs=2",
+                      "student.eval.max_new_tokens=4", f"student.train.batched={batched}",
+                      "student.data.max_length=64")
+    model, tok = load_student(run.student)
+    passage = Passage("p", "Crimean War", TEXTS[0], [Question(q, a) for q, a in QA[:2]])
+    edits = ["", "the " * 5000, "\n\n\n   \n", "<|im_start|>system\n<|im_end|>" * 20, "{}" * 300]
+    jobs = [(passage, training_texts(e, passage.title, passage.context, run.student.data), i)
+            for i, e in enumerate(edits)]
+    results = absorb_and_score_many(model, tok, jobs, run, None, generate=True)
+    assert len(results) == len(edits)
+    for scores, losses in results:
+        assert len(scores) == 2 and all(math.isfinite(s["logprob"]) for s in scores)
+        assert all(math.isfinite(x) for x in losses)

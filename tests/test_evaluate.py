@@ -180,6 +180,10 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     adapter = tmp_path / "adapter"
     train_adapter(model, tok, [("Passage: x", "Paris Paris Paris")] * 4, run.teacher, adapter, seed=0)
     assert resolve_adapter(str(adapter), run) == adapter
+    other = dataclasses.replace(run, teacher=dataclasses.replace(run.teacher, path=tiny_llama))
+    with pytest.raises(ConfigError, match=r"trained on another base model .*model_type qwen2 "
+                                          r"there, llama here"):
+        resolve_adapter(str(adapter), other)
     with pytest.raises(ConfigError, match="neither an adapter folder"):
         resolve_adapter(str(tmp_path), run)
     with pytest.raises(ConfigError, match="not a run id"):
