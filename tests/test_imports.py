@@ -35,3 +35,18 @@ def test_the_walker_sees_imports(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("import loop.assets as a\nfrom student.model import load_student\nfrom . import x\n")
     assert imported_packages(f) == {"loop", "student"}
+
+
+def test_no_code_path_executes_text_or_unpickles():
+    """Model output is data: no package calls eval/exec/compile, unpickles, or turns
+    trust_remote_code on by itself (only a preset or the user can)."""
+    for f in sorted(p for pkg in ("teacher", "student", "loop") for p in (PROJECT_ROOT / pkg).rglob("*.py")):
+        tree = ast.parse(f.read_text(), filename=str(f))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in {"eval", "exec", "compile", "__import__"}, f
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in {"pickle", "dill", "marshal"} for n in names), f
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                assert not (isinstance(node.value, ast.Constant) and node.value.value is True), f
