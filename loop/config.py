@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from loop import assets
+from loop.executor import ExecutorConfig
 from loop.reward import RewardConfig
 from loop.tasks import TaskConfig
 from loop.tracking import TrackingConfig
@@ -70,6 +71,7 @@ class RunConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where inner loops run
     seed: int = 0  # the root of every derived seed
     resume: str | None = None  # a run folder to continue (same config); finished work is kept
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loop import executor as executors
 from loop import faults
 from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
@@ -94,6 +95,20 @@ def validate_student(run: RunConfig) -> None:
                           f"{run.student.train.max_adapters}")
 
 
+def validate_executor(run: RunConfig) -> None:
+    import importlib.util
+
+    e = run.executor
+    if e.name not in ("local", "ray"):
+        raise ConfigError(f"unknown executor '{e.name}'; choose local or ray")
+    if e.name == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
+        if e.num_workers < 1 or e.max_retries < 0:
+            raise ConfigError("executor.num_workers must be at least 1 and executor.max_retries "
+                              f"at least 0; got {e.num_workers} and {e.max_retries}")
+
+
 def validate(run: RunConfig) -> None:
     validate_student(run)
     if run.reward.metric not in METRICS:
@@ -116,6 +131,7 @@ def validate(run: RunConfig) -> None:
                           f"task={run.task.name}")
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
+    validate_executor(run)
     for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
                        ("reward.inner_seeds", run.reward.inner_seeds)):
         if value < 1:
@@ -128,7 +144,9 @@ def validate(run: RunConfig) -> None:
 # floating-point order, tests/test_batched.py): a resume may change them, e.g. after running
 # out of memory.
 EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
-                       "student.train.pass_tokens", "student.eval.batch_size"})
+                       "student.train.pass_tokens", "student.eval.batch_size", "executor.name",
+                       "executor.address", "executor.num_workers", "executor.cpus_per_worker",
+                       "executor.gpus_per_worker", "executor.max_retries"})
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -351,14 +369,16 @@ def metric_means(questions: list[dict]) -> dict[str, float]:
 
 def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
                 edits: dict[tuple[str, int], SelfEdit], ledger: Ledger, baseline,
-                judge_model) -> list[Evaluation]:
+                judge_model, executor=None) -> list[Evaluation]:
     """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger.
 
     With student.train.batched (the default) the missing ones are absorbed
     student.train.max_adapters at a time in shared passes (`absorb_and_score_many`); each is
-    written to the ledger as soon as its batch is scored."""
+    written to the ledger as soon as its batch is scored. The batches run on `executor`
+    (loop.executor: this process by default, or Ray workers); only this process writes."""
     from tqdm import tqdm
 
+    from loop.executor import LocalExecutor
     from student.data import training_texts
 
     model, tokenizer = student
@@ -401,23 +421,20 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
         # ARC batches one task's self-edits; SQuAD batches across passages
         groups = ([g for c in by_id for g in chunks([k for k in todo if k[0] == c], size)]
                   if is_arc else chunks(todo, size))
-        for group in groups:
-            t0 = time.perf_counter()
-            if is_arc:
-                from loop import arc
 
-                results = arc.score_self_edits(
-                    model, tokenizer, by_id[group[0][0]],
-                    [edits[(cid, i)].text for cid, i, _ in group], run, [seeds[k] for k in group])
-            else:
-                jobs = [(by_id[cid], training_texts(edits[(cid, i)].text, by_id[cid].title,
-                                                    by_id[cid].context, run.student.data),
-                         seeds[(cid, i, j)]) for cid, i, j in group]
-                results = [(*res, None) for res in absorb_and_score_many(
-                    model, tokenizer, jobs, run, judge_model, generate)]
-            share = (time.perf_counter() - t0) / len(group)
+        def batch(group):
+            if is_arc:
+                return ("arc", by_id[group[0][0]], [edits[(cid, i)].text for cid, i, _ in group],
+                        [seeds[k] for k in group])
+            return ("squad", [(by_id[cid], training_texts(edits[(cid, i)].text, by_id[cid].title,
+                                                          by_id[cid].context, run.student.data),
+                               seeds[(cid, i, j)]) for cid, i, j in group], generate)
+
+        executor = executor or LocalExecutor(student, judge_model)
+        for n, (results, seconds) in executor.map(run, [batch(g) for g in groups]):
+            group = groups[n]
             for key, (scores, losses, failure) in zip(group, results, strict=True):
-                record(*key, seeds[key], scores, losses, failure, share)
+                record(*key, seeds[key], scores, losses, failure, seconds / len(group))
             bar.update(len(group))
             faults.point("inner")
     return [done[key] for key in keys]
@@ -477,23 +494,25 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
     tracker = start_tracking(run, out_dir, record, "loop.run",
                              f"{run.teacher.name} -> {run.student.name}")
-    status = "FAILED"
+    status, executor = "FAILED", None
     try:
         teacher = load_teacher(run.teacher)
         generator = TransformersGenerator(*teacher, instruct=run.teacher.instruct,
                                           settings=run.teacher.sampling)
         student = load_student(run.student)
         judge_model = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
+        executor = executors.make(run, student, judge_model)
         baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
         ledger = Ledger(out_dir / "ledger.jsonl")
         summaries, adapter = [], None
         for r, contexts in enumerate(schedule):
             summary, adapter = one_round(run, r, contexts, out_dir, generator, teacher, student,
-                                         ledger, baseline, judge_model, adapter, tracker)
+                                         ledger, baseline, judge_model, adapter, tracker, executor)
             summaries.append(summary)
         results = {"teacher": run.teacher.name, "student": run.student.name,
                    "task": run.task.name, "metric": run.reward.metric,
                    "final_adapter": str(adapter.relative_to(out_dir)) if adapter else None,
+                   "executor": {"name": run.executor.name, "retried_batches": executor.retries},
                    "rounds": summaries}
         write_json_atomic(out_dir / "results.json", results)
         tracker.log_artifact(out_dir / "results.json")
@@ -503,12 +522,14 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
         status = "FINISHED"
         return results
     finally:
+        if executor is not None:
+            executor.close()
         tracker.close(status)
 
 
 def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, generator,
               teacher, student, ledger: Ledger, baseline, judge_model, adapter: Path | None,
-              tracker) -> tuple[dict, Path | None]:
+              tracker, executor=None) -> tuple[dict, Path | None]:
     """One round, or its record when it finished before (a resumed run)."""
     from loop import plots
 
@@ -522,7 +543,7 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
     if generator.adapter != adapter:
         generator.use_adapter(adapter)
     edits = sample_round(generator, run, r, contexts, rdir / "self_edits.jsonl")
-    evals = inner_round(student, run, r, contexts, edits, ledger, baseline, judge_model)
+    evals = inner_round(student, run, r, contexts, edits, ledger, baseline, judge_model, executor)
     rows = self_edit_rows(run, contexts, edits, evals, kept=set())
     kept = {(s.context, s.sample) for s in keep([Scored(x["context"], x["sample"], x["reward"])
                                                  for x in rows], run.reward)}

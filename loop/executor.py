@@ -1,0 +1,176 @@
+"""Where inner-loop work runs: in this process (`executor=local`, the default) or on Ray actors
+that each hold a loaded student (`executor=ray`).
+
+The loop cuts a round's missing evaluations into batches (`student.train.max_adapters`
+self-edits each, one task's for ARC) and hands them to `Executor.map`, which yields each batch's
+results as they come back; the loop alone writes the ledger, one batch at a time. So a worker
+that dies mid-batch loses nothing that was recorded and records nothing twice: its batch goes
+back to the queue, a fresh actor replaces it (wherever the cluster has room), and the batch is
+retried up to `executor.max_retries` times. The results depend on the batch and its seeds, not
+on the worker, so a Ray run records the same rewards as a local one (up to the last bits of
+float sums when the workers use another number of threads).
+
+    python -m loop.run executor=ray                                   # a local Ray, 2 workers
+    python -m loop.run executor=ray executor.address=ray://head:10001 \\
+        executor.num_workers=8 executor.gpus_per_worker=1             # a cluster
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from loop import faults
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExecutorConfig:
+    """`executor=local` (this process) or `executor=ray` (actors holding a student each)."""
+
+    name: str = "local"
+    address: str | None = None  # ray: a cluster to join (ray://host:10001 or auto); unset: start one
+    num_workers: int = 2  # ray: actors, each with its own loaded student
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # ray: 1 puts each student on its own GPU
+    max_retries: int = 3  # ray: a batch whose worker died is retried this many times
+
+
+def score_batch(student, run, judge_model, item) -> tuple[list, float]:
+    """One batch of the inner loop: (results, seconds of compute). `item` is ("squad", jobs,
+    generate) with jobs (passage, texts, seed), or ("arc", task, self-edit texts, seeds)."""
+    t0 = time.perf_counter()
+    model, tokenizer = student
+    if item[0] == "arc":
+        from loop import arc
+
+        _, task, texts, seeds = item
+        results = arc.score_self_edits(model, tokenizer, task, texts, run, seeds)
+    else:
+        from loop.outer import absorb_and_score_many
+
+        _, jobs, generate = item
+        results = [(*res, None) for res in absorb_and_score_many(
+            model, tokenizer, jobs, run, judge_model, generate)]
+    return results, time.perf_counter() - t0
+
+
+class LocalExecutor:
+    """Batches one after the other on the student this process holds."""
+
+    retries = 0
+
+    def __init__(self, student, judge_model):
+        self.student, self.judge_model = student, judge_model
+
+    def map(self, run, items: list) -> Iterator[tuple[int, tuple[list, float]]]:
+        for n, item in enumerate(items):
+            yield n, score_batch(self.student, run, self.judge_model, item)
+
+    def close(self) -> None:
+        pass
+
+
+def _worker_class():
+    import ray
+
+    @ray.remote
+    class StudentWorker:
+        """A Ray actor holding a loaded student (and the reward judge, when there is one)."""
+
+        def __init__(self, run):
+            from loop.judge import load_judge
+            from student.model import load_student
+
+            self.run = run
+            self.student = load_student(run.student)
+            self.judge = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def score(self, item):
+            faults.point("worker")
+            return score_batch(self.student, self.run, self.judge, item)
+
+    return StudentWorker
+
+
+class RayExecutor:
+    """Batches spread over `num_workers` actors; a dead actor's batch is retried on a new one."""
+
+    def __init__(self, run):
+        import ray
+
+        cfg = run.executor
+        self.cfg, self.retries = cfg, 0
+        self.started = not ray.is_initialized()
+        if self.started:
+            local = cfg.address is None
+            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False,
+                     # a local Ray gets a small object store: batches and results are small
+                     **({"object_store_memory": 256 * 2**20} if local else {}))
+        self.worker = _worker_class().options(num_cpus=cfg.cpus_per_worker,
+                                              num_gpus=cfg.gpus_per_worker)
+        self.run = run
+        self.actors = [self.worker.remote(run) for _ in range(cfg.num_workers)]
+        log.info("ray: %d workers (%s CPU, %s GPU each) at %s", cfg.num_workers,
+                 cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.address or "a local Ray")
+
+    def pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def map(self, run, items: list) -> Iterator[tuple[int, tuple[list, float]]]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        queue, tries = deque(range(len(items))), dict.fromkeys(range(len(items)), 0)
+        idle, running = list(self.actors), {}
+        while queue or running:
+            while queue and idle:
+                actor, n = idle.pop(), queue.popleft()
+                running[actor.score.remote(items[n])] = (actor, n)
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor, n = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayActorError as e:
+                tries[n] += 1
+                self.retries += 1
+                if tries[n] > self.cfg.max_retries:
+                    raise RuntimeError(f"an inner-loop batch lost its worker {tries[n]} times; "
+                                       f"giving up (executor.max_retries={self.cfg.max_retries}). "
+                                       "What was recorded is kept: resume the run") from e
+                log.warning("ray: a worker died during a batch (%s); retrying it on a new worker "
+                            "(%d/%d)", type(e).__name__, tries[n], self.cfg.max_retries)
+                self.actors.remove(actor)
+                replacement = self.worker.remote(self.run)
+                self.actors.append(replacement)
+                idle.append(replacement)
+                queue.appendleft(n)
+                continue
+            idle.append(actor)
+            yield n, result
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.started:
+            ray.shutdown()
+
+
+def make(run, student, judge_model):
+    if run.executor.name == "local":
+        return LocalExecutor(student, judge_model)
+    if run.executor.name == "ray":
+        return RayExecutor(run)
+    raise ValueError(f"unknown executor '{run.executor.name}'")
