@@ -21,8 +21,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# (the filter drops this sandbox's noisy pip-config warnings; pip's own failure still fails)
-	$(PIP_INSTALL) -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c "import torch, transformers, peft, trl, hydra, mlflow"  # fail here, not mid-run
+	$(PIP_INSTALL) -e '.[dev,distributed]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(PY) -c "import torch, transformers, peft, trl, hydra, mlflow, ray"  # fail here, not mid-run
 	touch $@
 
 run: setup
