@@ -4,6 +4,7 @@ mid-batch (SIGKILL through loop.faults), and a ledger equal to the local executo
 from __future__ import annotations
 
 import dataclasses
+
 import pytest
 
 from loop import outer
