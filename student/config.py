@@ -104,4 +104,7 @@ class StudentConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    # who answers the questions after absorbing: `transformers` (in process) or `vllm` (a batch's
+    # adapters as LoRA requests in one call; needs student.train.batched)
+    eval_backend: str = "transformers"
     arc: ArcSettings = field(default_factory=ArcSettings)

