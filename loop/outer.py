@@ -364,7 +364,7 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
             items = [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])
                      for i in group]
             if run.student.eval_backend == "vllm":
-                scored = score_with_vllm(adapters, items, run, generate)
+                scored = score_with_vllm(model, tokenizer, adapters, items, run, generate)
             else:
                 scored = score_questions_many(model, tokenizer, adapters, items, run.student,
                                               generate)
@@ -376,19 +376,30 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
     return out
 
 
-def score_with_vllm(adapters, items, run: RunConfig, generate: bool):
-    """A batch's adapters saved as PEFT folders and scored by the student's vLLM engine."""
+def score_with_vllm(model, tokenizer, adapters, items, run: RunConfig, generate: bool):
+    """A batch's adapters answered by the student's vLLM engine (saved as PEFT folders, one
+    LoRA request each, one call); the gold answers' log-probabilities from the same adapters in
+    process (student.vllm_eval says why)."""
     import tempfile
 
     from loop.vllm import student_engine
-    from student.vllm_eval import score_many
+    from student import vllm_eval
+    from student.evaluate import score_questions_many
 
+    teacher_forced = score_questions_many(model, tokenizer, adapters, items, run.student,
+                                          generate=False)
+    if not generate:
+        return teacher_forced
     with tempfile.TemporaryDirectory(prefix="seal-adapters-") as tmp:
         folders = []
         for i in range(adapters.k):
             adapters.save(i, Path(tmp) / str(i))
             folders.append(Path(tmp) / str(i))
-        return score_many(student_engine(run), folders, items, run.student, generate)
+        predictions = vllm_eval.answers(student_engine(run), folders,
+                                        [(title, [q for q, _ in qa]) for title, qa in items],
+                                        run.student)
+    return vllm_eval.grade(items, predictions, [[s.logprob for s in scores]
+                                                for scores in teacher_forced])
 
 
 def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,

@@ -39,6 +39,14 @@ def _step_callback(fault: Callable[[str], None]):
     return StepFault()
 
 
+def checkpointing_key(config_class) -> str:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else (
+        "gradient_checkpointing")
+
+
 def pair_rows(pairs: list[tuple[str, str]], instruct: bool) -> list[dict]:
     """TRL's prompt/completion rows: chat messages for instruct models, plain text otherwise."""
     if instruct:
@@ -77,7 +85,9 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
             per_device_train_batch_size=cfg.train.batch_size, lr_scheduler_type="linear",
             logging_steps=1, save_strategy="no", report_to="none",  # MLflow is ours, not the Trainer's
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-            activation_checkpointing=False,  # TRL turns it on: 40% slower per step on CPU (stack.md)
+            # TRL turns checkpointing on: 40% slower per step on CPU (stack.md); transformers
+            # renamed the setting (gradient_ before 5.20, activation_ after)
+            **{checkpointing_key(SFTConfig): False},
             # no truncation: a self-edit is already capped by teacher.sampling.max_new_tokens
             completion_only_loss=True, max_length=None)
         trainer = SFTTrainer(model=peft_model, args=args, processing_class=tokenizer,
