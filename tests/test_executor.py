@@ -19,6 +19,13 @@ def tiny(tiny_llama, tiny_qwen2, tmp_path, *overrides):
                        "tracking.enabled=false", *overrides)
 
 
+def test_backend_settings_fail_at_launch():
+    with pytest.raises(ConfigError, match="unknown teacher.backend 'vlm'"):
+        outer.validate(compose_run("teacher.backend=vlm"))
+    with pytest.raises(ConfigError, match="needs student.train.batched=true"):
+        outer.validate(compose_run("student.eval_backend=vllm", "student.train.batched=false"))
+
+
 def test_executor_settings_fail_at_launch():
     with pytest.raises(ConfigError, match="unknown executor 'slurm'"):
         outer.validate(compose_run("executor.name=slurm"))

