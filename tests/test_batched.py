@@ -26,8 +26,12 @@ QA = [("Who saw an opportunity to expand?", "King Otto of Greece"),
       ("Did Greece declare war?", "no")]
 # float32 on CPU; the batched path sums in another order (bmm vs PEFT's two Linear layers,
 # padded rows): after a few Adam steps the adapters agree to ~1e-6, far below one step's size
-# (lr 1e-3); 2e-5 leaves room for other CPUs' kernels
+# (lr 1e-3). Adam normalises each gradient element, so an element whose gradient is ~0 moves
+# by up to ±lr on float noise alone: on an Intel Xeon one A element of the third adapter
+# differed by 1.8e-4 (lr 5e-4), on an AMD EPYC none by more than 2.4e-6. So: almost every
+# element within ATOL, and none further than the adapter's summed learning rates.
 ATOL = 2e-5
+NOISY_SHARE = 0.01
 
 
 def job_cfg(path, lr, epochs, schedule="linear"):
@@ -67,7 +71,9 @@ def test_each_adapter_of_a_batch_equals_the_adapter_trained_alone(arch, request)
         assert batched[i].keys() == weights.keys()
         moved = 0
         for name, w in weights.items():
-            assert torch.allclose(batched[i][name], w, atol=ATOL, rtol=0), (i, name)
+            diff = (batched[i][name] - w).abs()
+            assert diff.max() <= sum(jobs[i].lrs), (i, name)  # no more than Adam's steps
+            assert (diff > ATOL).float().mean() <= NOISY_SHARE, (i, name)
             moved += int("lora_B" in name and torch.count_nonzero(w) > 0)
         assert moved > 0  # the comparison is of trained adapters, not of zeros
 
