@@ -67,7 +67,7 @@ class TrackingError(RuntimeError):
     """The tracking server cannot be used at launch (a user error: one message, exit 2)."""
 
 
-OUTAGE = ("an MLflow call failed",)  # log prefix, for grepping a run's log
+OUTAGE = "an MLflow call failed"  # the warning's prefix, for grepping a run's log
 PENDING = "tracking_pending.jsonl"  # in the run folder: records not yet sent
 
 
@@ -169,7 +169,7 @@ class MlflowTracker:
         except Exception as e:  # MLflow wraps connection errors in its own exception types
             if self._failed_at is None:
                 log.warning("%s (%s at %s): the run goes on; records are kept%s",
-                            OUTAGE[0], type(e).__name__, self.uri,
+                            OUTAGE, type(e).__name__, self.uri,
                             f" in {self.pending}" if self.pending else "")
             self._failed_at = time.monotonic()
             self._keep()
