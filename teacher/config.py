@@ -44,6 +44,9 @@ class TeacherTrainSettings:
     # ReST-EM trains every round's adapter from the base teacher on that round's kept samples;
     # false: keep training the previous round's adapter
     from_base: bool = True
+    # >1: the M-step runs under `accelerate launch` on this many processes (one per GPU; CPU
+    # processes without one), data-parallel with the same global batch (loop/mstep.py)
+    processes: int = 1
     lora: TeacherLora = field(default_factory=TeacherLora)
 
 

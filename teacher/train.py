@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -78,11 +79,17 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     cuda = next(model.parameters()).is_cuda
+    # under `accelerate launch` (loop.mstep) each of WORLD_SIZE processes takes an equal share
+    # of the global batch: the same steps and, up to float order, the same adapter as one process
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.train.batch_size % world:
+        raise ValueError(f"teacher.train.batch_size={cfg.train.batch_size} is the global batch: it "
+                         f"must split evenly over {world} processes")
     with tempfile.TemporaryDirectory(prefix="seal-teacher-") as scratch:
         args = SFTConfig(
             output_dir=scratch, seed=seed, data_seed=seed,
             learning_rate=cfg.train.lr, num_train_epochs=cfg.train.epochs,
-            per_device_train_batch_size=cfg.train.batch_size, lr_scheduler_type="linear",
+            per_device_train_batch_size=cfg.train.batch_size // world, lr_scheduler_type="linear",
             logging_steps=1, save_strategy="no", report_to="none",  # MLflow is ours, not the Trainer's
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             # TRL turns checkpointing on: 40% slower per step on CPU (stack.md); transformers
@@ -96,16 +103,21 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         steps = trainer.state.global_step
-    staged = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staged, ignore_errors=True)
-    peft_model.save_pretrained(str(staged))
-    (staged / "train_losses.json").write_text(json.dumps(losses))
-    if fault:
-        fault("save")
-    shutil.rmtree(out, ignore_errors=True)
-    staged.rename(out)
+        main = trainer.accelerator.is_main_process
+        if main:  # every process holds the same weights after a DDP step; one writes them
+            staged = out.with_name(out.name + ".tmp")
+            shutil.rmtree(staged, ignore_errors=True)
+            peft_model.save_pretrained(str(staged))
+            (staged / "train_losses.json").write_text(json.dumps(losses))
+            (staged / "train_info.json").write_text(json.dumps(
+                {"examples": len(pairs), "steps": steps, "processes": world}))
+            if fault:
+                fault("save")
+            shutil.rmtree(out, ignore_errors=True)
+            staged.rename(out)
+        trainer.accelerator.wait_for_everyone()
     peft_model.unload()  # the base as it was: its weights were frozen throughout
     model.eval()
-    log.info("teacher adapter: %d examples, %d steps, loss %.3f -> %.3f, saved to %s",
-             len(pairs), steps, losses[0], losses[-1], out)
+    log.info("teacher adapter: %d examples, %d steps on %d process%s, loss %.3f -> %.3f, saved "
+             "to %s", len(pairs), steps, world, "es" * (world > 1), losses[0], losses[-1], out)
     return TrainStats(losses, steps, len(pairs))

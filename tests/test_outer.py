@@ -252,3 +252,43 @@ def test_the_loop_honours_full_finetuning_of_the_student(tiny_llama, tiny_qwen2,
     outer.run(run, tmp_path / "run")
     [e] = read_jsonl(tmp_path / "run" / "ledger.jsonl")
     assert e["train_loss"][1] < e["train_loss"][0]
+
+
+def test_the_m_step_on_two_processes_under_accelerate_launch_matches_one(tiny_llama, tiny_qwen2,
+                                                                          tmp_path):
+    """teacher.train.processes=2: the loop writes the round's M-step job, runs it under
+    `accelerate launch` (two CPU processes, DDP over gloo) and reads the adapter back. The global
+    batch is split over the processes, so the adapter is the one-process adapter up to float
+    order, and the run is otherwise the same."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights, results = {}, {}
+    for processes in (1, 2):
+        run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
+                       "loop.k=4", "reward.filter=top_fraction", "reward.fraction=1.0",
+                       "teacher.train.batch_size=4", "teacher.train.epochs=2",
+                       f"teacher.train.processes={processes}")
+        out = tmp_path / f"run{processes}"
+        results[processes] = outer.run(run, out)
+        adapter = out / "round_0" / "teacher_adapter"
+        weights[processes] = load_file(adapter / "adapter_model.safetensors")
+        assert not (out / "round_0" / "teacher_adapter.tmp").exists()
+        info = json.loads((adapter / "train_info.json").read_text())
+        assert info["processes"] == processes and info["examples"] == 8
+    assert (tmp_path / "run2" / "round_0" / "mstep_job.json").exists()
+    assert not (tmp_path / "run1" / "round_0" / "mstep_job.json").exists()
+    one, two = weights[1], weights[2]
+    assert one.keys() == two.keys()
+    moved = [k for k in one if "lora_B" in k and torch.count_nonzero(one[k])]
+    assert moved  # trained: LoRA B starts at zero
+    for k in one:  # measured: 3.5e-7 at most, with |LoRA B| up to 7.5e-4
+        assert (one[k] - two[k]).abs().max() <= 1e-6 + 1e-3 * one[k].abs().max(), k
+    m1, m2 = (results[p]["rounds"][0]["metrics"] for p in (1, 2))
+    assert m2["teacher/sft_loss"] == pytest.approx(m1["teacher/sft_loss"], rel=1e-3)
+    assert results[1]["rounds"][0]["rewards"] == results[2]["rounds"][0]["rewards"]
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_fails_at_launch():
+    with pytest.raises(ConfigError, match="must split evenly over teacher.train.processes=4"):
+        outer.validate(compose_run("teacher.train.batch_size=10", "teacher.train.processes=4"))

@@ -97,7 +97,7 @@ def test_a_smoke_run_on_vllm_backends_and_ray_workers(tmp_path):
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "loop.run", "experiment=smoke", "teacher.backend=vllm",
-         "student.eval_backend=vllm", "executor=ray", "executor.num_workers=1",
+         "student.eval_backend=vllm", "reward.metric=f1", "executor=ray", "executor.num_workers=1",
          "teacher.sampling.max_new_tokens=64", "tracking.enabled=false", f"hydra.run.dir={out}"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]

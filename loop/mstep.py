@@ -1,0 +1,93 @@
+"""The M-step on several processes: `accelerate launch -m loop.mstep <job.json>`.
+
+The loop writes a round's M-step as a job file (`round_<r>/mstep_job.json`: the teacher's
+config, the kept prompt -> self-edit pairs, the seed, the adapter to start from and where to
+save) and, with `teacher.train.processes=N > 1`, runs
+
+    accelerate launch --multi_gpu --num_processes N -m loop.mstep round_<r>/mstep_job.json
+
+itself. Every process loads the teacher on its own device and TRL trains one LoRA data-parallel
+(DDP); `teacher.train.batch_size` stays the global batch, split evenly over the processes. The
+main process saves the adapter (staged and renamed, like a one-process M-step) and the loop reads
+it back. The same command trains a job by hand, e.g. on a bigger machine than the loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from loop.ledger import write_json_atomic
+from teacher.config import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+
+def write_job(path: Path, cfg: TeacherConfig, pairs: list[tuple[str, str]], seed: int,
+              out: Path, start_from: Path | None) -> None:
+    write_json_atomic(path, {"teacher": asdict(cfg), "pairs": [list(p) for p in pairs],
+                             "seed": seed, "out": str(out),
+                             "start_from": str(start_from) if start_from else None})
+
+
+def read_job(path: Path) -> tuple[TeacherConfig, list[tuple[str, str]], int, Path, Path | None]:
+    from omegaconf import OmegaConf
+
+    job = json.loads(path.read_text())
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TeacherConfig), job["teacher"]))
+    return (cfg, [tuple(p) for p in job["pairs"]], job["seed"], Path(job["out"]),
+            Path(job["start_from"]) if job["start_from"] else None)
+
+
+def launch_command(job: Path, processes: int) -> list[str]:
+    """`accelerate launch` for the job: one process per GPU (NCCL). Without a GPU the same
+    command starts CPU processes that train over gloo (`accelerate launch --cpu` would start one
+    process only; the trainer's use_cpu picks gloo). Mixed precision is the trainer's choice
+    (bf16 on GPUs that have it), so accelerate's is left at no."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend",
+            "no", "-m", "loop.mstep", str(job)]
+
+
+def run_launched(job: Path, processes: int) -> None:
+    """Run the job under `accelerate launch` and wait; a failed launch raises with its output."""
+    cmd = launch_command(job, processes)
+    log.info("M-step on %d processes: %s", processes, " ".join(cmd))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the M-step under accelerate launch failed (exit {done.returncode}); "
+                           f"rerun it by hand with: {' '.join(cmd)}\n{done.stderr[-3000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from loop import faults
+    from teacher.model import load_teacher
+    from teacher.train import train_adapter
+
+    parser = argparse.ArgumentParser(prog="accelerate launch -m loop.mstep",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("job", type=Path, help="a round's mstep_job.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg, pairs, seed, out, start_from = read_job(args.job)
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+    if device != "cpu":
+        torch.cuda.set_device(rank)
+    model, tokenizer = load_teacher(cfg, device=device)
+    train_adapter(model, tokenizer, pairs, cfg, out, seed, start_from=start_from,
+                  fault=faults.point)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
