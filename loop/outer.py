@@ -119,6 +119,10 @@ def validate_backends(run: RunConfig) -> None:
     if run.student.eval_backend == "vllm" and not run.student.train.batched:
         raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
                           "needs student.train.batched=true")
+    for key, share in (("teacher.vllm_memory", run.teacher.vllm_memory),
+                       ("student.vllm_memory", run.student.vllm_memory)):
+        if not 0 < share <= 1:
+            raise ConfigError(f"{key} is a fraction of the GPU's memory, in (0, 1]; got {share}")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
         if value not in ("transformers", "vllm"):
@@ -185,7 +189,7 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "student.train.pass_tokens", "student.eval.batch_size", "executor.name",
                        "executor.address", "executor.num_workers", "executor.cpus_per_worker",
                        "executor.gpus_per_worker", "executor.max_retries",
-                       "teacher.train.processes"})
+                       "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory"})
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,

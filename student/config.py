@@ -107,4 +107,7 @@ class StudentConfig:
     # who answers the questions after absorbing: `transformers` (in process) or `vllm` (a batch's
     # adapters as LoRA requests in one call; needs student.train.batched)
     eval_backend: str = "transformers"
+    # eval_backend=vllm on a GPU: the fraction of the GPU's memory the student's engine may take
+    # (weights and KV cache); the in-process models share the rest
+    vllm_memory: float = 0.3
     arc: ArcSettings = field(default_factory=ArcSettings)

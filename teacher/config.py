@@ -80,5 +80,8 @@ class TeacherConfig:
     # adapter), or the MLflow run id of a loop.run
     adapter: str | None = None
     backend: str = "transformers"  # who samples: transformers (in process) or vllm (an engine)
+    # backend=vllm on a GPU: the fraction of the GPU's memory the teacher's engine may take
+    # (weights and KV cache); the in-process models (the M-step's teacher, the student) share the rest
+    vllm_memory: float = 0.3
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)

