@@ -56,14 +56,14 @@ def launch_command(job: Path, processes: int) -> list[str]:
 
 
 def run_launched(job: Path, processes: int) -> None:
-    """Run the job under `accelerate launch` and wait; a failed launch raises with its output."""
+    """Run the job under `accelerate launch` and wait; a failed launch raises with the command."""
     cmd = launch_command(job, processes)
     log.info("M-step on %d processes: %s", processes, " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env)  # its output (TRL's progress, errors) goes to ours
     if done.returncode != 0:
-        raise RuntimeError(f"the M-step under accelerate launch failed (exit {done.returncode}); "
-                           f"rerun it by hand with: {' '.join(cmd)}\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"the M-step under accelerate launch failed (exit {done.returncode}; its "
+                           f"output is above); rerun it by hand with: {' '.join(cmd)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,6 +123,9 @@ def validate_backends(run: RunConfig) -> None:
                        ("student.vllm_memory", run.student.vllm_memory)):
         if not 0 < share <= 1:
             raise ConfigError(f"{key} is a fraction of the GPU's memory, in (0, 1]; got {share}")
+    if run.teacher.vllm_tensor_parallel < 1:
+        raise ConfigError("teacher.vllm_tensor_parallel is a number of GPUs, at least 1; got "
+                          f"{run.teacher.vllm_tensor_parallel}")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
         if value not in ("transformers", "vllm"):
@@ -189,7 +192,8 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "student.train.pass_tokens", "student.eval.batch_size", "executor.name",
                        "executor.address", "executor.num_workers", "executor.cpus_per_worker",
                        "executor.gpus_per_worker", "executor.max_retries",
-                       "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory"})
+                       "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory",
+                       "teacher.vllm_tensor_parallel"})
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -600,6 +604,10 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     finally:
         if executor is not None:
             executor.close()
+        if "vllm" in (run.teacher.backend, run.student.eval_backend):
+            from loop import vllm
+
+            vllm.close()
         tracker.close(status)
 
 

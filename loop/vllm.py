@@ -18,7 +18,7 @@ LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for m
 
 def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
            trust_remote_code: bool = False, max_lora_rank: int = 64, max_loras: int = 1,
-           gpu_memory: float = 0.3):
+           gpu_memory: float = 0.3, tensor_parallel: int = 1):
     """A vLLM engine with LoRA enabled, cached by its settings. On a CPU it runs in float32
     unless told otherwise (bf16 is emulated on CPUs without AVX512-BF16, as for transformers)
     with a 1 GiB KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise."""
@@ -28,7 +28,7 @@ def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
     if dtype == "auto":
         dtype = "bfloat16" if cuda else "float32"
     rank = next((r for r in LORA_RANKS if r >= max_lora_rank), max_lora_rank)
-    key = (source, revision, dtype, trust_remote_code, rank, max_loras, gpu_memory)
+    key = (source, revision, dtype, trust_remote_code, rank, max_loras, gpu_memory, tensor_parallel)
     if key not in _ENGINES:
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -37,15 +37,29 @@ def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
         _ENGINES[key] = LLM(
             model=source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
             enable_lora=True, max_lora_rank=rank, max_loras=max_loras, seed=0,
+            tensor_parallel_size=tensor_parallel,
             enforce_eager=not cuda, **({"gpu_memory_utilization": gpu_memory} if cuda else {}))
     return _ENGINES[key]
+
+
+def close() -> None:
+    """Stop every engine this process started: their engine processes exit and free their memory
+    (the loop calls it when a run ends; tests between engines)."""
+    import gc
+
+    while _ENGINES:
+        _, llm = _ENGINES.popitem()
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+    gc.collect()
 
 
 def teacher_engine(run):
     t = run.teacher
     return engine(t.path or t.hub_id, revision=t.revision, dtype=t.dtype,
                   trust_remote_code=t.trust_remote_code, max_lora_rank=t.train.lora.r,
-                  gpu_memory=t.vllm_memory)
+                  gpu_memory=t.vllm_memory, tensor_parallel=t.vllm_tensor_parallel)
 
 
 def student_engine(run):

@@ -83,5 +83,7 @@ class TeacherConfig:
     # backend=vllm on a GPU: the fraction of the GPU's memory the teacher's engine may take
     # (weights and KV cache); the in-process models (the M-step's teacher, the student) share the rest
     vllm_memory: float = 0.3
+    # backend=vllm: GPUs the teacher's engine shards the model over (vLLM's tensor parallelism)
+    vllm_tensor_parallel: int = 1
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)

@@ -307,3 +307,16 @@ def test_a_vllm_student_with_a_metric_that_needs_no_answers_is_named_at_launch(c
     caplog.clear()
     outer.validate(compose_run("student.eval_backend=vllm", "reward.metric=f1"))
     assert "not started" not in caplog.text
+
+
+def test_a_failed_multi_process_m_step_names_the_command_to_rerun(tmp_path):
+    from loop import mstep
+
+    job = tmp_path / "mstep_job.json"
+    cfg = compose_run("teacher.path=/nonexistent/teacher").teacher
+    mstep.write_job(job, cfg, [("a prompt", "a self-edit")], 7, tmp_path / "adapter", None)
+    assert mstep.read_job(job) == (cfg, [("a prompt", "a self-edit")], 7, tmp_path / "adapter",
+                                   None)
+    with pytest.raises(RuntimeError, match=r"rerun it by hand with: .* -m loop\.mstep .*mstep_job"):
+        mstep.run_launched(job, 2)
+    assert not (tmp_path / "adapter").exists()

