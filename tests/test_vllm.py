@@ -6,6 +6,7 @@ call with the transformers backend's scores."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -31,14 +32,17 @@ def _engines_closed():
 
 def test_a_smoke_run_on_vllm_backends_and_ray_workers(tmp_path):
     """The CPU pairing's smoke run with both vLLM backends and the Ray executor completes. First
-    in this file: its processes (two engines, a Ray worker) need ~16 GB, more than what is left
+    in this file: its processes (two engines, a Ray worker) need ~17 GB, more than what is left
     beside engines of the other tests on a 24 GB machine."""
     out = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "loop.run", "experiment=smoke", "teacher.backend=vllm",
          "student.eval_backend=vllm", "reward.metric=f1", "executor=ray", "executor.num_workers=1",
          "teacher.sampling.max_new_tokens=64", "tracking.enabled=false", f"hydra.run.dir={out}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=800)
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=800,
+        # measured peak: 21.2 of 23.6 GB used during `make test`; Ray's monitor would kill the
+        # worker at 95% used, before the kernel has to
+        env={**os.environ, "RAY_memory_usage_threshold": "0.98"})
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["executor"]["name"] == "ray" and len(results["rounds"]) == 2
