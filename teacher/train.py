@@ -103,8 +103,7 @@ def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherCo
         trainer.train()
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         steps = trainer.state.global_step
-        main = trainer.accelerator.is_main_process
-        if main:  # every process holds the same weights after a DDP step; one writes them
+        if trainer.accelerator.is_main_process:  # DDP keeps every process's weights equal: one writes
             staged = out.with_name(out.name + ".tmp")
             shutil.rmtree(staged, ignore_errors=True)
             peft_model.save_pretrained(str(staged))
