@@ -55,12 +55,26 @@ def launch_command(job: Path, processes: int) -> list[str]:
             "no", "-m", "loop.mstep", str(job)]
 
 
+def _term_with_parent():
+    """On Linux: the child gets SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); the
+    launcher then stops its training processes. Elsewhere: nothing."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # bound here, not in the forked child
+    return lambda: prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def run_launched(job: Path, processes: int) -> None:
     """Run the job under `accelerate launch` and wait; a failed launch raises with the command."""
     cmd = launch_command(job, processes)
     log.info("M-step on %d processes: %s", processes, " ".join(cmd))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run(cmd, env=env)  # its output (TRL's progress, errors) goes to ours
+    # its output (TRL's progress, errors) goes to ours; it gets SIGTERM if the loop dies (a
+    # killed loop must not leave trainers behind that would race a resumed run's M-step)
+    done = subprocess.run(cmd, env=env, preexec_fn=_term_with_parent())
     if done.returncode != 0:
         raise RuntimeError(f"the M-step under accelerate launch failed (exit {done.returncode}; its "
                            f"output is above); rerun it by hand with: {' '.join(cmd)}")

@@ -320,3 +320,34 @@ def test_a_failed_multi_process_m_step_names_the_command_to_rerun(tmp_path):
     with pytest.raises(RuntimeError, match=r"rerun it by hand with: .* -m loop\.mstep .*mstep_job"):
         mstep.run_launched(job, 2)
     assert not (tmp_path / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_a_loop_killed_in_a_multi_process_m_step_leaves_no_trainer_behind(tiny_llama, tiny_qwen2,
+                                                                          tmp_path):
+    """SIGKILL the loop while `accelerate launch` trains: its processes stop too, so none can
+    write the adapter after a resumed run starts its own M-step."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "loop.run", "experiment=smoke", f"teacher.path={tiny_qwen2}",
+           f"student.path={tiny_llama}", "loop.rounds=1", "teacher.train.batch_size=2",
+           "teacher.train.processes=2", "teacher.train.epochs=1000", "tracking.enabled=false",
+           f"hydra.run.dir={out}"]
+    loop = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    job = out / "round_0" / "mstep_job.json"
+
+    def trainers():
+        ps = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+        return [line for line in ps.splitlines() if str(job) in line]
+
+    deadline = time.time() + 300
+    while len(trainers()) < 3 and time.time() < deadline:  # the launcher and its two ranks
+        assert loop.poll() is None, "the loop ended before its M-step"
+        time.sleep(1)
+    assert len(trainers()) >= 3
+    loop.send_signal(signal.SIGKILL)
+    loop.wait()
+    deadline = time.time() + 60
+    while trainers() and time.time() < deadline:
+        time.sleep(1)
+    assert trainers() == []
