@@ -121,12 +121,15 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
         jobs = [(t, c, i) for t in tasks for c in conditions
                 for i in ([None] if c == "base" else range(n))]
         todo = [j for j in jobs if (j[0].id, j[1], j[2]) not in done]
-        # a (task, condition)'s missing samples are absorbed together (student.train.batched)
+        # a (task, condition)'s samples are absorbed together (student.train.batched); one
+        # recorded in part by a killed run is computed whole, so each keeps its companions
         batches = {}
-        for task, cond, i in todo:
+        for task, cond, i in jobs:
             batches.setdefault((task.id, cond), (task, cond, []))[2].append(i)
         bar = tqdm(total=len(todo), desc="arc: evaluations", unit="eval")
         for task, cond, samples in batches.values():
+            if all((task.id, cond, i) in done for i in samples):
+                continue
             t0 = time.perf_counter()
             if cond == "base":
                 rows = [{**score_base(model, tokenizer, task, run)[0], "failure": None}]
@@ -139,12 +142,14 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
                             score_self_edits(model, tokenizer, task, texts, run, seeds), seeds,
                             strict=True)]
             share = (time.perf_counter() - t0) / len(samples)
-            for i, row in zip(samples, rows, strict=True):
+            missing = [(i, row) for i, row in zip(samples, rows, strict=True)
+                       if (task.id, cond, i) not in done]
+            for i, row in missing:
                 row = {"context": task.id, "condition": cond, "sample": i, "seconds": share,
                        **row}
                 append_jsonl(scores_path, row)
                 done[(task.id, cond, i)] = row
-            bar.update(len(samples))
+            bar.update(len(missing))
         bar.close()
         # paired units: (task, sample); base repeats its one value per task
         units = {c: [{"success": 100 * done[(t.id, c, None if c == "base" else i)]["success"]}

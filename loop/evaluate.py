@@ -48,9 +48,8 @@ import hydra
 from loop.cli import check_models, command_line, launch
 from loop.config import CONF_DIR, ConfigError, RunConfig, register
 from loop.judge import add_verdicts, load_judge
-from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
+from loop.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
 from loop.seeds import derive_seed
-from student.batched import chunks
 
 log = logging.getLogger(__name__)
 register()
@@ -299,11 +298,12 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
     wanted = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
     path = out_dir / "self_edits.jsonl"
     done = {(r["condition"], r["context"], r["sample"]): r["text"] for r in read_jsonl(path)}
-    jobs = [(p, i) for p in passages for i in range(run.evaluate.samples)]
+    keys = [(p.id, i) for p in passages for i in range(run.evaluate.samples)]
+    by_id = {p.id: p for p in passages}
     local = None
     for cond in wanted:
-        todo = [(p, i) for p, i in jobs if (cond, p.id, i) not in done]
-        if not todo:
+        recorded = {key for key in keys if (cond, *key) in done}
+        if len(recorded) == len(keys):
             continue
         if cond == "external":
             generator = EndpointGenerator(run.evaluate.external, run.teacher.sampling)
@@ -314,15 +314,17 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
             adapter = resolve_adapter(run.teacher.adapter, run) if (
                 cond == "teacher" and run.teacher.adapter) else None
             generator.use_adapter(adapter)
-        for b in tqdm(range(0, len(todo), step), desc=f"{cond}: sampling", unit="batch",
-                      disable=not todo):
-            chunk = todo[b : b + step]
+        # a batch recorded in part by a killed run is drawn whole again: the same companions
+        for batch in tqdm(batches_to_run(keys, step, recorded), desc=f"{cond}: sampling",
+                          unit="batch"):
             # the same seeds for every self-edit condition: only the writer differs
-            seeds = [derive_seed(run.seed, "evaluate-sample", p.id, i) for p, i in chunk]
-            texts = generator.sample([context_prompt(run, p) for p, _ in chunk], seeds)
-            for (p, i), seed, text in zip(chunk, seeds, texts, strict=True):
-                done[(cond, p.id, i)] = text
-                append_jsonl(path, {"condition": cond, "context": p.id, "sample": i,
+            seeds = [derive_seed(run.seed, "evaluate-sample", pid, i) for pid, i in batch]
+            texts = generator.sample([context_prompt(run, by_id[pid]) for pid, _ in batch], seeds)
+            for (pid, i), seed, text in zip(batch, seeds, texts, strict=True):
+                if (pid, i) in recorded:
+                    continue
+                done[(cond, pid, i)] = text
+                append_jsonl(path, {"condition": cond, "context": pid, "sample": i,
                                     "seed": seed, "text": text})
     if not run.teacher.adapter and {"teacher", "teacher_base"} <= set(wanted):
         log.warning("teacher.adapter is not set: `teacher` and `teacher_base` are the same teacher")
@@ -488,6 +490,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
         raise ConfigError(f"unknown evaluate.forgetting '{run.evaluate.forgetting}'; choose grow "
                           "or merge")
     passages = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
+    by_id = {p.id: p for p in passages}
     out_dir, record, teacher_conditions = open_evaluation(run, out_dir, command, CONDITIONS)
     n_questions = sum(len(p.questions) for p in passages)
     recorded = read_jsonl(out_dir / "scores.jsonl")
@@ -528,15 +531,20 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
             seconds[cond] += time.perf_counter() - t0
         if run.task.absorb == "single":  # many passages' adapters per batched pass
             for cond in [c for c in run.evaluate.conditions if c != "base"]:
-                todo = [p for p in passages if (p.id, cond) not in done]
                 per = 1 if cond == "passage" else max(1, run.evaluate.samples)
-                for group in tqdm(chunks(todo, max(1, run.student.train.max_adapters // per)),
-                                  desc=cond, unit="batch", disable=not todo):
+                # a batch recorded in part is computed whole: every passage keeps its companions
+                recorded = {p.id for p in passages if (p.id, cond) in done}
+                groups = batches_to_run([p.id for p in passages],
+                                        run.student.train.max_adapters // per, recorded)
+                for ids in tqdm(groups, desc=cond, unit="batch", disable=not groups):
+                    group = [by_id[pid] for pid in ids]
                     t0 = time.perf_counter()
                     results = score_condition_many(cond, group, model, tokenizer, run,
                                                    self_edits.get(cond, {}))
                     share = (time.perf_counter() - t0) / len(group)
                     for passage, scores in zip(group, results, strict=True):
+                        if passage.id in recorded:
+                            continue
                         if judge_model:
                             scores = add_verdicts(scores, judge_model)
                         append_jsonl(out_dir / "scores.jsonl",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,20 @@ def read_jsonl(path: Path) -> list[dict]:
         with path.open("r+b") as f:
             f.truncate(end)
     return [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+
+
+def batches_to_run(keys: list, size: int, done: Container) -> list[list]:
+    """The batches an uninterrupted run forms (`keys` in consecutive groups of `size`), less
+    those whose keys are all in `done`.
+
+    A batch that a killed run recorded only in part is returned whole, and its caller recomputes
+    it whole but records only the missing keys: a result depends on its batch companions
+    (padding and batch shapes choose the float kernels, whose last bits differ between CPUs), so
+    only the same batch reproduces the uninterrupted run bit for bit. At most one batch per
+    phase is computed twice.
+    """
+    groups = [keys[i : i + max(1, size)] for i in range(0, len(keys), max(1, size))]
+    return [g for g in groups if any(k not in done for k in g)]
 
 
 def append_jsonl(path: Path, row: dict) -> None:

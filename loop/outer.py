@@ -40,12 +40,11 @@ from pathlib import Path
 from loop import executor as executors
 from loop import faults, mstep
 from loop.config import ConfigError, RunConfig
-from loop.ledger import Evaluation, Ledger, append_jsonl, read_jsonl, write_json_atomic
+from loop.ledger import Evaluation, Ledger, append_jsonl, batches_to_run, read_jsonl, write_json_atomic
 from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, reward
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
-from student.batched import chunks
 
 log = logging.getLogger(__name__)
 
@@ -277,21 +276,24 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
     from tqdm import tqdm
 
     edits = {(row["context"], row["sample"]): SelfEdit(**row) for row in read_jsonl(path)}
-    todo = [(c, i) for c in contexts for i in range(run.loop.k) if (c.id, i) not in edits]
-    step = max(1, run.teacher.sampling.batch_size)
-    with tqdm(total=len(todo), desc=f"round {r}: sampling", unit="self-edit") as bar:
-        for b in range(0, len(todo), step):
-            chunk = todo[b : b + step]
-            seeds = [derive_seed(run.seed, "sample", r, c.id, i) for c, i in chunk]
-            prompts = [context_prompt(run, c) for c, _ in chunk]
+    by_id = {c.id: c for c in contexts}
+    keys = [(c.id, i) for c in contexts for i in range(run.loop.k)]
+    batches = batches_to_run(keys, run.teacher.sampling.batch_size, edits)
+    todo = sum(k not in edits for batch in batches for k in batch)
+    with tqdm(total=todo, desc=f"round {r}: sampling", unit="self-edit") as bar:
+        for batch in batches:  # a partly recorded batch is drawn whole: the same companions
+            seeds = [derive_seed(run.seed, "sample", r, cid, i) for cid, i in batch]
+            prompts = [context_prompt(run, by_id[cid]) for cid, _ in batch]
             t0 = time.perf_counter()
             texts = generator.sample(prompts, seeds)
-            share = (time.perf_counter() - t0) / len(chunk)
-            for (c, i), seed, text in zip(chunk, seeds, texts, strict=True):
-                e = SelfEdit(c.id, i, seed, text, text_hash(text), share)
+            share = (time.perf_counter() - t0) / len(batch)
+            missing = [(k, s, t) for k, s, t in zip(batch, seeds, texts, strict=True)
+                       if k not in edits]
+            for (cid, i), seed, text in missing:
+                e = SelfEdit(cid, i, seed, text, text_hash(text), share)
                 append_jsonl(path, dataclasses.asdict(e))
-                edits[(c.id, i)] = e
-            bar.update(len(chunk))
+                edits[(cid, i)] = e
+            bar.update(len(missing))
             faults.point("sample")
     return edits
 
@@ -484,19 +486,20 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
         ledger.add(e)
         done[(cid, i, j)] = e
 
+    seeds = {key: derive_seed(run.seed, "absorb", r, *key) for key in keys}
+    # max_adapters self-edits per batch (one at a time with student.train.batched=false, so a
+    # kill loses at most the batch in flight); both callees take either path. ARC batches one
+    # task's self-edits, SQuAD batches across passages. A batch recorded in part by a killed
+    # run is computed whole again, so that every result has the companions it had
+    size = run.student.train.max_adapters if run.student.train.batched else 1
+    is_arc = run.task.format == "arc"
+    groups = ([g for c in by_id for g in batches_to_run([k for k in keys if k[0] == c], size, done)]
+              if is_arc else batches_to_run(keys, size, done))
     todo = [key for key in keys if key not in done]
-    seeds = {key: derive_seed(run.seed, "absorb", r, *key) for key in todo}
     with tqdm(total=len(keys), initial=len(keys) - len(todo), desc=f"round {r}: inner loop",
               unit="eval") as bar:
-        # max_adapters self-edits per batch (one at a time with student.train.batched=false,
-        # so a kill loses at most the batch in flight); both callees take either path
-        size = run.student.train.max_adapters if run.student.train.batched else 1
         for c in {cid: by_id[cid] for cid, _, _ in todo}.values():
             base_score(c)  # baselines first: they are not part of a batch's time
-        is_arc = run.task.format == "arc"
-        # ARC batches one task's self-edits; SQuAD batches across passages
-        groups = ([g for c in by_id for g in chunks([k for k in todo if k[0] == c], size)]
-                  if is_arc else chunks(todo, size))
 
         def batch(group):
             if is_arc:
@@ -509,9 +512,11 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
         executor = executor or LocalExecutor(student, judge_model)
         for n, (results, seconds) in executor.map(run, [batch(g) for g in groups]):
             group = groups[n]
-            for key, (scores, losses, failure) in zip(group, results, strict=True):
+            missing = [(key, result) for key, result in zip(group, results, strict=True)
+                       if key not in done]
+            for key, (scores, losses, failure) in missing:
                 record(*key, seeds[key], scores, losses, failure, seconds / len(group))
-            bar.update(len(group))
+            bar.update(len(missing))
             faults.point("inner")
     return [done[key] for key in keys]
 

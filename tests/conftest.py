@@ -62,3 +62,28 @@ def tiny_llama(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory) -> str:
     return _tiny("qwen0.5b", tmp_path_factory)
+
+
+@pytest.fixture
+def batches(monkeypatch) -> dict[str, list[list[int]]]:
+    """The seeds of every batch the teacher sampled (`sample`) and the student absorbed and
+    scored (`absorb`), in call order: a spy that records and calls the real functions. A resume
+    that reproduces an uninterrupted run must form the same batches (results depend on their
+    batch companions in the last float bits, which differ between CPUs)."""
+    from loop import outer
+    from teacher.generate import TransformersGenerator
+
+    seen: dict[str, list[list[int]]] = {"sample": [], "absorb": []}
+    sample, absorb = TransformersGenerator.sample, outer.absorb_and_score_many
+
+    def spy_sample(self, prompts, seeds):
+        seen["sample"].append(list(seeds))
+        return sample(self, prompts, seeds)
+
+    def spy_absorb(model, tokenizer, jobs, *args, **kwargs):
+        seen["absorb"].append([seed for _, _, seed in jobs])
+        return absorb(model, tokenizer, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersGenerator, "sample", spy_sample)
+    monkeypatch.setattr(outer, "absorb_and_score_many", spy_absorb)
+    return seen

@@ -258,9 +258,10 @@ def test_forgetting_scores_every_earlier_passage_after_each_edit(tiny_llama, tmp
 
 
 def test_resume_reads_back_what_was_recorded_and_computes_the_rest(tiny_llama, tiny_qwen2,
-                                                                    tmp_path):
-    """A killed evaluation (scores and self-edits cut mid-file, a torn last line, no results)
-    resumes to the same results, computing only what was lost; a different config is refused."""
+                                                                    tmp_path, batches):
+    """A killed evaluation (scores and self-edits cut mid-batch, a torn last line, no results)
+    resumes to the same results, bit for bit, computing only what was lost in the batches the
+    uninterrupted run formed; a different config is refused."""
     run = compose_run(f"student.path={tiny_llama}", f"teacher.path={tiny_qwen2}",
                       f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
                       "student.train.epochs=2", "student.eval.max_new_tokens=4",
@@ -268,6 +269,8 @@ def test_resume_reads_back_what_was_recorded_and_computes_the_rest(tiny_llama, t
                       "evaluate.resamples=200", "evaluate.conditions=[base,passage,teacher_base]")
     out = tmp_path / "run"
     first = evaluate(run, out)
+    formed = {kind: list(seen) for kind, seen in batches.items()}
+    assert [len(b) for b in formed["sample"]] == [2, 1]  # teacher.sampling.batch_size=2
     scores = (out / "scores.jsonl").read_text().splitlines(keepends=True)
     edits = (out / "self_edits.jsonl").read_text().splitlines(keepends=True)
     assert len(scores) == 9 and len(edits) == 3
@@ -282,7 +285,13 @@ def test_resume_reads_back_what_was_recorded_and_computes_the_rest(tiny_llama, t
         evaluate(dataclasses.replace(run, resume=str(out), student=dataclasses.replace(
             run.student, train=dataclasses.replace(run.student.train, epochs=3))), out)
 
+    for seen in batches.values():
+        seen.clear()
     again = evaluate(dataclasses.replace(run, resume=str(out)), tmp_path / "ignored")
+    # the self-edits of passages 1 and 2 were drawn in two batches, one recorded in part (and
+    # so drawn whole again); teacher_base's three passages were scored in one such batch
+    assert batches["sample"] == formed["sample"]
+    assert batches["absorb"] == [formed["absorb"][1]]  # passage, teacher_base: the second
     assert again["summary"] == first["summary"]
     rows = (out / "scores.jsonl").read_text()
     assert rows.startswith(kept)  # what was recorded is untouched

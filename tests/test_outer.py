@@ -178,6 +178,35 @@ def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
         first["rounds"][1]["metrics"]["teacher/sft_loss"])
 
 
+def test_a_batch_recorded_in_part_is_redone_whole_to_the_same_bits(tiny_llama, tiny_qwen2, tmp_path,
+                                                                   batches):
+    """Killed while writing a sampling batch's and an inner-loop batch's records: the resume
+    forms the batches the uninterrupted run formed (the part-recorded ones whole again), and
+    every self-edit and evaluation equals the uninterrupted run's, bit for bit."""
+    run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
+                   "teacher.sampling.batch_size=4", "student.train.max_adapters=4")
+    out = tmp_path / "run"
+    outer.run(run, out)
+    formed = {kind: list(seen) for kind, seen in batches.items()}
+    assert [len(b) for b in formed["sample"]] == [len(b) for b in formed["absorb"]] == [4, 2]
+    edits, ledger = out / "round_0" / "self_edits.jsonl", out / "ledger.jsonl"
+    want_edits, want_ledger = read_jsonl(edits), read_jsonl(ledger)
+    # as if killed after two of a batch's four records, in sampling and in the inner loop
+    edits.write_text("".join(json.dumps(e) + "\n" for e in want_edits[:2]))
+    ledger.write_text("".join(json.dumps(e) + "\n" for e in want_ledger[:2]))
+    (out / "round_0" / "summary.json").unlink()
+    for seen in batches.values():
+        seen.clear()
+    outer.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
+    assert batches == formed  # both batches of both phases: the first whole again
+
+    def timeless(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    assert timeless(read_jsonl(edits)) == timeless(want_edits)
+    assert timeless(read_jsonl(ledger)) == timeless(want_ledger)  # scores, losses: same bits
+
+
 @pytest.mark.slow
 def test_sigkill_in_the_inner_loop_then_resume(tiny_qwen2, tmp_path):
     """A real `python -m loop.run` killed mid inner loop, resumed: every evaluation once."""
