@@ -14,6 +14,9 @@ in the student's dtype, and each path's peak memory. The last line is
 
     speedup=<ratio> batched_per_min=<x> sequential_per_min=<y> peak_fraction=<f>
 
+It also times the in-context proxy (`reward.metric=context_logprob`, `loop.proxy`) on the same
+self-edits, median over repeats, and prints what absorbing costs as a multiple of it.
+
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
 """
@@ -133,8 +136,8 @@ def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
     model, tokenizer = load_teacher(run.teacher)
     gen = TransformersGenerator(model, tokenizer, instruct=run.teacher.instruct,
                                 settings=run.teacher.sampling)
-    texts = gen.sample([context_prompt(run, p) for p in passages],
-                       [derive_seed(run.seed, "bench", p.id) for p in passages])
+    texts = [s.text for s in gen.sample([context_prompt(run, p) for p in passages],
+                                        [derive_seed(run.seed, "bench", p.id) for p in passages])]
     del model
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +168,16 @@ def run_path(model, tokenizer, jobs, run: RunConfig, batched: bool, device: str)
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
     return seconds, mem.peak, results
+
+
+def time_proxy(model, tokenizer, items, run: RunConfig) -> float:
+    """Seconds to read every (passage, self-edit) in context (loop.proxy): the cheap reward."""
+    from loop.proxy import context_rows
+
+    t0 = time.perf_counter()
+    for passage, text in items:
+        context_rows(model, tokenizer, passage, text, run.student)
+    return time.perf_counter() - t0
 
 
 def count_flops(model, tokenizer, jobs, run: RunConfig) -> int:
@@ -220,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 def bench(args, overrides: list[str]) -> None:
     import torch
 
+    from loop.checks import check_settings
     from loop.cli import check_models
     from student.data import training_texts
     from student.model import load_student
@@ -228,6 +242,7 @@ def bench(args, overrides: list[str]) -> None:
     run = dataclasses.replace(run, student=dataclasses.replace(
         run.student, train=dataclasses.replace(run.student.train, max_adapters=args.k,
                                                method="lora")))
+    check_settings(run)
     check_models(run, ("teacher", "student") if args.from_teacher else ("student",))
     items = (sample_from_teacher(run, args.k, args.sample if args.save else None)
              if args.from_teacher else load_sample(args.sample, run, args.k))
@@ -248,7 +263,9 @@ def bench(args, overrides: list[str]) -> None:
     times = {True: [], False: []}
     mems = {True: 0.0, False: 0.0}
     results = {}
+    proxy_times = []
     for rep in range(args.repeats):
+        proxy_times.append(time_proxy(model, tokenizer, items, run))
         for batched in ((True, False) if rep % 2 == 0 else (False, True)):
             seconds, mem, res = run_path(model, tokenizer, jobs, run, batched, device)
             times[batched].append(seconds)
@@ -271,6 +288,10 @@ def bench(args, overrides: list[str]) -> None:
     print(f"batched: {flops / 1e12:.2f} TFLOP per pass, {achieved:.1f} GFLOP/s achieved = "
           f"{achieved / peak:.2f} of the measured matmul peak")
     print(f"largest per-question log-prob difference between the paths: {diff:.2e}")
+    proxy_s = statistics.median(proxy_times)
+    print(f"the in-context proxy (reward.metric=context_logprob, nothing absorbed): {proxy_s:.2f} s "
+          f"for the {args.k} self-edits, {proxy_s / args.k:.3f} s each; absorbing costs "
+          f"{med[False] / proxy_s:.1f}x as much one at a time, {med[True] / proxy_s:.1f}x batched")
     print(f"speedup={speedup:.2f} batched_per_min={per_min[True]:.2f} "
           f"sequential_per_min={per_min[False]:.2f} peak_fraction={achieved / peak:.2f}")
 

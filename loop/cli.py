@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,4 +50,19 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
     # a message, not a traceback
     except (AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
+        hydra = HydraConfig.get()
+        if folder and only_hydra_records(out_dir, hydra.output_subdir, f"{hydra.job.name}.log"):
+            shutil.rmtree(out_dir)  # stopped at launch: no empty run folder left behind
         sys.exit(2)
+
+
+def only_hydra_records(folder: Path, subdir: str, log_name: str) -> bool:
+    """Whether `folder` holds nothing but what Hydra wrote as this job started: its record
+    (`subdir`: `.hydra`, or `.hydra/resume_<time>` for a resume) and the job's log. Such a
+    folder was made by a launch that stopped before any work; any other file keeps it."""
+    record = folder / subdir
+    if not (record / "config.yaml").is_file():
+        return False
+    if record != folder / ".hydra" and set(record.parent.iterdir()) != {record}:
+        return False  # a resume's record beside earlier ones
+    return set(folder.iterdir()) <= {folder / ".hydra", folder / log_name}

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import hydra
 
+from loop.checks import check_settings
 from loop.cli import check_models, command_line, launch
 from loop.config import CONF_DIR, ConfigError, RunConfig, register
 from loop.judge import add_verdicts, load_judge
@@ -319,13 +320,13 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path) -> dict[str, dict
                           unit="batch"):
             # the same seeds for every self-edit condition: only the writer differs
             seeds = [derive_seed(run.seed, "evaluate-sample", pid, i) for pid, i in batch]
-            texts = generator.sample([context_prompt(run, by_id[pid]) for pid, _ in batch], seeds)
-            for (pid, i), seed, text in zip(batch, seeds, texts, strict=True):
+            samples = generator.sample([context_prompt(run, by_id[pid]) for pid, _ in batch], seeds)
+            for (pid, i), seed, s in zip(batch, seeds, samples, strict=True):
                 if (pid, i) in recorded:
                     continue
-                done[(cond, pid, i)] = text
+                done[(cond, pid, i)] = s.text
                 append_jsonl(path, {"condition": cond, "context": pid, "sample": i,
-                                    "seed": seed, "text": text})
+                                    "seed": seed, "text": s.text, "cut": s.cut})
     if not run.teacher.adapter and {"teacher", "teacher_base"} <= set(wanted):
         log.warning("teacher.adapter is not set: `teacher` and `teacher_base` are the same teacher")
     return {cond: {p.id: [done[(cond, p.id, i)] for i in range(run.evaluate.samples)]
@@ -388,6 +389,10 @@ def proxy_correlations(per_passage: dict[str, list[dict]]) -> dict[str, dict[str
     return out
 
 
+def fmt(r: float | None) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
 def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
                  footer: str | None = None) -> str:
     """Means with 95% intervals per condition, then paired differences from `base`."""
@@ -442,6 +447,7 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
     from loop.outer import check_resume, check_tracking, validate_backends, validate_student
 
+    check_settings(run)
     validate_student(run)
     validate_backends(run)
     check_tracking(run)
@@ -449,8 +455,6 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     if unknown:
         raise ConfigError(f"unknown evaluate.conditions {unknown} for task={run.task.name}; "
                           f"choose from {list(allowed)}")
-    if run.evaluate.samples < 1:
-        raise ConfigError(f"evaluate.samples must be at least 1, got {run.evaluate.samples}")
     teacher_conditions = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
     local = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
     check_models(run, roles=("teacher", "student") if local else ("student",))
@@ -546,7 +550,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
                         if passage.id in recorded:
                             continue
                         if judge_model:
-                            scores = add_verdicts(scores, judge_model)
+                            scores = add_verdicts(scores, judge_model, passage.title)
                         append_jsonl(out_dir / "scores.jsonl",
                                      {"context": passage.id, "condition": cond,
                                       "seconds": share, "questions": scores})
@@ -565,7 +569,9 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
                     else:
                         scores = score_condition(cond, passage, model, tokenizer, run,
                                                  self_edits.get(cond, {}).get(passage.id))
-                    return add_verdicts(scores, judge_model) if judge_model else scores
+                    if not judge_model:
+                        return scores
+                    return add_verdicts(scores, judge_model, passage.title)
 
                 scores = baseline.get(passage.id, compute) if cond == "base" else compute()
                 spent = time.perf_counter() - t0
@@ -575,10 +581,17 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
                 per_passage[cond].append(passage_means(scores))
         summary = summarise(per_passage, run.seed, run.evaluate.resamples)
         proxy = proxy_correlations(per_passage)
+        agreement = {}
+        if self_edits and run.task.absorb == "single":  # the in-context proxy vs absorbing
+            from loop.proxy import evaluation_agreement
+
+            agreement = evaluation_agreement((model, tokenizer), run, passages, self_edits, done,
+                                             baseline, out_dir / "proxy.jsonl")
         results = {"task": run.task.name, "data": run.task.data, "student": run.student.name,
                    "contexts": [p.id for p in passages], "n_questions": n_questions,
                    "seconds_per_context": {c: s / len(passages) for c, s in seconds.items()},
-                   "summary": summary, "proxy_correlation": proxy}
+                   "summary": summary, "proxy_correlation": proxy,
+                   "proxy_agreement": agreement}
         if forgetting:
             results["forgetting"] = {"mode": run.evaluate.forgetting, "matrix": forgetting}
         write_json_atomic(out_dir / "results.json", results)  # never half a results.json
@@ -588,6 +601,12 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
                   "across passages: " + "; ".join(
                       f"{cond} " + ", ".join(f"{m} {'-' if r is None else f'{r:.2f}'}"
                                              for m, r in rs.items()) for cond, rs in proxy.items()))
+        for cond, a in agreement.items():
+            print(f"{cond}: the in-context proxy (context_logprob) vs the absorbed log-prob gain "
+                  f"across {a['n']} self-edits: Spearman {fmt(a['spearman'])}, Pearson "
+                  f"{fmt(a['pearson'])}")
+            tracker.log_metrics({f"{cond}/proxy_{k}": a[k] for k in ("spearman", "pearson")
+                                 if a[k] is not None})
         means = {c: {m: e["estimate"]["mean"] for m, e in s.items() if isinstance(e, dict)}
                  for c, s in summary.items()}
         for cond, values in means.items():

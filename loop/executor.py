@@ -43,7 +43,8 @@ class ExecutorConfig:
 
 def score_batch(student, run, judge_model, item) -> tuple[list, float]:
     """One batch of the inner loop: (results, seconds of compute). `item` is ("squad", jobs,
-    generate) with jobs (passage, texts, seed), or ("arc", task, self-edit texts, seeds)."""
+    generate) with jobs (passage, texts, seed), ("arc", task, self-edit texts, seeds), or
+    ("proxy", [(passage, self-edit text)]) for reward.metric=context_logprob."""
     t0 = time.perf_counter()
     model, tokenizer = student
     if item[0] == "arc":
@@ -51,6 +52,11 @@ def score_batch(student, run, judge_model, item) -> tuple[list, float]:
 
         _, task, texts, seeds = item
         results = arc.score_self_edits(model, tokenizer, task, texts, run, seeds)
+    elif item[0] == "proxy":  # read in context, nothing absorbed (loop.proxy)
+        from loop.proxy import context_rows
+
+        results = [(context_rows(model, tokenizer, passage, text, run.student), [], None)
+                   for passage, text in item[1]]
     else:
         from loop.outer import absorb_and_score_many
 

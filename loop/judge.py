@@ -24,11 +24,14 @@ def load_judge(name: str, key: str = "evaluate.judge"):
     return model, tokenizer, cfg.instruct
 
 
-def add_verdicts(scores: list[dict], judge_model) -> list[dict]:
+def add_verdicts(scores: list[dict], judge_model, title: str) -> list[dict]:
+    """Each scored question of a passage titled `title` with the judge's verdict and reply. The
+    judge reads the question as the student did, after a `Topic: <title>` line (the
+    reference's question text), and the student's whole answer."""
     from student.evaluate import judge
 
     model, tokenizer, instruct = judge_model
-    verdicts = judge(model, tokenizer, [(s["question"], s["gold"], s["prediction"]) for s in scores],
-                     instruct=instruct)
+    verdicts = judge(model, tokenizer, [(f"Topic: {title}\n{s['question']}", s["gold"],
+                                         s["prediction"]) for s in scores], instruct=instruct)
     return [{**s, "judge": None if v is None else float(v), "judge_reply": reply}
             for s, (v, reply) in zip(scores, verdicts, strict=True)]

@@ -38,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loop import executor as executors
-from loop import faults, mstep
+from loop import faults, mstep, proxy
+from loop.checks import check_settings
 from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, batches_to_run, read_jsonl, write_json_atomic
-from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, reward
+from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, paired_gain
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
@@ -78,6 +79,7 @@ class SelfEdit:
     text: str
     hash: str
     seconds: float  # this sample's share of its generate call
+    cut: bool = False  # stopped by teacher.sampling.max_new_tokens, not by the teacher
 
 
 def validate_student(run: RunConfig) -> None:
@@ -89,9 +91,6 @@ def validate_student(run: RunConfig) -> None:
     if run.student.train.method not in ("lora", "full"):
         raise ConfigError(f"unknown student.train.method '{run.student.train.method}'; choose "
                           "lora or full")
-    if run.student.train.max_adapters < 1:
-        raise ConfigError("student.train.max_adapters must be at least 1, got "
-                          f"{run.student.train.max_adapters}")
 
 
 def make_generator(run: RunConfig, teacher):
@@ -118,13 +117,6 @@ def validate_backends(run: RunConfig) -> None:
     if run.student.eval_backend == "vllm" and not run.student.train.batched:
         raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
                           "needs student.train.batched=true")
-    for key, share in (("teacher.vllm_memory", run.teacher.vllm_memory),
-                       ("student.vllm_memory", run.student.vllm_memory)):
-        if not 0 < share <= 1:
-            raise ConfigError(f"{key} is a fraction of the GPU's memory, in (0, 1]; got {share}")
-    if run.teacher.vllm_tensor_parallel < 1:
-        raise ConfigError("teacher.vllm_tensor_parallel is a number of GPUs, at least 1; got "
-                          f"{run.teacher.vllm_tensor_parallel}")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
         if value not in ("transformers", "vllm"):
@@ -140,15 +132,13 @@ def validate_executor(run: RunConfig) -> None:
     e = run.executor
     if e.name not in ("local", "ray"):
         raise ConfigError(f"unknown executor '{e.name}'; choose local or ray")
-    if e.name == "ray":
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
-        if e.num_workers < 1 or e.max_retries < 0:
-            raise ConfigError("executor.num_workers must be at least 1 and executor.max_retries "
-                              f"at least 0; got {e.num_workers} and {e.max_retries}")
+    if e.name == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
 
 
 def validate(run: RunConfig) -> None:
+    """Everything `loop.run` checks at launch, before a folder is made or a model loads."""
+    check_settings(run)
     validate_student(run)
     if run.reward.metric not in METRICS:
         raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose from {list(METRICS)}")
@@ -170,16 +160,25 @@ def validate(run: RunConfig) -> None:
                           f"task={run.task.name}")
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
+    in_context = run.reward.metric == "context_logprob"
+    if (in_context or run.reward.screen) and arc:
+        raise ConfigError("reward.metric=context_logprob and reward.screen are SQuAD's (the "
+                          "proxy reads a self-edit's text before the questions)")
+    if in_context and (run.reward.baseline == "passage" or run.reward.inner_seeds != 1):
+        raise ConfigError("reward.metric=context_logprob absorbs nothing: it is measured against "
+                          "the frozen student (reward.baseline=student or none), once per self-"
+                          f"edit (reward.inner_seeds=1); got reward.baseline={run.reward.baseline} "
+                          f"reward.inner_seeds={run.reward.inner_seeds}")
+    if run.reward.screen and (in_context or run.reward.screen > run.loop.k):
+        raise ConfigError(f"reward.screen={run.reward.screen} absorbs the best of loop.k="
+                          f"{run.loop.k} self-edits by the proxy: it must be at most loop.k, with "
+                          "a reward.metric that absorbs (not context_logprob)")
     validate_executor(run)
     validate_backends(run)
     t = run.teacher.train
-    if t.processes < 1 or t.batch_size % t.processes:
+    if t.batch_size % t.processes:
         raise ConfigError(f"teacher.train.batch_size={t.batch_size} is the M-step's global batch: it "
                           f"must split evenly over teacher.train.processes={t.processes}")
-    for key, value in (("loop.rounds", run.loop.rounds), ("loop.k", run.loop.k),
-                       ("reward.inner_seeds", run.reward.inner_seeds)):
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
 
 
 # ---- the run folder ------------------------------------------------------------------------
@@ -285,12 +284,12 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
             seeds = [derive_seed(run.seed, "sample", r, cid, i) for cid, i in batch]
             prompts = [context_prompt(run, by_id[cid]) for cid, _ in batch]
             t0 = time.perf_counter()
-            texts = generator.sample(prompts, seeds)
+            samples = generator.sample(prompts, seeds)
             share = (time.perf_counter() - t0) / len(batch)
-            missing = [(k, s, t) for k, s, t in zip(batch, seeds, texts, strict=True)
+            missing = [(k, seed, s) for k, seed, s in zip(batch, seeds, samples, strict=True)
                        if k not in edits]
-            for (cid, i), seed, text in missing:
-                e = SelfEdit(cid, i, seed, text, text_hash(text), share)
+            for (cid, i), seed, s in missing:
+                e = SelfEdit(cid, i, seed, s.text, text_hash(s.text), share, s.cut)
                 append_jsonl(path, dataclasses.asdict(e))
                 edits[(cid, i)] = e
             bar.update(len(missing))
@@ -311,14 +310,26 @@ def context_prompt(run: RunConfig, context) -> str:
 
 def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_model,
                   generate: bool) -> list[dict]:
-    """Per-question scores of the student as it is (base, or with an adapter), as dicts."""
+    """Per-question scores of the student as it is (base, or with an adapter), as dicts. With
+    student.eval_backend=vllm the answers come from the student's engine, as the adapters'
+    answers do, so that a reward never compares answers of two backends."""
     from loop.judge import add_verdicts
     from student.evaluate import score_questions
 
     qa = [(q.question, q.answer) for q in passage.questions]
-    scores = [dataclasses.asdict(s) for s in score_questions(model, tokenizer, passage.title, qa,
-                                                             run.student, generate=generate)]
-    return add_verdicts(scores, judge_model) if judge_model else scores
+    on_vllm = generate and run.student.eval_backend == "vllm"
+    scored = score_questions(model, tokenizer, passage.title, qa, run.student,
+                             generate=generate and not on_vllm)
+    if on_vllm:
+        from loop.vllm import student_engine
+        from student import vllm_eval
+
+        items = [(passage.title, qa)]
+        predictions = vllm_eval.answers(student_engine(run), [None],
+                                        [(passage.title, [q for q, _ in qa])], run.student)
+        scored = vllm_eval.grade(items, predictions, [[s.logprob for s in scored]])[0]
+    scores = [dataclasses.asdict(s) for s in scored]
+    return add_verdicts(scores, judge_model, passage.title) if judge_model else scores
 
 
 def passage_texts(passage: Passage, run: RunConfig) -> list[str]:
@@ -380,7 +391,8 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
         with many.Adapters(model, run.student.lora, [j.seed for j in plans]) as adapters, \
                 many.memory_advice(len(group), run.student.train):
             many.train(model, adapters, plans, tokenizer.pad_token_id,
-                       pass_tokens=many.pass_tokens(run.student.train.pass_tokens, model.device))
+                       pass_tokens=many.pass_tokens(run.student.train.pass_tokens, model.device),
+                       max_grad_norm=run.student.train.max_grad_norm)
             items = [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])
                      for i in group]
             if run.student.eval_backend == "vllm":
@@ -391,7 +403,7 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
         for i, job, scores in zip(group, plans, scored, strict=True):
             rows = [dataclasses.asdict(s) for s in scores]
             if judge_model:
-                rows = add_verdicts(rows, judge_model)
+                rows = add_verdicts(rows, judge_model, jobs[i][0].title)
             out[i] = (rows, [job.losses[0], job.losses[-1]])
     return out
 
@@ -423,22 +435,28 @@ def score_with_vllm(model, tokenizer, adapters, items, run: RunConfig, generate:
 
 
 def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
-                    judge_model) -> list[dict]:
-    """The per-question scores rewards are measured against (reward.baseline), once per passage;
-    None for reward.baseline=none."""
+                    judge_model) -> list[list[dict]]:
+    """The per-question scores rewards are measured against (reward.baseline), once per passage
+    and kept in `cache`: one list for the frozen student, one per inner seed for the passage
+    alone (the self-edits' rewards average reward.inner_seeds adapters, so the baseline averages
+    as many), none for reward.baseline=none."""
     if run.reward.baseline == "none":
-        return None
+        return []
     if run.task.format == "arc":
         from loop import arc
 
-        return cache.get(passage.id, lambda: arc.score_base(model, tokenizer, passage, run))
+        return [cache.get(passage.id, lambda: arc.score_base(model, tokenizer, passage, run))]
     if run.reward.baseline == "student":
-        return cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
-                                                           judge_model, generate=True))
-    seed = derive_seed(run.seed, "baseline", "passage", passage.id)
-    return cache.get(f"passage:{passage.id}", lambda: absorb_and_score(
-        model, tokenizer, passage, passage_texts(passage, run), run, seed, judge_model,
-        generate=True)[0])
+        return [cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
+                                                            judge_model, generate=True))]
+    runs = []
+    for j in range(run.reward.inner_seeds):  # seed and key of j = 0 as before inner seeds
+        seed = derive_seed(run.seed, "baseline", "passage", passage.id, *([j] if j else []))
+        runs.append(cache.get(f"passage:{passage.id}" + (f":{j}" if j else ""),
+                              lambda seed=seed: absorb_and_score(
+                                  model, tokenizer, passage, passage_texts(passage, run), run, seed,
+                                  judge_model, generate=True)[0]))
+    return runs
 
 
 def metric_means(questions: list[dict]) -> dict[str, float]:
@@ -447,8 +465,11 @@ def metric_means(questions: list[dict]) -> dict[str, float]:
 
 def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
                 edits: dict[tuple[str, int], SelfEdit], ledger: Ledger, baseline,
-                judge_model, executor=None) -> list[Evaluation]:
-    """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger.
+                judge_model, executor=None,
+                absorb: set[tuple[str, int]] | None = None) -> list[Evaluation]:
+    """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger;
+    with `absorb` (reward.screen) only those self-edits. With reward.metric=context_logprob
+    each self-edit is read in context by the frozen student instead (loop.proxy).
 
     With student.train.batched (the default) the missing ones are absorbed
     student.train.max_adapters at a time in shared passes (`absorb_and_score_many`); each is
@@ -464,23 +485,20 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     generate = metric != "answer_logprob"
     by_id = {c.id: c for c in contexts}
     keys = [(c.id, i, j) for c in contexts for i in range(run.loop.k)
-            for j in range(run.reward.inner_seeds)]
+            for j in range(run.reward.inner_seeds) if absorb is None or (c.id, i) in absorb]
     done: dict[tuple[str, int, int], Evaluation] = {}
     for cid, i, j in keys:
         if (e := ledger.get(r, cid, i, j, edits[(cid, i)].hash)) is not None:
             done[(cid, i, j)] = e
-    bases: dict[str, float] = {}
+    bases: dict[str, list[list[dict]]] = {}
 
-    def base_score(c: Passage) -> float:
+    def base_score(c: Passage) -> list[list[dict]]:
         if c.id not in bases:
-            base = baseline_scores(model, tokenizer, c, run, baseline, judge_model)
-            bases[c.id] = 0.0 if base is None else context_score(base, metric)
+            bases[c.id] = baseline_scores(model, tokenizer, c, run, baseline, judge_model)
         return bases[c.id]
 
     def record(cid, i, j, seed, scores, losses, failure, seconds) -> None:
-        b = base_score(by_id[cid])
-        score = context_score(scores, metric)
-        gain = 0.0 if score is None or b is None else reward(score, b)
+        score, b, gain = paired_gain(scores, base_score(by_id[cid]), metric)
         e = Evaluation(r, cid, i, j, edits[(cid, i)].hash, seed, metric, b, score, gain, seconds,
                        losses, metric_means(scores), failure)
         ledger.add(e)
@@ -502,6 +520,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
             base_score(c)  # baselines first: they are not part of a batch's time
 
         def batch(group):
+            if metric == "context_logprob":
+                return ("proxy", [(by_id[cid], edits[(cid, i)].text) for cid, i, _ in group])
             if is_arc:
                 return ("arc", by_id[group[0][0]], [edits[(cid, i)].text for cid, i, _ in group],
                         [seeds[k] for k in group])
@@ -530,12 +550,23 @@ def self_edit_rows(run: RunConfig, contexts: list[Passage], edits, evals: list[E
         for i in range(run.loop.k):
             mine = [e for e in evals if (e.context, e.sample) == (c.id, i)]
             scores = [e.score for e in mine if e.score is not None]
-            rows.append({"context": c.id, "sample": i,
-                         "reward": sum(e.reward for e in mine) / len(mine),
+            rows.append({"context": c.id, "sample": i,  # reward None: screened out, not absorbed
+                         "reward": sum(e.reward for e in mine) / len(mine) if mine else None,
                          "score": sum(scores) / len(scores) if scores else None,
-                         "baseline": mine[0].baseline, "kept": (c.id, i) in kept,
-                         "self_edit": edits[(c.id, i)].text})
+                         "baseline": mine[0].baseline if mine else None,
+                         "kept": (c.id, i) in kept, "self_edit": edits[(c.id, i)].text})
     return rows
+
+
+def m_step_text(edit: SelfEdit) -> str:
+    """What the M-step teaches the teacher to write for a kept self-edit: the text as the
+    teacher ended it; for one that max_new_tokens cut, its complete lines only. The teacher
+    should learn to end a self-edit, never to stop mid-line; the lines it completed carry most
+    of what earned the reward, so they are kept rather than the sample dropped. Empty: nothing
+    to train on (such a self-edit is never kept)."""
+    if not edit.cut:
+        return edit.text.strip()
+    return "\n".join(edit.text.strip().splitlines()[:-1]).strip()
 
 
 def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept_keys,
@@ -545,8 +576,8 @@ def m_step(teacher, run: RunConfig, r: int, contexts: list[Passage], edits, kept
 
     model, tokenizer = teacher
     by_id = {c.id: c for c in contexts}
-    pairs = [(context_prompt(run, by_id[c]), edits[(c, i)].text)
-             for c, i in sorted(kept_keys) if edits[(c, i)].text.strip()]
+    pairs = [(context_prompt(run, by_id[c]), text) for c, i in sorted(kept_keys)
+             if (text := m_step_text(edits[(c, i)]))]
     if not pairs:
         log.warning("round %d: no self-edit passed the filter; the teacher stays as it was", r)
         return previous, []
@@ -632,10 +663,22 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
     if generator.adapter != adapter:
         generator.use_adapter(adapter)
     edits = sample_round(generator, run, r, contexts, rdir / "self_edits.jsonl")
-    evals = inner_round(student, run, r, contexts, edits, ledger, baseline, judge_model, executor)
+    proxies, absorb, t0 = {}, None, time.perf_counter()
+    if run.task.format == "squad" and run.reward.metric != "context_logprob":
+        # the proxy of every self-edit: the screen (reward.screen) and its honesty check
+        proxies = proxy.round_proxies(student, run, contexts, edits, baseline, rdir / "proxy.jsonl")
+        if run.reward.screen:
+            absorb = proxy.screened(proxies, contexts, run.loop.k, run.reward.screen)
+    proxy_s = time.perf_counter() - t0
+    evals = inner_round(student, run, r, contexts, edits, ledger, baseline, judge_model, executor,
+                        absorb)
     rows = self_edit_rows(run, contexts, edits, evals, kept=set())
-    kept = {(s.context, s.sample) for s in keep([Scored(x["context"], x["sample"], x["reward"])
-                                                 for x in rows], run.reward)}
+    for x in rows:
+        x["proxy"] = proxies.get((x["context"], x["sample"]))
+    scored = [Scored(x["context"], x["sample"], x["reward"],
+                     trainable=bool(m_step_text(edits[(x["context"], x["sample"])])))
+              for x in rows if x["reward"] is not None]
+    kept = {(s.context, s.sample) for s in keep(scored, run.reward)}
     for x in rows:
         x["kept"] = (x["context"], x["sample"]) in kept
     adapter_dir = rdir / "teacher_adapter"
@@ -648,26 +691,34 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
         new_adapter, losses = m_step(teacher, run, r, contexts, edits, kept, adapter, adapter_dir)
     train_s = time.perf_counter() - t0
     inner_s = sum(e.seconds for e in evals)
+    absorbed = [x for x in rows if x["reward"] is not None]
+    both = [x for x in absorbed if x["proxy"] is not None]
+    agree = proxy.agreement([x["proxy"] for x in both], [x["reward"] for x in both])
     summary = {
         "round": r, "contexts": [c.id for c in contexts], "self_edits": len(rows),
         "evaluations": len(evals),
         # relative to the run folder, which may be moved or copied before a resume
         "adapter": str(new_adapter.relative_to(out_dir)) if new_adapter else None,
         "metrics": {
-            "reward/mean": sum(x["reward"] for x in rows) / len(rows),
-            "reward/max": max(x["reward"] for x in rows),
+            "reward/mean": sum(x["reward"] for x in absorbed) / len(absorbed),
+            "reward/max": max(x["reward"] for x in absorbed),
             "filter/kept_frac": len(kept) / len(rows),
+            "proxy/spearman": nan_if_none(agree["spearman"]),
+            "proxy/pearson": nan_if_none(agree["pearson"]),
+            "teacher/cut_frac": sum(e.cut for e in edits.values()) / len(edits),
             "student/score_base": mean(x["baseline"] for x in rows),
             "student/score_after": mean(x["score"] for x in rows),
             "student/score_after_kept": mean(x["score"] for x in rows if x["kept"]),
             "teacher/sft_loss": sum(losses) / len(losses) if losses else float("nan"),
             "time/sample_s": sum(e.seconds for e in edits.values()),
+            "time/proxy_s": proxy_s,
             "time/inner_s": inner_s,
             "time/train_s": train_s,
             "time/round_s": time.perf_counter() - t_round,
             "throughput/self_edits_per_min": 60 * len(evals) / inner_s if inner_s else 0.0,
         },
         "rewards": [x["reward"] for x in rows],
+        "proxy_rewards": [x["proxy"] for x in rows],
     }
     write_json_atomic(rdir / "self_edit_table.json", rows)
     tracker.log_metrics({k: v for k, v in summary["metrics"].items() if v == v}, step=r)
@@ -681,6 +732,10 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
     return summary, new_adapter
 
 
+def nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value  # NaN: left out of MLflow and the table
+
+
 def mean(values) -> float:
     """The mean of the values that are not None; NaN when there are none (left out of MLflow)."""
     present = [v for v in values if v is not None]
@@ -689,17 +744,22 @@ def mean(values) -> float:
 
 def format_table(summaries: list[dict], metric: str, baseline: str = "student") -> str:
     head = (f"{'round':>5} {'self-edits':>10} {'reward mean':>12} {'reward max':>11} "
-            f"{'kept':>6} {'base':>8} {'after':>8} {'sample s':>9} {'inner s':>8} "
-            f"{'train s':>8} {'evals/min':>9}")
+            f"{'kept':>6} {'cut':>5} {'base':>8} {'after':>8} {'proxy rho':>9} {'proxy r':>7} "
+            f"{'sample s':>9} {'inner s':>8} {'train s':>8} {'evals/min':>9}")
     against = {"student": " - the frozen student's", "passage": " - the passage-only student's",
                "none": ""}[baseline]
-    lines = [f"reward = {metric} after absorbing the self-edit{against}", head,
-             "-" * len(head)]
+    nan = float("nan")
+    what = ("the frozen student's log-prob with the self-edit in its prompt" if metric ==
+            "context_logprob" else f"{metric} after absorbing the self-edit")
+    lines = [f"reward = {what}{against}; proxy rho / r: Spearman / Pearson between the proxy "
+             "(context_logprob) and the absorbed reward", head, "-" * len(head)]
     for s in summaries:
         m = s["metrics"]
         lines.append(f"{s['round']:>5} {s['self_edits']:>10} {m['reward/mean']:>12.3f} "
                      f"{m['reward/max']:>11.3f} {m['filter/kept_frac']:>6.2f} "
+                     f"{m.get('teacher/cut_frac', nan):>5.2f} "
                      f"{m['student/score_base']:>8.3f} {m['student/score_after']:>8.3f} "
+                     f"{m.get('proxy/spearman', nan):>9.2f} {m.get('proxy/pearson', nan):>7.2f} "
                      f"{m['time/sample_s']:>9.1f} {m['time/inner_s']:>8.1f} "
                      f"{m['time/train_s']:>8.1f} {m['throughput/self_edits_per_min']:>9.1f}")
     return "\n".join(lines)

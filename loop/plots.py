@@ -45,9 +45,10 @@ def rounds(summaries: list[dict], path: Path, metric: str) -> Path:
     r = [s["round"] for s in summaries]
     m = [s["metrics"] for s in summaries]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(11, 3.2))
-    a.boxplot([s["rewards"] for s in summaries], positions=r, widths=0.5)
-    for x, s in zip(r, summaries, strict=True):
-        a.scatter([x] * len(s["rewards"]), s["rewards"], s=10, alpha=0.5, color="C0")
+    rewards = [[v for v in s["rewards"] if v is not None] for s in summaries]  # absorbed ones
+    a.boxplot(rewards, positions=r, widths=0.5)
+    for x, values in zip(r, rewards, strict=True):
+        a.scatter([x] * len(values), values, s=10, alpha=0.5, color="C0")
     a.axhline(0, color="black", linewidth=0.5)
     a.set(title="reward per self-edit", xlabel="round", ylabel=f"{metric} gain")
     b.plot(r, [x["student/score_base"] for x in m], "o-", label="baseline")

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 # reward.metric -> the per-question field it averages (loop.evaluate's column names)
 METRICS = {"exact_match": "exact_match", "f1": "f1", "contains": "contains", "judge": "judge",
-           "answer_logprob": "logprob", "success": "success"}  # success: ARC pass@2
+           "answer_logprob": "logprob", "context_logprob": "context_logprob",
+           "success": "success"}  # success: ARC pass@2
+LOG_PROBABILITIES = ("answer_logprob", "context_logprob")  # means as they are, not percents
+# where a baseline's value is read from when it is not the metric's own field: the proxy
+# compares the self-edit in context with the frozen student's closed-book log-probability
+BASELINE_FIELD = {"context_logprob": "logprob"}
 FILTERS = ("best_of_k", "threshold", "top_fraction")
 BASELINES = ("student", "passage", "none")
 
@@ -27,8 +32,10 @@ class RewardConfig:
     """How a self-edit's reward is measured and which self-edits the teacher learns from."""
 
     # exact_match, f1, contains (percent of questions), judge (percent judged correct by the
-    # `judge` preset), or answer_logprob (mean log-prob per gold-answer token: dense and needs
-    # no generation, the clearest signal on a small student)
+    # `judge` preset), answer_logprob (mean log-prob per gold-answer token: dense and needs
+    # no generation, the clearest signal on a small student), or context_logprob (the cheap
+    # proxy: the same log-prob of the frozen student with the self-edit in its prompt, minus
+    # without it; nothing is absorbed)
     metric: str = "answer_logprob"
     # what a self-edit's score is compared with: `student`, the frozen student (SEAL); or
     # `passage`, the student after absorbing the passage alone (a gain is then what the
@@ -40,18 +47,44 @@ class RewardConfig:
     fraction: float = 0.25  # top_fraction: the share of the round's self-edits kept
     inner_seeds: int = 1  # each self-edit absorbed this many times with different seeds, averaged
     judge: str | None = None  # a model preset (conf/model/) for metric=judge
+    # two-stage screening: rank each context's k self-edits by the proxy (context_logprob) and
+    # absorb only the best `screen` of them for the reward; null: absorb all k
+    screen: int | None = None
 
 
-def context_score(questions: list[dict], metric: str) -> float | None:
-    """A context's score: the mean over its questions, in percent except for log-probability.
+def context_score(questions: list[dict], metric: str, field: str | None = None) -> float | None:
+    """A context's score: the mean over its questions of the metric's field (or `field`), in
+    percent except for log-probabilities.
 
     Judge errors (no clear yes/no) are left out; None when no question has a verdict.
     """
-    values = [q[METRICS[metric]] for q in questions if q.get(METRICS[metric]) is not None]
+    field = field or METRICS[metric]
+    values = [q[field] for q in questions if q.get(field) is not None]
     if not values:
         return None
     mean = sum(values) / len(values)
-    return mean if metric == "answer_logprob" else 100 * mean
+    return mean if metric in LOG_PROBABILITIES else 100 * mean
+
+
+def paired_gain(after: list[dict], before: list[list[dict]],
+                metric: str) -> tuple[float | None, float | None, float]:
+    """(score, baseline, reward) of one evaluation. `before` holds the baseline's per-question
+    scores, one list per run (one per inner seed with reward.baseline=passage; none with
+    reward.baseline=none, when the reward is the score itself). Both sides are means over the
+    same questions: those with a value after and in every baseline run, so a judge that gave
+    no verdict on a question leaves it out of both sides, never out of one. Nothing to compare:
+    (None, None, 0.0)."""
+    field = METRICS[metric]
+    base_field = BASELINE_FIELD.get(metric, field)
+    use = [n for n, q in enumerate(after) if q.get(field) is not None
+           and all(b[n].get(base_field) is not None for b in before)]
+    if not use:
+        return None, None, 0.0
+    score = context_score([after[n] for n in use], metric)
+    if not before:
+        return score, 0.0, score
+    base = sum(context_score([b[n] for n in use], metric, base_field) for b in before) / len(before)
+    return score, base, reward(score, base)
 
 
 @dataclass
@@ -59,6 +92,9 @@ class Scored:
     context: str
     sample: int
     reward: float
+    # whether the M-step has text to train on (not empty, not one line that max_new_tokens cut):
+    # no filter keeps a self-edit without, so a passage's pick is one the teacher can learn from
+    trainable: bool = True
 
 
 def reward(score_after: float, baseline: float) -> float:
@@ -79,7 +115,9 @@ def threshold(samples: list[Scored], tau: float) -> list[Scored]:
 
 
 def keep(samples: list[Scored], cfg: RewardConfig) -> list[Scored]:
-    """The filter named by `cfg.filter`."""
+    """The filter named by `cfg.filter`, over the trainable samples (an empty self-edit is
+    recorded and scored, but never kept)."""
+    samples = [s for s in samples if s.trainable]
     if cfg.filter == "best_of_k":
         return best_of_k(samples)
     if cfg.filter == "threshold":

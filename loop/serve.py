@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import hydra
 
+from loop.checks import check_settings
 from loop.cli import check_models, launch
 from loop.config import CONF_DIR, ConfigError, RunConfig, register
 
@@ -92,17 +93,14 @@ class Engine:
         elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63 - n:
             raise BadRequest("`seed` must be a non-negative integer")
         with self.lock:
-            texts = sample(self.generator.model, tokenizer, [prompt] * n,
-                           [seed + i for i in range(n)], instruct=chat, settings=settings)
+            samples = sample(self.generator.model, tokenizer, [prompt] * n,
+                             [seed + i for i in range(n)], instruct=chat, settings=settings)
         rendered = render(tokenizer, prompt, chat)
         prompt_tokens = len(tokenizer(rendered, add_special_tokens=not chat)["input_ids"])
-        used = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        choices = []
-        for i, (text, k) in enumerate(zip(texts, used, strict=True)):
-            finish = "length" if k >= max_tokens else "stop"
-            choices.append({"index": i, "finish_reason": finish,
-                            **({"message": {"role": "assistant", "content": text}} if chat
-                               else {"text": text})})
+        used = [len(tokenizer(s.text, add_special_tokens=False)["input_ids"]) for s in samples]
+        choices = [{"index": i, "finish_reason": "length" if s.cut else "stop",
+                    **({"message": {"role": "assistant", "content": s.text}} if chat
+                       else {"text": s.text})} for i, s in enumerate(samples)]
         return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": self.name, "choices": choices,
@@ -191,6 +189,7 @@ def handler(engine: Engine):
 
 def serve(run: RunConfig, ready=None) -> None:
     """Load the teacher and answer requests until interrupted (Ctrl-C)."""
+    check_settings(run)
     if run.teacher.backend != "transformers":
         raise ConfigError("loop.serve serves the transformers backend; for vLLM use `vllm serve "
                           "<model> --enable-lora --lora-modules teacher=<adapter folder>`")

@@ -35,6 +35,11 @@ class TaskConfig:
     # what loop.evaluate reads by default (the held-out set): its data file and ids
     eval_data: str | None = None
     eval_ids: list[str] | None = None
+    # a development part of task.data, the same for every run and seed: `train` leaves its
+    # `dev_size` passages out (what the loop trains the teacher on), `dev` keeps only them
+    # (where every choice is made, so the evaluation set is touched once), `all` keeps all
+    split: str = "all"
+    dev_size: int = 50
 
 
 @dataclass
@@ -92,6 +97,7 @@ def load_contexts(task: TaskConfig, held_out: bool = False) -> list:
     if task.format not in ("squad", "arc"):
         raise DataError(f"unknown task.format '{task.format}'; choose squad or arc")
     contexts = load_arc(task.data, task.solutions) if task.format == "arc" else load_squad(task.data)
+    contexts = split(contexts, task.split, task.dev_size)
     ids, key = (task.ids, "task.ids") if task.ids is not None or not held_out else (
         task.eval_ids, "task.eval_ids")
     if ids is None:
@@ -102,6 +108,26 @@ def load_contexts(task: TaskConfig, held_out: bool = False) -> list:
         raise DataError(f"{task.data}: no context with id {missing[0]} ({key}); it has "
                         f"{', '.join(list(by_id)[:12])}{' ...' if len(by_id) > 12 else ''}")
     return [by_id[i] for i in ids]
+
+
+# the dev split's own seed: never a run's seed, so that no run, whatever its seed, moves a
+# passage between the teacher's training passages and the dev passages
+DEV_SEED = 20_261_130
+
+
+def split(contexts: list, which: str, dev_size: int) -> list:
+    """`task.split` of a file's contexts, in file order: the seeded `dev_size` dev contexts,
+    the rest (`train`), or all of them."""
+    if which == "all":
+        return contexts
+    if which not in ("train", "dev"):
+        raise DataError(f"unknown task.split '{which}'; choose all, train or dev")
+    if dev_size >= len(contexts):
+        raise DataError(f"task.split={which} with task.dev_size={dev_size}: the file has only "
+                        f"{len(contexts)} contexts; set task.split=all to use every one of them "
+                        "(or a smaller task.dev_size)")
+    dev = set(random.Random(DEV_SEED).sample(range(len(contexts)), dev_size))
+    return [c for i, c in enumerate(contexts) if (i in dev) == (which == "dev")]
 
 
 def select(passages: list[Passage], n: int | None, seed: int) -> list[Passage]:

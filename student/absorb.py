@@ -137,19 +137,25 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=0.0)
     factor = schedule(cfg.train.schedule, len(p.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    losses = optimise(model, iter(p.steps), opt, sched)
+    losses = optimise(model, iter(p.steps), opt, sched, cfg.train.max_grad_norm)
     return TrainResult(losses, p.sequences, p.tokens, p.truncated)
 
 
-def optimise(model, batches, opt, sched) -> list[float]:
-    """One optimiser step per batch (model inputs with labels); the loss of each step. The
-    model is in train mode meanwhile and in eval mode afterwards."""
+def optimise(model, batches, opt, sched, max_grad_norm: float | None = None) -> list[float]:
+    """One optimiser step per batch (model inputs with labels), its gradient clipped to
+    `max_grad_norm` (None: not clipped); the loss of each step. The model is in train mode
+    meanwhile and in eval mode afterwards."""
+    import torch
+
     device = next(model.parameters()).device
+    params = [p for group in opt.param_groups for p in group["params"]]
     losses = []
     model.train()
     for inputs in batches:
         loss = model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}).loss
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)

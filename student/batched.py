@@ -232,10 +232,15 @@ class StackedAdamW:
         self.v = [torch.zeros_like(p) for p in self.params]
         self.t = torch.zeros(k, dtype=torch.float64)
 
-    def step(self, adapters: list[int], lrs: list[float]) -> None:
+    def step(self, adapters: list[int], lrs: list[float], max_grad_norm: float | None = None) -> None:
+        """One step of the given adapters, each with its learning rate; with `max_grad_norm`
+        each adapter's gradient is first clipped to that norm over its own slices, as
+        `torch.nn.utils.clip_grad_norm_` clips one adapter's parameters."""
         import torch
 
         idx = torch.tensor(adapters)
+        if max_grad_norm is not None:
+            self.clip(idx, max_grad_norm)
         self.t[idx] += 1
         t = self.t[idx]
         c1 = 1 - self.b1 ** t  # bias corrections, in float64 like torch's scalars
@@ -256,6 +261,16 @@ class StackedAdamW:
                 else:
                     m[idx], v[idx] = mm, vv
                     p[idx] = p[idx] - update
+
+    def clip(self, idx, max_norm: float) -> None:
+        import torch
+
+        # torch's rule: the norm of the per-tensor norms, then a factor min(1, max / (norm + 1e-6))
+        norms = torch.stack([p.grad[idx].flatten(1).norm(dim=1) for p in self.params], dim=1)
+        factor = (max_norm / (norms.norm(dim=1) + 1e-6)).clamp(max=1.0)
+        with torch.no_grad():
+            for p in self.params:
+                p.grad[idx] *= factor.to(p.grad.dtype).view((-1,) + (1,) * (p.dim() - 1))
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -315,14 +330,15 @@ def _rows(steps: list[dict], pad_id: int) -> tuple[dict, object]:
 
 
 def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None,
-          pass_tokens: int = 0) -> list[Job]:
+          pass_tokens: int = 0, max_grad_norm: float | None = None) -> list[Job]:
     """Train adapter i on jobs[i], all in the same forward/backward passes; fills each job's
     `losses`. Adapters with fewer steps leave the batch when done; the base never changes.
 
     `pass_tokens` > 0 splits a step's rows into passes of about that many tokens, gradients
     accumulated (the same step, exactly: each adapter's loss is divided by its whole step's
     target count); 0 takes every row in one pass. On a CPU, passes of a few hundred tokens keep
-    the activations in cache; on a GPU one wide pass is the point."""
+    the activations in cache; on a GPU one wide pass is the point. `max_grad_norm` clips each
+    adapter's gradient on its own (None: no clipping)."""
     import torch
 
     from student.evaluate import head_logits
@@ -369,7 +385,7 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
                 part = torch.zeros(len(live), device=device).index_add(0, mine, ce) / count
                 part.sum().backward()
                 losses += part.detach()
-            opt.step(live, [jobs[i].lrs[s] for i in live])
+            opt.step(live, [jobs[i].lrs[s] for i in live], max_grad_norm)
             opt.zero_grad()
             for i, loss in zip(live, losses.tolist(), strict=True):
                 jobs[i].losses.append(loss)

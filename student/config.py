@@ -46,6 +46,9 @@ class TrainSettings:
     # (student/batched.py); false: one adapter at a time with PEFT (the reference path)
     batched: bool = True
     max_adapters: int = 8  # adapters trained together; lower it if the inner loop runs out of memory
+    # each optimiser step's gradient is clipped to this norm (per adapter), as the reference's
+    # Trainer does; null: no clipping
+    max_grad_norm: float | None = 1.0
     # tokens per forward/backward pass within a batched step (gradients accumulated, same
     # result); unset: 512 on a CPU, where small passes stay in cache, all at once on a GPU
     pass_tokens: int | None = None
@@ -85,6 +88,7 @@ class ArcSettings:
     max_steps: int = 375  # a self-edit asking for more steps fails (reward 0), as in SEAL
     lr_range: list[float] = field(default_factory=lambda: [1e-6, 1e-2])  # accepted learning rates
     max_epochs: int = 10  # accepted num_train_epochs
+    max_grad_norm: float | None = 1.0  # per-step gradient clipping (the reference's); null: none
     permute: bool = True  # add a copy of each training task with its demonstrations reordered
     oracle: ArcOracle = field(default_factory=ArcOracle)
 

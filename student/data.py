@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from student.config import SelfEditData
@@ -12,15 +13,43 @@ IGNORE = -100  # label value the loss skips (PyTorch's cross-entropy ignore_inde
 
 
 def training_texts(self_edit: str, title: str, passage: str, cfg: SelfEditData) -> list[str]:
-    """SEAL's rule by default: one sequence per non-empty line, each prefixed with the title,
-    then the raw passage as one more sequence."""
-    if cfg.split_lines:
-        chunks = [line.strip() for line in self_edit.splitlines() if line.strip()]
-    else:
-        chunks = [self_edit.strip()] if self_edit.strip() else []
+    """SEAL's rule by default: the self-edit's units (`self_edit_units`), each prefixed with the
+    title, then the raw passage as one more sequence."""
+    chunks = self_edit_units(self_edit, cfg.split_lines)
     if cfg.with_passage:
         chunks.append(passage.strip())
     return [f"{title}\n{c}" if cfg.title_prefix else c for c in chunks]
+
+
+_SEPARATOR = re.compile(r"^\s*-{3,}\s*$", re.M)  # a `---` line between parts of a self-edit
+_QUESTION = re.compile(r"Question\s+\d+:")
+_NEXT_QUESTION = re.compile(r"\n(?=Question\s+\d+:)")
+
+
+def self_edit_units(self_edit: str, split_lines: bool = True) -> list[str]:
+    """A self-edit's training units, by the reference's rule (its `build_train_sequences`):
+
+    - parts separated by `---` lines are units of their own, and the separators are dropped;
+    - with `split_lines`, a question-answer self-edit (it holds `Question N:` and `Answer:`) is
+      cut where each new `Question N:` begins, so that an answer trains with its question; the
+      first unit gets back the `Question 1: ` that ends the `self-qa` prompt;
+    - with `split_lines`, any other self-edit gives one unit per non-empty line, and a preamble
+      ("Sure, here are the implications:") is dropped when the second line starts the numbered
+      list ("1.").
+    """
+    parts = [p.strip() for p in _SEPARATOR.split(self_edit) if p.strip()]
+    if not split_lines:
+        return parts
+    text = "\n".join(parts)
+    if _QUESTION.search(text) and re.search(r"Answer\s*:", text):
+        units = [u.strip() for u in _NEXT_QUESTION.split(text) if u.strip()]
+        if not units[0].startswith("Question"):
+            units[0] = "Question 1: " + units[0]
+        return units
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("1."):
+        lines = lines[1:]
+    return lines
 
 
 @dataclass

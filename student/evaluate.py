@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from student.config import StudentConfig
-from student.grade import contains, exact_match, f1, judge_prompt, parse_verdict
+from student.grade import answer_span, contains, exact_match, f1, judge_prompt, parse_verdict
 from student.prompts import answer_prompt, render
 
 
@@ -60,6 +60,21 @@ def answer_logprob(model, tokenizer, prompts: list[str], golds: list[str], *,
     return (sums / torch.tensor([len(g) for _, g in pairs])).tolist()
 
 
+def context_logprobs(model, tokenizer, title: str, qa: list[tuple[str, str]], context: str,
+                     cfg: StudentConfig) -> list[float]:
+    """`answer_logprob` of each (question, gold) with `context` (a self-edit) before the closed-
+    book prompt: how much the frozen student's answers gain from reading it, with no training
+    (the in-context proxy of absorbing it). One forward per question, student.eval.batch_size
+    per call."""
+    prompts = [f"{context.strip()}\n\n{answer_prompt(title, q)}" for q, _ in qa]
+    golds = [a for _, a in qa]
+    step, out = max(1, cfg.eval.batch_size), []
+    for i in range(0, len(prompts), step):
+        out += answer_logprob(model, tokenizer, prompts[i : i + step], golds[i : i + step],
+                              instruct=cfg.instruct)
+    return out
+
+
 def head_logits(model, hidden):
     """The causal LM's head on some hidden states: what its forward does after the decoder."""
     logits = model.get_output_embeddings()(hidden)
@@ -82,6 +97,13 @@ class QuestionScore:
     f1: float | None = None
     contains: float | None = None
 
+    @classmethod
+    def graded(cls, question: str, gold: str, logprob: float, prediction: str) -> QuestionScore:
+        """The prediction kept whole; exact match, F1 and contains graded on its first line."""
+        span = answer_span(prediction)
+        return cls(question, gold, logprob, prediction, exact_match(span, gold), f1(span, gold),
+                   contains(span, gold))
+
 
 def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
                     cfg: StudentConfig, generate: bool = True) -> list[QuestionScore]:
@@ -102,8 +124,7 @@ def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
         logps += answer_logprob(model, tokenizer, chunk, golds[i : i + step], instruct=cfg.instruct)
     if not generate:
         return [QuestionScore(q, a, lp) for (q, a), lp in zip(qa, logps, strict=True)]
-    return [QuestionScore(q, a, lp, p, exact_match(p, a), f1(p, a), contains(p, a))
-            for (q, a), p, lp in zip(qa, preds, logps, strict=True)]
+    return [QuestionScore.graded(q, a, lp, p) for (q, a), p, lp in zip(qa, preds, logps, strict=True)]
 
 
 def score_questions_many(model, tokenizer, adapters, items: list[tuple[str, list[tuple[str, str]]]],
@@ -132,9 +153,7 @@ def score_questions_many(model, tokenizer, adapters, items: list[tuple[str, list
                 if preds is None:
                     out[i].append(QuestionScore(q, a, logps[n]))
                 else:
-                    p = preds[n]
-                    out[i].append(QuestionScore(q, a, logps[n], p, exact_match(p, a), f1(p, a),
-                                                contains(p, a)))
+                    out[i].append(QuestionScore.graded(q, a, logps[n], preds[n]))
     finally:
         adapters.route(None)
     return out

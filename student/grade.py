@@ -24,6 +24,15 @@ def normalize(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def answer_span(prediction: str) -> str:
+    """What exact match, F1 and contains grade: the prediction's first non-empty line. A model
+    goes on past its answer (the next question, a repeat, an explanation) until
+    `max_new_tokens`; grading all of it would measure how long it talks, and an F1 reward would
+    favour students that stop early. The whole text is kept in the records and is what the judge
+    reads."""
+    return next((line for line in prediction.splitlines() if line.strip()), "")
+
+
 def exact_match(prediction: str, gold: str) -> float:
     return float(normalize(prediction) == normalize(gold))
 

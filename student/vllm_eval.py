@@ -18,7 +18,6 @@ from pathlib import Path
 
 from student.config import StudentConfig
 from student.evaluate import QuestionScore
-from student.grade import contains, exact_match, f1
 from student.prompts import answer_prompt, render
 
 _IDS = itertools.count(1_000_001)  # apart from the teacher's ids, should both share an engine
@@ -54,6 +53,5 @@ def answers(llm, adapters: list[Path | None], items: list[tuple[str, list[str]]]
 
 def grade(items: list[tuple[str, list[tuple[str, str]]]], predictions: list[list[str]],
           logprobs: list[list[float]]) -> list[list[QuestionScore]]:
-    return [[QuestionScore(q, a, lp, p, exact_match(p, a), f1(p, a), contains(p, a))
-             for (q, a), p, lp in zip(qa, preds, lps, strict=True)]
+    return [[QuestionScore.graded(q, a, lp, p) for (q, a), p, lp in zip(qa, preds, lps, strict=True)]
             for (_, qa), preds, lps in zip(items, predictions, logprobs, strict=True)]

@@ -19,7 +19,7 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class SamplingSettings:
-    prompt: str = "implications"  # implications, implications-long, rewrite, self-qa (SEAL's)
+    prompt: str = "implications"  # implications(-long, -very-long), rewrite, self-qa (SEAL's)
     temperature: float = 1.0  # 0: greedy (every sample of a context is the same)
     top_p: float = 0.95
     max_new_tokens: int = 1024  # a self-edit is cut here; longer means slower inner loops too

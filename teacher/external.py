@@ -29,6 +29,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from teacher.config import EndpointConfig, SamplingSettings
+from teacher.generate import Sample
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class EndpointGenerator:
         if path is not None:
             raise EndpointError("an external endpoint serves its own weights; it takes no adapter")
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[str]:
+    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]:
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
             return list(pool.map(self._complete, prompts, seeds))
 
@@ -111,19 +112,19 @@ class EndpointGenerator:
                                          "messages": [{"role": "user", "content": prompt}]}
         return "/completions", {**payload, "prompt": prompt}
 
-    def _complete(self, prompt: str, seed: int) -> str:
+    def _complete(self, prompt: str, seed: int) -> Sample:
         path, payload = self._payload(prompt, seed)
         status, body = self._request("POST", path, payload, retries=self.cfg.retries)
         if status != 200:
             raise EndpointError(f"POST {self.url}{path} answered HTTP {status}: "
                                 f"{self._snippet(body)}")
-        text = completion_text(body, chat=self.cfg.chat)
+        text, finish = completion_text(body, chat=self.cfg.chat)
         if text is None:
             self.empty += 1
             log.warning("%s%s: a reply without a completion text (%s); recorded as an empty "
                         "self-edit", self.url, path, self._snippet(body))
-            return ""
-        return text.strip()
+            return Sample("")
+        return Sample(text.strip(), cut=finish == "length")
 
     def _request(self, method: str, path: str, payload: dict | None,
                  retries: int) -> tuple[int, bytes]:
@@ -167,11 +168,14 @@ class EndpointGenerator:
         return text.replace(self._key, "***") if self._key else text
 
 
-def completion_text(body: bytes, chat: bool) -> str | None:
-    """The first choice's text of an OpenAI-style reply, or None when there is none."""
+def completion_text(body: bytes, chat: bool) -> tuple[str | None, str | None]:
+    """The first choice's text of an OpenAI-style reply (None when there is none) and its
+    finish_reason ("length": cut by max_tokens)."""
     try:
         choice = json.loads(body)["choices"][0]
         text = choice["message"]["content"] if chat else choice["text"]
-    except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # nesting bombs too
-        return None
-    return text if isinstance(text, str) else None
+        finish = choice.get("finish_reason")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError,
+            RecursionError):  # nesting bombs too
+        return None, None
+    return (text if isinstance(text, str) else None), (finish if isinstance(finish, str) else None)

@@ -9,6 +9,7 @@ samples only the missing self-edits gets the same ones an uninterrupted run woul
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,8 +19,18 @@ from teacher.prompts import render
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One self-edit as the teacher wrote it."""
+
+    text: str
+    # stopped by max_new_tokens rather than by the model's end of text: its last line may be
+    # cut mid-way (the M-step never teaches the teacher to stop there)
+    cut: bool = False
+
+
 class Generator(Protocol):
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[str]: ...
+    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]: ...
     def use_adapter(self, path: Path | None) -> None: ...
 
 
@@ -58,14 +69,14 @@ class SeededSampler:
 
 
 def sample(model, tokenizer, prompts: list[str], seeds: list[int], *, instruct: bool,
-           settings: SamplingSettings) -> list[str]:
+           settings: SamplingSettings) -> list[Sample]:
     """One completion per prompt, each drawn with its own seed, `settings.batch_size` per call.
 
     (Sharing one prompt pass between a context's k samples was measured and lost: on 2 CPU
     cores a decode step costs 0.21 s at batch 1, 0.46 s at 4 and 0.55 s at 8, so a wide batch
     of several contexts beats k narrow ones; the prompt pass is the smaller cost.)
     """
-    out: list[str] = []
+    out: list[Sample] = []
     step = max(1, settings.batch_size)
     for i in range(0, len(prompts), step):
         out += _sample_batch(model, tokenizer, prompts[i : i + step], seeds[i : i + step],
@@ -74,7 +85,7 @@ def sample(model, tokenizer, prompts: list[str], seeds: list[int], *, instruct: 
 
 
 def _sample_batch(model, tokenizer, prompts: list[str], seeds: list[int], *, instruct: bool,
-                  settings: SamplingSettings) -> list[str]:
+                  settings: SamplingSettings) -> list[Sample]:
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -85,14 +96,17 @@ def _sample_batch(model, tokenizer, prompts: list[str], seeds: list[int], *, ins
     sampler = SeededSampler(seeds, settings.temperature, settings.top_p, model.device)
     # An explicit config: checkpoints ship sampling defaults (repetition penalties, top_k) that
     # would otherwise change what `temperature` and `top_p` mean from one preset to the next.
+    eos = model.generation_config.eos_token_id
     config = GenerationConfig(do_sample=False, max_new_tokens=settings.max_new_tokens,
-                              pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=model.generation_config.eos_token_id)
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
     with torch.inference_mode():
         out = model.generate(**batch, generation_config=config,
                              logits_processor=LogitsProcessorList([sampler]))
     new = out[:, batch["input_ids"].shape[1]:]
-    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    # a row that never drew an end-of-text token was stopped by max_new_tokens
+    ended = torch.isin(new, torch.tensor(eos if isinstance(eos, list) else [eos])).any(dim=1)
+    return [Sample(t.strip(), cut=not bool(e))
+            for t, e in zip(tokenizer.batch_decode(new, skip_special_tokens=True), ended, strict=True)]
 
 
 class TransformersGenerator:
@@ -103,7 +117,7 @@ class TransformersGenerator:
         self.tokenizer, self.instruct, self.settings = tokenizer, instruct, settings
         self.adapter: Path | None = None
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[str]:
+    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]:
         return sample(self.model, self.tokenizer, prompts, seeds, instruct=self.instruct,
                       settings=self.settings)
 

@@ -9,6 +9,9 @@ PROMPTS = {
     "implications-long": ("Let's read the following passage and produce a long list of implications "
                           "derived directly or indirectly from the content.\n\n" + _PASSAGE
                           + "Implications:\n"),
+    "implications-very-long": ("Let's read the following passage and produce a very long list of "
+                               "implications derived directly or indirectly from the content.\n\n"
+                               + _PASSAGE + "Implications:\n"),
     "rewrite": ("Let's read the following passage and rewrite it in a few different ways, each one "
                 "separated by a newline.\n\n" + _PASSAGE + "Rewritten passages:\n"),
     "self-qa": ("Let's read the following passage and rewrite it in a question-answer format.\n\n"

@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from teacher.config import SamplingSettings, TeacherConfig
+from teacher.generate import Sample
 from teacher.prompts import render
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class VLLMGenerator:
         text = render(self.tokenizer, prompt, self.instruct)
         return self.tokenizer(text, add_special_tokens=not self.instruct)["input_ids"]
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[str]:
+    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]:
         from vllm import SamplingParams, TokensPrompt
 
         s = self.settings
@@ -59,4 +60,5 @@ class VLLMGenerator:
                                  max_tokens=s.max_new_tokens, seed=seed) for seed in seeds]
         inputs = [TokensPrompt(prompt_token_ids=self.token_ids(p)) for p in prompts]
         outputs = self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)
-        return [o.outputs[0].text.strip() for o in outputs]
+        return [Sample(o.outputs[0].text.strip(), cut=o.outputs[0].finish_reason == "length")
+                for o in outputs]

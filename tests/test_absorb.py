@@ -44,6 +44,21 @@ def test_base_is_bit_identical_after_absorb_and_discard_cycles(tiny_qwen2):
     assert not any(p.requires_grad for p in model.parameters())
 
 
+def test_each_step_s_gradient_is_clipped_to_max_grad_norm(tiny_llama):
+    """Clipped to a norm far below the gradient's, Adam's update is ruled by its eps and the
+    adapter barely moves; unclipped (null) it moves the usual lr per step."""
+    moved = {}
+    for norm in (None, 1e-12):
+        cfg = cfg_for(tiny_llama, epochs=2, max_grad_norm=norm)
+        model, tok = load_student(cfg)
+        with fresh_adapter(model, cfg.lora, seed=0) as adapted:
+            train(adapted, tok, TEXTS, cfg, seed=0)
+            moved[norm] = max(p.abs().max().item() for n, p in adapted.named_parameters()
+                              if "lora_B" in n)
+    assert moved[1e-12] < 0.05 * moved[None]
+    assert cfg_for(tiny_llama).train.max_grad_norm == 1.0  # SEAL's Trainer clips at 1.0
+
+
 def test_the_adapter_learns_the_texts(tiny_llama):
     cfg = cfg_for(tiny_llama, epochs=10)
     model, tok = load_student(cfg)

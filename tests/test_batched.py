@@ -58,9 +58,26 @@ def test_each_adapter_of_a_batch_equals_the_adapter_trained_alone(arch, request)
         p = plan(model, tok, texts, cfg, seed, packing=True)
         jobs.append(many.Job(seed, p.steps, p.lrs))
     assert len({len(j.steps) for j in jobs}) == 3  # adapters finish at different steps
-    with many.Adapters(model, cfgs[0].lora, [s for _, s, _, _ in JOBS]) as adapters:
-        many.train(model, adapters, jobs, tok.pad_token_id)
-        batched = [adapters.state_dict(i) for i in range(len(JOBS))]
+    norms = []  # each adapter's gradient norm at its first step, before clipping
+    clip = many.StackedAdamW.clip
+
+    def spy(self, idx, max_norm):
+        if not norms:
+            norms.extend(torch.stack([p.grad[idx].flatten(1).norm(dim=1) for p in self.params],
+                                     dim=1).norm(dim=1).tolist())
+        return clip(self, idx, max_norm)
+
+    many.StackedAdamW.clip = spy
+    try:
+        with many.Adapters(model, cfgs[0].lora, [s for _, s, _, _ in JOBS]) as adapters:
+            many.train(model, adapters, jobs, tok.pad_token_id,
+                       max_grad_norm=cfgs[0].train.max_grad_norm)
+            batched = [adapters.state_dict(i) for i in range(len(JOBS))]
+    finally:
+        many.StackedAdamW.clip = clip
+    # clipping at SEAL's norm 1.0 took effect: the first steps' gradients are larger
+    assert cfgs[0].train.max_grad_norm == 1.0
+    assert min(norms) > 1.0, norms
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the base is bit-identical
     assert not any(p.requires_grad for p in model.parameters())
@@ -173,6 +190,8 @@ def test_bench_compares_both_paths_and_ends_with_the_contract_line(tiny_llama, c
                                                              for x in lines) == 2
     diff = next(x for x in lines if x.startswith("largest per-question"))
     assert float(diff.split()[-1]) < 1e-4  # the two paths score the same
+    proxy = next(x for x in lines if x.startswith("the in-context proxy"))
+    assert float(re.search(r"absorbing costs ([\d.]+)x", proxy).group(1)) > 1  # it is cheaper
     last = re.fullmatch(r"speedup=([\d.]+) batched_per_min=([\d.]+) sequential_per_min=([\d.]+)"
                         r" peak_fraction=([\d.]+)", lines[-1])
     assert last, lines[-1]
@@ -247,3 +266,28 @@ def test_degenerate_self_edits_are_scored_not_a_crash(tiny_llama, batched):
     for scores, losses in results:
         assert len(scores) == 2 and all(math.isfinite(s["logprob"]) for s in scores)
         assert all(math.isfinite(x) for x in losses)
+
+
+def test_each_adapter_is_clipped_as_torch_clips_it_alone():
+    """StackedAdamW.clip on three stacked adapters equals `clip_grad_norm_` on each one's own
+    tensors (norms 0.5, 3 and 12 by construction: one left alone, two scaled to 1)."""
+    torch.manual_seed(0)
+    shapes = [(3, 4, 5), (3, 6)]
+    params = [torch.zeros(s, requires_grad=True) for s in shapes]
+    grads = [torch.randn(s) for s in shapes]
+    for i, target in enumerate([0.5, 3.0, 12.0]):
+        norm = torch.stack([g[i].norm() for g in grads]).norm()
+        for g in grads:
+            g[i] *= target / norm
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    many.StackedAdamW(params).clip(torch.tensor([0, 1, 2]), 1.0)
+    for i in range(3):
+        alone = [torch.zeros(s[1:], requires_grad=True) for s in shapes]
+        for a, g in zip(alone, grads, strict=True):
+            a.grad = g[i].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        for a, p in zip(alone, params, strict=True):
+            assert torch.allclose(p.grad[i], a.grad, atol=1e-7)
+    assert torch.stack([p.grad[0].norm() for p in params]).norm() == pytest.approx(0.5)
+    assert torch.stack([p.grad[2].norm() for p in params]).norm() == pytest.approx(1.0)

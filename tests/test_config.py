@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from loop import assets
+from loop.checks import RULES, check_settings
 from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
@@ -18,6 +19,7 @@ from tests.conftest import PRESETS, compose_run
 
 HUB_IDS = {
     "qwen7b": "Qwen/Qwen2.5-7B",
+    "qwen7b-instruct": "Qwen/Qwen2.5-7B-Instruct",
     "qwen3b": "Qwen/Qwen2.5-3B",
     "llama1b": "meta-llama/Llama-3.2-1B-Instruct",
     "qwen0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
@@ -89,6 +91,7 @@ def test_cfg_job_prints_hub_ids_and_swaps_roles():
     (["student=lama1b", "--cfg", "job"], "Could not find 'student/lama1b'"),
     (["teacher.pth=/x", "--cfg", "job"], "Key 'pth' not in 'TeacherConfig'"),
     (["seeed=1", "--cfg", "job"], "Key 'seeed' not in 'RunConfig'"),
+    (["experiment=paper_sqaud", "--cfg", "job"], "Could not find 'experiment/paper_sqaud'"),
 ])
 def test_typos_fail_at_launch_with_hydras_message(args, message):
     out = cli(*args)
@@ -100,7 +103,7 @@ def test_typos_fail_at_launch_with_hydras_message(args, message):
 def test_help_lists_presets_and_imports_nothing_heavy():
     out = cli("--help")
     assert out.returncode == 0
-    assert "teacher: llama1b, qwen0.5b, qwen3b, qwen7b, smollm135m" in out.stdout
+    assert "teacher: llama1b, qwen0.5b, qwen3b, qwen7b, qwen7b-instruct, smollm135m" in out.stdout
     probe = ("import sys, loop.run; "
              "print([m for m in ('torch', 'transformers', 'peft', 'trl', 'mlflow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True,
@@ -119,6 +122,7 @@ def test_paper_squad_has_the_papers_settings():
     assert (run.teacher.name, run.student.name) == ("qwen7b", "qwen7b")
     assert (run.loop.rounds, run.loop.contexts_per_round, run.loop.k) == (2, 50, 5)
     assert (run.reward.inner_seeds, run.reward.filter, run.reward.metric) == (3, "best_of_k", "judge")
+    assert run.reward.judge == "qwen7b-instruct"  # an instruct judge for a yes/no prompt
     t = run.teacher.train
     assert (t.lora.r, t.lora.alpha, t.lr, t.epochs, t.batch_size) == (64, 128, 3e-4, 2, 10)
     s = run.student
@@ -160,3 +164,98 @@ def test_evaluate_reads_the_tasks_held_out_set():
         "66e6c45b", "59341089", "68b67ca3", "b1fc8b8e"]
     assert arc.evaluate.conditions == ["base", "teacher_base", "oracle"]
     assert [t.id for t in load_contexts(mine.task, held_out=True)] == ["66e6c45b"]  # it wins
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [[], ["task=arc"], ["task=squad_cpt"],
+                                       *[[f"experiment={e}"] for e in EXPERIMENTS]])
+def test_every_shipped_config_passes_the_launch_checks(overrides):
+    check_settings(compose_run(*overrides))
+
+
+def test_every_numeric_setting_has_a_rule():
+    """A numeric setting added to a schema without a launch check fails here."""
+    from dataclasses import fields, is_dataclass
+
+    from loop.config import RunConfig
+
+    def numeric(node, prefix=""):
+        for f in fields(node):
+            value = getattr(node, f.name)
+            if is_dataclass(value):
+                yield from numeric(value, f"{prefix}{f.name}.")
+            elif f.type in ("int", "float", "int | None", "float | None") and f.name != "seed":
+                yield f"{prefix}{f.name}"
+
+    keys = {key for key, _, _ in RULES}
+    assert sorted(set(numeric(compose_run())) - keys) == []
+    assert isinstance(RunConfig().seed, int)  # any integer seeds a run (derived seeds mask it)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("teacher.sampling.temperature=-1", "teacher.sampling.temperature must be a finite number, "
+                                        r"at least 0 \(0: greedy\), got -1.0"),
+    ("teacher.sampling.top_p=1.5", r"teacher.sampling.top_p must be in \(0, 1\], got 1.5"),
+    ("teacher.sampling.max_new_tokens=0", "teacher.sampling.max_new_tokens must be at least 1, got 0"),
+    ("teacher.sampling.prompt=implication", "teacher.sampling.prompt must be one of"),
+    ("student.lora.r=0", "student.lora.r must be at least 1, got 0"),
+    ("student.lora.dropout=1", r"student.lora.dropout must be a probability in \[0, 1\)"),
+    ("student.lora.targets=[]", "student.lora.targets must be a non-empty list"),
+    ("student.train.lr=nan", "student.train.lr must be a finite number above 0, got nan"),
+    ("student.train.lr=inf", "student.train.lr must be a finite number above 0, got inf"),
+    ("student.train.pass_tokens=0", "student.train.pass_tokens must be at least 1, or null"),
+    ("student.dtype=fp32", "student.dtype must be auto or float32"),
+    ("student.arc.lr_range=[1e-2,1e-6]", "student.arc.lr_range must be two learning rates"),
+    ("teacher.train.lora.alpha=0", "teacher.train.lora.alpha must be above 0"),
+    ("loop.contexts_per_round=0", "loop.contexts_per_round must be at least 1"),
+    ("task.n_contexts=0", "task.n_contexts must be at least 1, or null"),
+    ("reward.fraction=0", r"reward.fraction must be a share of the round's self-edits, in \(0, 1\]"),
+    ("evaluate.resamples=0", "evaluate.resamples must be at least 1"),
+    ("evaluate.external.timeout=0", "evaluate.external.timeout must be seconds, above 0"),
+    ("serve.port=70000", r"serve.port must be a TCP port in \[0, 65535\]"),
+    ("executor.cpus_per_worker=0", "executor.cpus_per_worker must be above 0"),
+    ("tracking.uri=file:///tmp/x/mlruns", "is a file store, which MLflow 3 refuses unless "
+                                          "MLFLOW_ALLOW_FILE_STORE=true"),
+    ("tracking.uri=/tmp/x/mlruns", "is a file store"),
+    ("tracking.uri=sqlite:////no/such/folder/mlflow.db", "the folder /no/such/folder does not exist"),
+])
+def test_a_bad_value_names_the_setting_the_value_and_what_is_accepted(override, message, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(ConfigError, match=message):
+        check_settings(compose_run(override))
+
+
+def test_a_file_store_passes_where_mlflow_allows_it(monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    check_settings(compose_run("tracking.uri=file:///tmp/x/mlruns"))
+    check_settings(compose_run("tracking=none", "tracking.uri=file:///tmp/x/mlruns"))
+
+
+@pytest.mark.parametrize("module", ["loop.run", "loop.evaluate"])
+@pytest.mark.parametrize("override", ["teacher.sampling.temperature=-1", "student.lora.r=0",
+                                      "teacher.sampling.max_new_tokens=0",
+                                      "tracking.uri=file:///tmp/x/mlruns"])
+def test_bad_settings_stop_at_launch_with_one_line_and_leave_no_folder(module, override, tmp_path):
+    """The issue's table, tried as a user would: exit 2, one line, no traceback, no run folder
+    (Hydra makes one before the job starts; a launch that stops removes it), no model loaded."""
+    out = subprocess.run([sys.executable, "-m", module, "experiment=smoke", override,
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "MLFLOW_ALLOW_FILE_STORE"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"error: {override.split('=')[0]}") and out.stderr.count("\n") == 1
+    assert "Loading weights" not in out.stderr + out.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stopped_launch_keeps_a_folder_that_holds_anything_else(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    out = subprocess.run([sys.executable, "-m", "loop.run", "experiment=smoke",
+                          f"resume={folder}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "no run.json there" in out.stderr
+    assert (folder / "notes.txt").read_text() == "keep me"

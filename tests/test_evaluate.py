@@ -29,6 +29,10 @@ THREE = [*PASSAGES, {"title": "Seine", "context": "The Seine flows through Paris
 QUESTIONS = {f"mini/{i}": p["questions"] for i, p in enumerate(THREE)}
 
 
+def read_lines(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 def write_passages(tmp_path):
     data = tmp_path / "mini.json"
     data.write_text(json.dumps(THREE))
@@ -71,6 +75,7 @@ def test_evaluate_scores_every_condition_and_records_everything(tiny_llama, tmp_
     data.write_text(json.dumps(PASSAGES))
     db = tmp_path / "mlflow.db"
     run = compose_run(f"student.path={tiny_llama}", "student.name=tiny", f"task.data={data}",
+                      "task.split=all",
                       f"tracking.uri=sqlite:///{db}", f"tracking.artifacts={tmp_path / 'art'}",
                       "student.train.epochs=2", "student.eval.max_new_tokens=4",
                       "evaluate.resamples=200")
@@ -123,15 +128,21 @@ def test_cli_prints_the_table_on_the_bundled_student(tmp_path):
     assert len(results["contexts"]) == 2
 
 
-def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama):
+def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama, monkeypatch):
     from loop.evaluate import add_verdicts
+    from student import evaluate as student_evaluate
     from student.model import load_student
     from tests.test_models import tiny_student
 
     model, tok = load_student(tiny_student(tiny_llama))
     scores = [{"question": "Capital of France?", "gold": "Paris", "prediction": "Paris",
                "exact_match": 1.0, "f1": 1.0, "contains": 1.0, "logprob": -1.0}] * 3
-    judged = add_verdicts(scores, (model, tok, False))
+    asked, judge = [], student_evaluate.judge
+    monkeypatch.setattr(student_evaluate, "judge",
+                        lambda m, t, items, **kw: asked.extend(items) or judge(m, t, items, **kw))
+    judged = add_verdicts(scores, (model, tok, False), "France")
+    # the judge reads the question as the student was asked it (the reference's Topic line)
+    assert asked[0] == ("Topic: France\nCapital of France?", "Paris", "Paris")
     assert all(isinstance(s["judge_reply"], str) for s in judged)
     # a random tiny model answers gibberish: every verdict is an error, none is "wrong"
     assert [s["judge"] for s in judged] == [None] * 3
@@ -171,7 +182,7 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     from teacher.train import train_adapter
 
     run = compose_run(f"student.path={tiny_llama}", f"teacher.path={tiny_qwen2}",
-                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      f"task.data={write_passages(tmp_path)}", "task.split=all", "tracking.enabled=false",
                       "student.train.epochs=2", "student.eval.max_new_tokens=4",
                       "teacher.sampling.max_new_tokens=12", "evaluate.samples=2",
                       "evaluate.resamples=200", "teacher.train.lr=0.05", "teacher.train.epochs=3",
@@ -204,6 +215,11 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     summary = results["summary"]
     assert {"vs_base", "vs_teacher_base"} <= set(summary["teacher"]["logprob"])
     assert set(results["proxy_correlation"]) == {"teacher_base", "teacher"}
+    # the in-context proxy against the absorbed log-prob gain, over the 3 x 2 self-edits each
+    agreement = results["proxy_agreement"]
+    assert set(agreement) == {"teacher_base", "teacher"}
+    assert all(a["n"] == 6 and -1 <= a["spearman"] <= 1 for a in agreement.values())
+    assert len(read_lines(out / "proxy.jsonl")) == 2 * 6
     lines = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     teacher_rows = [x for x in lines if x["condition"] == "teacher"]
     assert all(len(x["questions"]) == 2 * len(QUESTIONS[x["context"]]) for x in teacher_rows)
@@ -213,7 +229,7 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_cpt_absorbs_every_passage_in_one_training_run(tiny_llama, tmp_path, method):
     run = compose_run("task=squad_cpt", f"student.path={tiny_llama}", "student.name=tiny",
-                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      f"task.data={write_passages(tmp_path)}", "task.split=all", "tracking.enabled=false",
                       "student.train.epochs=2", "student.eval.max_new_tokens=4",
                       "evaluate.resamples=200", f"student.train.method={method}")
     out = tmp_path / "run"
@@ -234,7 +250,7 @@ def test_forgetting_scores_every_earlier_passage_after_each_edit(tiny_llama, tmp
     from student.model import load_student
 
     run = compose_run(f"student.path={tiny_llama}", "student.name=tiny",
-                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      f"task.data={write_passages(tmp_path)}", "task.split=all", "tracking.enabled=false",
                       "task.absorb=sequential", f"evaluate.forgetting={mode}",
                       "student.train.epochs=3", "student.eval.max_new_tokens=4",
                       "evaluate.resamples=200", "student.train.lr=0.01")
@@ -263,7 +279,7 @@ def test_resume_reads_back_what_was_recorded_and_computes_the_rest(tiny_llama, t
     resumes to the same results, bit for bit, computing only what was lost in the batches the
     uninterrupted run formed; a different config is refused."""
     run = compose_run(f"student.path={tiny_llama}", f"teacher.path={tiny_qwen2}",
-                      f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+                      f"task.data={write_passages(tmp_path)}", "task.split=all", "tracking.enabled=false",
                       "student.train.epochs=2", "student.eval.max_new_tokens=4",
                       "teacher.sampling.max_new_tokens=8", "teacher.sampling.batch_size=2",
                       "evaluate.resamples=200", "evaluate.conditions=[base,passage,teacher_base]")

@@ -110,7 +110,7 @@ def test_server_answers_like_openai_and_refuses_bad_requests(server):
 
 
 def external_run(tmp_path, server, *overrides, conditions="[base,teacher_base,external]"):
-    return compose_run(f"task.data={write_passages(tmp_path)}", "tracking.enabled=false",
+    return compose_run(f"task.data={write_passages(tmp_path)}", "task.split=all", "tracking.enabled=false",
                        "student.train.epochs=2", "student.eval.max_new_tokens=4",
                        "teacher.sampling.max_new_tokens=12", "teacher.sampling.batch_size=1",
                        "evaluate.resamples=200", f"evaluate.conditions={conditions}",
@@ -164,7 +164,8 @@ class Garbage(BaseHTTPRequestHandler):
     record them as empty self-edits rather than crash or evaluate anything."""
 
     replies = [b'{"choices": []}', b"[" * 50_000, b"not json", b'{"choices": [{"message": '
-               b'{"content": null}}]}', b'{"choices": [{"message": {"content": " ok "}}]}']
+               b'{"content": null}}]}', b'{"choices": [{"message": {"content": " ok "}}]}',
+               b'{"choices": [{"message": {"content": "1. a\\n2. b"}, "finish_reason": "length"}]}']
 
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -187,7 +188,9 @@ def test_unusable_replies_become_empty_self_edits():
         gen = EndpointGenerator(EndpointConfig(url=f"http://127.0.0.1:{httpd.server_port}/v1",
                                                model="m", concurrency=1),
                                 SamplingSettings(max_new_tokens=8))
-        assert gen.sample(["p"] * 5, list(range(5))) == ["", "", "", "", "ok"]
+        got = gen.sample(["p"] * 6, list(range(6)))
+        assert [s.text for s in got] == ["", "", "", "", "ok", "1. a\n2. b"]
+        assert [s.cut for s in got] == [False] * 5 + [True]  # finish_reason "length": cut
         assert gen.empty == 4
     finally:
         httpd.shutdown()

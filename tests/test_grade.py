@@ -55,3 +55,17 @@ def test_contains(pred, gold, expected):
 ])
 def test_parse_verdict(text, expected):
     assert parse_verdict(text) is expected
+
+
+def test_a_prediction_is_graded_on_its_first_line_and_kept_whole():
+    """A student that answers, then goes on, is graded on the answer (hand-computed): over
+    the whole text (11 tokens after normalising), F1 would be 2 * (1/11) / (1/11 + 1) = 1/6."""
+    from student.evaluate import QuestionScore
+
+    rambling = "\nParis\nQuestion: What is the capital of Italy? Answer: Rome and more."
+    score = QuestionScore.graded("Capital of France?", "Paris", -0.5, rambling)
+    assert (score.exact_match, score.f1, score.contains) == (1.0, 1.0, 1.0)
+    assert score.prediction == rambling  # the raw text stays in the record (and for the judge)
+    assert f1(rambling, "Paris") == pytest.approx(1 / 6)
+    wrong = QuestionScore.graded("Capital of Italy?", "Rome", -0.5, rambling)
+    assert (wrong.exact_match, wrong.f1, wrong.contains) == (0.0, 0.0, 0.0)  # Rome was line 2

@@ -108,6 +108,18 @@ def test_unknown_metric_or_filter_is_a_config_error():
         outer.validate(compose_run("reward.metric=judge"))
 
 
+def test_the_m_step_never_teaches_the_teacher_to_stop_mid_line():
+    def edit(text, cut):
+        return outer.SelfEdit("c", 0, 1, text, outer.text_hash(text), 0.0, cut)
+
+    lines = "1. Otto saw a chance.\n2. Greece stayed neutral.\n3. The war ended in"
+    assert outer.m_step_text(edit(lines, cut=False)) == lines  # ended by the teacher
+    assert outer.m_step_text(edit(lines, cut=True)) == (
+        "1. Otto saw a chance.\n2. Greece stayed neutral.")  # the partial last line dropped
+    assert outer.m_step_text(edit("One long line cut in the mid", cut=True)) == ""
+    assert outer.m_step_text(edit("  \n ", cut=False)) == ""  # empty: never trained on
+
+
 def tiny_run(tiny_llama, tiny_qwen2, tmp_path, *overrides):
     return compose_run("experiment=smoke", f"teacher.path={tiny_qwen2}",
                        f"student.path={tiny_llama}", "loop.k=3", "loop.contexts_per_round=2",
@@ -141,6 +153,9 @@ def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
         assert any(torch.count_nonzero(w) for k, w in weights.items() if "lora_B" in k)
     assert results["final_adapter"] == "round_1/teacher_adapter"
     assert [s["round"] for s in results["rounds"]] == [0, 1]
+    # a random tiny teacher never ends a text: every sample is recorded as cut, and reported
+    assert all(e["cut"] for e in read_jsonl(out / "round_0" / "self_edits.jsonl"))
+    assert results["rounds"][0]["metrics"]["teacher/cut_frac"] == 1.0
     # round 1 ran on other contexts than round 0
     assert not set(results["rounds"][0]["contexts"]) & set(results["rounds"][1]["contexts"])
     assert (out / "rounds.png").stat().st_size > 0
@@ -261,12 +276,15 @@ def test_a_passage_baseline_measures_what_the_self_edit_adds(tiny_llama, tiny_qw
     from loop.reward import context_score
 
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
-                   "loop.contexts_per_round=1", "reward.baseline=passage")
+                   "loop.contexts_per_round=1", "reward.baseline=passage", "reward.inner_seeds=2")
     out = tmp_path / "run"
     outer.run(run, out)
-    [base] = read_jsonl(out / "baseline.jsonl")
-    assert base["context"].startswith("passage:")  # the student after the passage alone
-    expected = context_score(base["scores"], "answer_logprob")
+    bases = [b for b in read_jsonl(out / "baseline.jsonl") if b["context"].startswith("passage:")]
+    # the student after the passage alone, once per inner seed (as the self-edits are absorbed)
+    assert len(bases) == 2
+    first, second = (context_score(b["scores"], "answer_logprob") for b in bases)
+    assert first != second  # two seeds, two adapters
+    expected = (first + second) / 2
     for e in read_jsonl(out / "ledger.jsonl"):
         assert e["baseline"] == pytest.approx(expected)
         assert e["reward"] == pytest.approx(e["score"] - expected)
@@ -297,22 +315,39 @@ def test_the_m_step_on_two_processes_under_accelerate_launch_matches_one(tiny_ll
         run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                        "loop.k=4", "reward.filter=top_fraction", "reward.fraction=1.0",
                        "teacher.train.batch_size=4", "teacher.train.epochs=2",
-                       f"teacher.train.processes={processes}")
+                       f"teacher.train.processes={processes}",
+                       # long enough that every sample has complete lines to train on: 8
+                       # examples, two whole global batches (an uneven last batch would weigh
+                       # its examples differently on two processes)
+                       "teacher.sampling.max_new_tokens=256")
         out = tmp_path / f"run{processes}"
         results[processes] = outer.run(run, out)
         adapter = out / "round_0" / "teacher_adapter"
         weights[processes] = load_file(adapter / "adapter_model.safetensors")
         assert not (out / "round_0" / "teacher_adapter.tmp").exists()
         info = json.loads((adapter / "train_info.json").read_text())
+        table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
+        # top_fraction 1.0 keeps every self-edit with something to train on: all 8 here
         assert info["processes"] == processes and info["examples"] == 8
+        assert sum(x["kept"] for x in table) == 8
     assert (tmp_path / "run2" / "round_0" / "mstep_job.json").exists()
     assert not (tmp_path / "run1" / "round_0" / "mstep_job.json").exists()
     one, two = weights[1], weights[2]
     assert one.keys() == two.keys()
     moved = [k for k in one if "lora_B" in k and torch.count_nonzero(one[k])]
     assert moved  # trained: LoRA B starts at zero
-    for k in one:  # measured: 3.5e-7 at most, with |LoRA B| up to 7.5e-4
-        assert (one[k] - two[k]).abs().max() <= 1e-6 + 1e-3 * one[k].abs().max(), k
+    # DDP sums the two halves' gradients in another order than one process does. Adam
+    # normalises each element, so an element whose gradient is ~0 may move by up to ±lr per step
+    # on that float noise alone (1.1e-5 seen on an AMD EPYC; 3.5e-7 at most on an Intel Xeon
+    # with other self-edits): almost every element agrees to 1e-6, none by more than Adam's
+    # bound, 4 steps x lr 3e-4.
+    bound = 4 * run.teacher.train.lr
+    noisy = 0
+    for k in one:
+        diff = (one[k] - two[k]).abs()
+        assert diff.max() <= bound, k
+        noisy += int((diff > 1e-6).sum())
+    assert noisy <= 0.001 * sum(v.numel() for v in one.values()), noisy
     m1, m2 = (results[p]["rounds"][0]["metrics"] for p in (1, 2))
     assert m2["teacher/sft_loss"] == pytest.approx(m1["teacher/sft_loss"], rel=1e-3)
     assert results[1]["rounds"][0]["rewards"] == results[2]["rounds"][0]["rewards"]

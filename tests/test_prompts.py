@@ -14,7 +14,8 @@ def test_implications_is_seals_text():
 
 
 def test_every_prompt_holds_the_passage_and_unknown_names_fail():
-    assert sorted(PROMPTS) == ["implications", "implications-long", "rewrite", "self-qa"]
+    assert sorted(PROMPTS) == ["implications", "implications-long", "implications-very-long",
+                              "rewrite", "self-qa"]
     for kind in PROMPTS:
         assert "Passage:\nTitle\nThe context.\n\n" in self_edit_prompt(kind, "Title", "The context.")
     with pytest.raises(ValueError, match="unknown self-edit prompt 'summary'"):

@@ -37,3 +37,41 @@ def test_top_fraction_ranks_the_whole_round():
     assert key(top_fraction(SAMPLES, 0.2)) == [("a", 1), ("a", 2)]  # ceil(1.2) = 2
     with pytest.raises(ValueError, match="fraction"):
         top_fraction(SAMPLES, 0.0)
+
+
+@pytest.mark.parametrize("name", ["best_of_k", "threshold", "top_fraction"])
+def test_no_filter_keeps_a_self_edit_with_nothing_to_train_on(name):
+    """An empty self-edit that scored best (it often does: the passage alone is absorbed) is
+    passed over for the best one with text; a context with only empty ones keeps none."""
+    from loop.reward import RewardConfig, keep
+
+    samples = [Scored("a", 0, 0.9, trainable=False), Scored("a", 1, 0.4),
+               Scored("b", 0, 0.7, trainable=False)]
+    kept = key(keep(samples, RewardConfig(filter=name, fraction=0.5)))
+    assert kept == [("a", 1)]
+
+
+def test_paired_gain_by_hand():
+    from loop.reward import paired_gain
+
+    # a judge with no verdict on a question leaves it out of both sides: only question 0 is
+    # compared (100 - 0); unpaired means would give 100 - 50
+    after = [{"judge": 1.0}, {"judge": None}, {"judge": 1.0}]
+    before = [[{"judge": 0.0}, {"judge": 1.0}, {"judge": None}]]
+    assert paired_gain(after, before, "judge") == (100.0, 0.0, 100.0)
+    # several baseline runs (one per inner seed) are averaged: (-3 + -3) / 2, after -2
+    lp = [{"logprob": -1.0}, {"logprob": -3.0}]
+    runs = [[{"logprob": -2.0}, {"logprob": -4.0}], [{"logprob": -3.0}, {"logprob": -3.0}]]
+    assert paired_gain(lp, runs, "answer_logprob") == (-2.0, -3.0, 1.0)
+    assert paired_gain(lp, [], "answer_logprob") == (-2.0, 0.0, -2.0)  # baseline none
+    assert paired_gain([{"judge": None}], [[{"judge": 1.0}]], "judge") == (None, None, 0.0)
+
+
+def test_the_proxy_reward_by_hand():
+    """context_logprob: the log-prob with the self-edit in the prompt minus the frozen student's
+    closed-book log-prob, per question, paired: (-1 + -2) / 2 - (-3 + -2.5) / 2 = 1.25."""
+    from loop.reward import paired_gain
+
+    read = [{"context_logprob": -1.0}, {"context_logprob": -2.0}]
+    closed = [{"logprob": -3.0}, {"logprob": -2.5}]
+    assert paired_gain(read, [closed], "context_logprob") == (-1.5, -2.75, 1.25)

@@ -34,3 +34,14 @@ def test_pearson_by_hand():
     assert pearson([1, 2, 3], [2, 4, 5]) == pytest.approx(3 / (28 / 3) ** 0.5)
     assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_spearman_by_hand():
+    from loop.stats import ranks, spearman
+
+    assert ranks([10.0, 30.0, 20.0, 20.0]) == [1.0, 4.0, 2.5, 2.5]  # ties share their mean rank
+    assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 1000.0]) == pytest.approx(1.0)
+    assert spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # ranks x 1,2,3,4 and y 2,1,4,3: Pearson of the ranks = (1 - 6 * 4 / (4 * 15)) = 0.6
+    assert spearman([1.0, 2.0, 3.0, 4.0], [5.0, 1.0, 9.0, 7.0]) == pytest.approx(0.6)
+    assert spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # constant: undefined

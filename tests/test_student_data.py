@@ -96,3 +96,28 @@ def test_packed_batch_equals_padded_batch(fixture, request):
         weight.grad = None
     assert torch.allclose(losses[0], losses[1], atol=1e-5)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+QA = "When did it end?\nAnswer: In 1856.\nQuestion 2: Who signed?\nAnswer: Russia and\nFrance."
+
+
+def test_a_question_answer_self_edit_keeps_each_answer_with_its_question():
+    """The reference's self-qa rule: cut where a new `Question N:` begins, and give the first
+    unit back the `Question 1: ` that ends the prompt (hand-written expectation)."""
+    assert training_texts(QA, "T", "P", SelfEditData()) == [
+        "T\nQuestion 1: When did it end?\nAnswer: In 1856.",
+        "T\nQuestion 2: Who signed?\nAnswer: Russia and\nFrance.", "T\nP"]
+
+
+def test_a_preamble_before_a_numbered_list_and_separator_lines_are_dropped():
+    edit = "Sure, here are the implications:\n1. Greece stayed out.\n---\n2. Otto wanted land."
+    assert training_texts(edit, "T", "P", SelfEditData(with_passage=False)) == [
+        "T\n1. Greece stayed out.", "T\n2. Otto wanted land."]
+    # a first line that is not a preamble (the list does not start on the second line) is kept
+    assert training_texts("Greece stayed out.\nOtto wanted land.", "T", "P",
+                          SelfEditData(with_passage=False)) == ["T\nGreece stayed out.",
+                                                                "T\nOtto wanted land."]
+    # without line splitting, `---` still separates units
+    assert training_texts("A b.\n c d.\n---\nE f.", "T", "P",
+                          SelfEditData(split_lines=False, with_passage=False)) == [
+        "T\nA b.\n c d.", "T\nE f."]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -50,3 +51,22 @@ def test_non_utf8_and_missing_files(tmp_path):
         load_squad(bad)
     with pytest.raises(DataError, match="no such file"):
         load_squad(tmp_path / "nope.json")
+
+
+def test_the_dev_split_is_fixed_disjoint_and_the_loop_never_trains_on_it():
+    from loop.tasks import load_contexts, split
+    from tests.conftest import compose_run
+
+    run = compose_run()  # the loop's default task
+    assert (run.task.split, run.task.dev_size) == ("train", 50)
+    train = load_contexts(run.task)
+    dev = load_contexts(dataclasses.replace(run.task, split="dev"))
+    whole = load_contexts(dataclasses.replace(run.task, split="all"))
+    assert (len(train), len(dev), len(whole)) == (149, 50, 199)
+    assert {p.id for p in train} | {p.id for p in dev} == {p.id for p in whole}
+    assert not {p.id for p in train} & {p.id for p in dev}
+    # the run's seed plays no part: another seed, the same dev passages
+    assert [p.id for p in load_contexts(compose_run("seed=7", "task.split=dev").task)] == [
+        p.id for p in dev]
+    with pytest.raises(DataError, match="set task.split=all"):
+        split(whole[:10], "train", 50)

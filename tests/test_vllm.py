@@ -6,6 +6,7 @@ smollm135m) on both vLLM backends and the Ray executor completes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -124,3 +125,21 @@ def test_vllm_student_scores_a_batch_of_adapters_like_transformers(tmp_path):
     for g, w in zip(got, want, strict=True):
         assert [s.prediction for s in g] == [s.prediction for s in w]
         assert [s.logprob for s in g] == [s.logprob for s in w]  # teacher-forced, in process
+
+    # the frozen student's answers (the reward's baseline) come from the same engine
+    from loop.outer import score_context
+    from loop.tasks import Passage, Question
+    from student import vllm_eval
+
+    passage = Passage("p", "Paris", texts[1][0], [Question(q, a) for q, a in items[1][1]])
+    on_vllm = dataclasses.replace(run, student=dataclasses.replace(run.student,
+                                                                    eval_backend="vllm"))
+    asked, answers = [], vllm_eval.answers
+    vllm_eval.answers = lambda llm, adapters, *rest: asked.append(adapters) or answers(
+        llm, adapters, *rest)
+    try:
+        base = score_context(model, tok, passage, on_vllm, None, generate=True)
+    finally:
+        vllm_eval.answers = answers
+    assert asked == [[None]]  # the base, on vLLM
+    assert base == score_context(model, tok, passage, run, None, generate=True)  # greedy: same

@@ -164,7 +164,7 @@ def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, len(steps)))
-    return optimise(model, iter(steps), opt, sched)
+    return optimise(model, iter(steps), opt, sched, settings.max_grad_norm)
 
 
 def vote(candidates: list[Grid | None]) -> list[Grid]:
@@ -320,7 +320,8 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
         jobs = [many.Job(seed, steps, lrs) for _, _, steps, lrs, seed in group]
         with many.Adapters(model, settings.lora, [j.seed for j in jobs]) as adapters:
             many.train(model, adapters, jobs, tokenizer.pad_token_id,
-                       pass_tokens=many.pass_tokens(pass_tokens, model.device))
+                       pass_tokens=many.pass_tokens(pass_tokens, model.device),
+                       max_grad_norm=settings.max_grad_norm)
             answered = [predict_many(model, tokenizer, adapters, demos, i, settings, instruct)
                         for i, _ in tests]
         for a, ((n, rows, _, _, _), job) in enumerate(zip(group, jobs, strict=True)):

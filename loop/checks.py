@@ -1,0 +1,176 @@
+"""Every setting's accepted values, checked at launch by every entry point.
+
+Hydra checks types (an int where an int is due); this table checks what the code can use: a
+range, a choice, a path that must exist. A bad value stops the run before any model loads with
+one line naming the setting, the value and what is accepted (`ConfigError`, exit 2), instead of a
+traceback minutes in, or a run that quietly does something else. Checks that depend on several
+settings at once (a batch that splits over processes, a metric that needs a judge) stay with
+the code they guard (`loop.outer.validate`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loop.config import ConfigError, RunConfig
+
+Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: _number(v) and v >= low
+
+
+def above(low: float) -> Callable[[Any], bool]:
+    return lambda v: _number(v) and v > low
+
+
+def between(low: float, high: float, *, open_low: bool = False,
+            open_high: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (_number(v) and (v > low if open_low else v >= low)
+                      and (v < high if open_high else v <= high))
+
+
+def optional(accepts: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or accepts(v)
+
+
+def one_of(*choices: str) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def not_empty(v) -> bool:
+    return bool(v)
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+POSITIVE = "at least 1"
+LEARNING_RATE = "a finite number above 0"
+DROPOUT = "a probability in [0, 1)"
+
+RULES: tuple[Rule, ...] = (
+    ("loop.rounds", at_least(1), POSITIVE),
+    ("loop.contexts_per_round", at_least(1), POSITIVE),
+    ("loop.k", at_least(1), POSITIVE),
+    ("task.n_contexts", optional(at_least(1)), f"{POSITIVE}, or null for every context"),
+    ("task.format", one_of("squad", "arc"), "squad or arc"),
+    ("task.split", one_of("all", "train", "dev"), "all, train (without the dev passages) or dev"),
+    ("task.dev_size", at_least(1), POSITIVE),
+    ("teacher.dtype", one_of(*DTYPES), " or ".join(DTYPES)),
+    ("teacher.sampling.temperature", at_least(0), "a finite number, at least 0 (0: greedy)"),
+    ("teacher.sampling.top_p", between(0, 1, open_low=True), "in (0, 1]"),
+    ("teacher.sampling.max_new_tokens", at_least(1), POSITIVE),
+    ("teacher.sampling.batch_size", at_least(1), POSITIVE),
+    ("teacher.train.lr", above(0), LEARNING_RATE),
+    ("teacher.train.epochs", at_least(1), POSITIVE),
+    ("teacher.train.batch_size", at_least(1), POSITIVE),
+    ("teacher.train.processes", at_least(1), POSITIVE),
+    ("teacher.train.lora.r", at_least(1), POSITIVE),
+    ("teacher.train.lora.alpha", above(0), "above 0"),
+    ("teacher.train.lora.dropout", between(0, 1, open_high=True), DROPOUT),
+    ("teacher.train.lora.targets", not_empty, "a non-empty list of module names"),
+    ("teacher.vllm_memory", between(0, 1, open_low=True),
+     "a fraction of the GPU's memory, in (0, 1]"),
+    ("teacher.vllm_tensor_parallel", at_least(1), "a number of GPUs, at least 1"),
+    ("student.dtype", one_of(*DTYPES), " or ".join(DTYPES)),
+    ("student.data.max_length", at_least(1), POSITIVE),
+    ("student.lora.r", at_least(1), POSITIVE),
+    ("student.lora.alpha", above(0), "above 0"),
+    ("student.lora.dropout", between(0, 1, open_high=True), DROPOUT),
+    ("student.lora.targets", not_empty, "a non-empty list of module names"),
+    ("student.train.lr", above(0), LEARNING_RATE),
+    ("student.train.epochs", at_least(1), POSITIVE),
+    ("student.train.batch_size", at_least(1), POSITIVE),
+    ("student.train.max_adapters", at_least(1), POSITIVE),
+    ("student.train.pass_tokens", optional(at_least(1)), f"{POSITIVE}, or null (automatic)"),
+    ("student.train.max_grad_norm", optional(above(0)), "above 0, or null (no clipping)"),
+    ("student.arc.max_grad_norm", optional(above(0)), "above 0, or null (no clipping)"),
+    ("student.eval.max_new_tokens", at_least(1), POSITIVE),
+    ("student.eval.batch_size", at_least(1), POSITIVE),
+    ("student.vllm_memory", between(0, 1, open_low=True),
+     "a fraction of the GPU's memory, in (0, 1]"),
+    ("student.arc.lora.r", at_least(1), POSITIVE),
+    ("student.arc.lora.alpha", above(0), "above 0"),
+    ("student.arc.lora.dropout", between(0, 1, open_high=True), DROPOUT),
+    ("student.arc.lora.targets", not_empty, "a non-empty list of module names"),
+    ("student.arc.leave_out", lambda v: bool(v) and all(isinstance(n, int) and n >= 1 for n in v),
+     "a non-empty list of demonstration counts, each at least 1"),
+    ("student.arc.max_tasks", at_least(1), POSITIVE),
+    ("student.arc.max_tokens", at_least(1), POSITIVE),
+    ("student.arc.batch_size", at_least(1), POSITIVE),
+    ("student.arc.warmup_steps", at_least(0), "at least 0"),
+    ("student.arc.max_steps", at_least(1), POSITIVE),
+    ("student.arc.lr_range", lambda v: len(v) == 2 and all(map(_number, v)) and 0 < v[0] <= v[1],
+     "two learning rates [low, high] with 0 < low <= high"),
+    ("student.arc.max_epochs", at_least(1), POSITIVE),
+    ("student.arc.oracle.lr", above(0), LEARNING_RATE),
+    ("student.arc.oracle.epochs", at_least(1), POSITIVE),
+    ("reward.tau", lambda v: _number(v), "a finite number"),
+    ("reward.fraction", between(0, 1, open_low=True), "a share of the round's self-edits, in (0, 1]"),
+    ("reward.inner_seeds", at_least(1), POSITIVE),
+    ("reward.screen", optional(at_least(1)), f"{POSITIVE}, or null (absorb every self-edit)"),
+    ("evaluate.samples", at_least(1), POSITIVE),
+    ("evaluate.resamples", at_least(1), POSITIVE),
+    ("evaluate.external.concurrency", at_least(1), POSITIVE),
+    ("evaluate.external.timeout", above(0), "seconds, above 0"),
+    ("evaluate.external.retries", at_least(0), "at least 0"),
+    ("evaluate.external.max_response_bytes", at_least(1), POSITIVE),
+    ("serve.port", between(0, 65535), "a TCP port in [0, 65535] (0: any free port)"),
+    ("serve.max_tokens", at_least(1), POSITIVE),
+    ("serve.max_request_bytes", at_least(1), POSITIVE),
+    ("executor.num_workers", at_least(1), POSITIVE),
+    ("executor.cpus_per_worker", above(0), "above 0"),
+    ("executor.gpus_per_worker", at_least(0), "at least 0"),
+    ("executor.max_retries", at_least(0), "at least 0"),
+)
+
+
+def setting(run: RunConfig, key: str):
+    node = run
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_settings(run: RunConfig) -> None:
+    """Raise ConfigError for the first setting outside what it accepts (RULES, the prompt,
+    the tracking store)."""
+    for key, accepts, accepted in RULES:
+        value = setting(run, key)
+        if not accepts(value):
+            raise ConfigError(f"{key} must be {accepted}, got {value!r}")
+    if run.task.format == "squad":
+        from teacher.prompts import PROMPTS
+
+        if run.teacher.sampling.prompt not in PROMPTS:
+            raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
+                              f"{run.teacher.sampling.prompt!r}")
+    if run.tracking.enabled:
+        check_tracking_store(run.tracking.uri)
+
+
+def check_tracking_store(uri: str) -> None:
+    """A store MLflow will open: a server (http/https, checked for an answer later), a database
+    whose folder exists, or a file store only where MLflow allows one."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ConfigError(f"tracking.uri={uri}: the folder {folder} does not exist; create it "
+                              "or point tracking.uri at a database in an existing folder")
+        return
+    if "://" in uri and not uri.startswith("file:"):
+        return  # another database MLflow knows (postgresql://, mysql://): its own errors tell
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise ConfigError(f"tracking.uri={uri} is a file store, which MLflow 3 refuses unless "
+                          "MLFLOW_ALLOW_FILE_STORE=true is set; use a database instead, e.g. "
+                          "tracking.uri=sqlite:///mlflow.db, or a server (http://host:port)")
