@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loop.config import ConfigError, RunConfig
+from loop.config import CONF_DIR, ConfigError, RunConfig
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
 
@@ -153,6 +153,10 @@ def check_settings(run: RunConfig) -> None:
         if run.teacher.sampling.prompt not in PROMPTS:
             raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
                               f"{run.teacher.sampling.prompt!r}")
+    presets = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))
+    for key, name in (("reward.judge", run.reward.judge), ("evaluate.judge", run.evaluate.judge)):
+        if name is not None and name not in presets:
+            raise ConfigError(f"{key}={name} is not a model preset; choose from {presets}")
     if run.tracking.enabled:
         check_tracking_store(run.tracking.uri)
 

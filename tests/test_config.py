@@ -219,6 +219,7 @@ def test_every_numeric_setting_has_a_rule():
     ("tracking.uri=file:///tmp/x/mlruns", "is a file store, which MLflow 3 refuses unless "
                                           "MLFLOW_ALLOW_FILE_STORE=true"),
     ("tracking.uri=/tmp/x/mlruns", "is a file store"),
+    ("reward.judge=gpt4", r"reward.judge=gpt4 is not a model preset; choose from \['llama1b'"),
     ("tracking.uri=sqlite:////no/such/folder/mlflow.db", "the folder /no/such/folder does not exist"),
 ])
 def test_a_bad_value_names_the_setting_the_value_and_what_is_accepted(override, message, monkeypatch):
