@@ -84,13 +84,13 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
     """Per-question scores of one condition on one passage, as plain dicts (JSON-ready).
 
     Teacher conditions get the passage's self-edits and score every (self-edit, question).
+    `base` answers on the backend the adapters answer on (student.eval_backend), so every
+    difference in the table is between answers of one backend.
     """
-    from student.evaluate import score_questions
+    from loop.outer import score_context
 
     if condition == "base":
-        qa = [(q.question, q.answer) for q in passage.questions]
-        return [dataclasses.asdict(s) for s in score_questions(model, tokenizer, passage.title, qa,
-                                                               run.student)]
+        return score_context(model, tokenizer, passage, run, None, generate=True)
     return score_condition_many(condition, [passage], model, tokenizer, run,
                                 {passage.id: self_edits or []})[0]
 

@@ -42,7 +42,16 @@ from loop import faults, mstep, proxy
 from loop.checks import check_settings
 from loop.config import ConfigError, RunConfig
 from loop.ledger import Evaluation, Ledger, append_jsonl, batches_to_run, read_jsonl, write_json_atomic
-from loop.reward import BASELINES, FILTERS, METRICS, Scored, context_score, keep, paired_gain
+from loop.reward import (
+    BASELINES,
+    FILTERS,
+    LOG_PROBABILITIES,
+    METRICS,
+    Scored,
+    context_score,
+    keep,
+    paired_gain,
+)
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
@@ -114,9 +123,9 @@ def validate_backends(run: RunConfig) -> None:
                     "reward.metric=answer_logprob reads gold log-probabilities (in process): the "
                     "student's vLLM engine is not started. Answer-based metrics use it (f1, "
                     "exact_match, contains, judge)")
-    if run.student.eval_backend == "vllm" and not run.student.train.batched:
-        raise ConfigError("student.eval_backend=vllm scores a batch's adapters in one call: it "
-                          "needs student.train.batched=true")
+    if run.student.eval_backend == "vllm" and not batched(run):
+        raise ConfigError("student.eval_backend=vllm scores a batch's LoRA adapters in one call: "
+                          "it needs student.train.batched=true and student.train.method=lora")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
         if value not in ("transformers", "vllm"):
@@ -194,6 +203,12 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "teacher.vllm_tensor_parallel"})
 
 
+# Settings whose default changes what a run computes, with the value that reproduces a run
+# folder started before the setting existed: such a resume must ask for that value.
+BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
+                  "student.arc.max_grad_norm": None}
+
+
 def check_resume(run: RunConfig, out_dir: Path, command: str,
                  grows: Callable[[dict, dict], set[str]] | None = None) -> dict:
     """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
@@ -220,6 +235,13 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     old = {k: str(v) for k, v in record["config"].items()}
     new = {k: str(v) for k, v in config.items()}
     added = sorted(new.keys() - old.keys())
+    changed = [k for k in added if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
+    if changed:
+        fix = " ".join(f"{k}={'null' if BEFORE_THE_KEY[k] is None else BEFORE_THE_KEY[k]}"
+                       for k in changed)
+        raise ConfigError(f"resume={run.resume} started before {', '.join(changed)} existed, when "
+                          f"the run behaved as {fix}; today's default would change what it "
+                          f"computes. Resume it with: {record['command']} {fix} resume={run.resume}")
     if added:
         log.warning("resume=%s: settings added since this run started take their current values: "
                     "%s", run.resume, ", ".join(f"{k}={new[k]}" for k in added))
@@ -446,16 +468,17 @@ def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
         from loop import arc
 
         return [cache.get(passage.id, lambda: arc.score_base(model, tokenizer, passage, run))]
+    generate = run.reward.metric not in LOG_PROBABILITIES  # answers only where they are graded
     if run.reward.baseline == "student":
         return [cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
-                                                            judge_model, generate=True))]
+                                                            judge_model, generate))]
     runs = []
     for j in range(run.reward.inner_seeds):  # seed and key of j = 0 as before inner seeds
         seed = derive_seed(run.seed, "baseline", "passage", passage.id, *([j] if j else []))
         runs.append(cache.get(f"passage:{passage.id}" + (f":{j}" if j else ""),
                               lambda seed=seed: absorb_and_score(
                                   model, tokenizer, passage, passage_texts(passage, run), run, seed,
-                                  judge_model, generate=True)[0]))
+                                  judge_model, generate)[0]))
     return runs
 
 
@@ -482,7 +505,7 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
 
     model, tokenizer = student
     metric = run.reward.metric
-    generate = metric != "answer_logprob"
+    generate = metric not in LOG_PROBABILITIES
     by_id = {c.id: c for c in contexts}
     keys = [(c.id, i, j) for c in contexts for i in range(run.loop.k)
             for j in range(run.reward.inner_seeds) if absorb is None or (c.id, i) in absorb]

@@ -103,8 +103,11 @@ def _sample_batch(model, tokenizer, prompts: list[str], seeds: list[int], *, ins
         out = model.generate(**batch, generation_config=config,
                              logits_processor=LogitsProcessorList([sampler]))
     new = out[:, batch["input_ids"].shape[1]:]
-    # a row that never drew an end-of-text token was stopped by max_new_tokens
-    ended = torch.isin(new, torch.tensor(eos if isinstance(eos, list) else [eos])).any(dim=1)
+    # a row that never drew an end-of-text token was stopped by max_new_tokens (every row of a
+    # model without one is)
+    ends = [t for t in (eos if isinstance(eos, list) else [eos]) if t is not None]
+    ended = (torch.isin(new, torch.tensor(ends, device=new.device)).any(dim=1) if ends
+             else torch.zeros(len(new), dtype=torch.bool))
     return [Sample(t.strip(), cut=not bool(e))
             for t, e in zip(tokenizer.batch_decode(new, skip_special_tokens=True), ended, strict=True)]
 

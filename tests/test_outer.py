@@ -99,6 +99,27 @@ def test_resume_of_a_run_from_before_a_setting_existed_takes_its_current_value(t
         outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
+def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_path):
+    """Today's defaults of these would change an older run's passages or training midway: the
+    resume is refused with the overrides that keep the run as it was, and accepted with them."""
+    import json
+
+    run = compose_run("experiment=smoke")
+    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    record = json.loads((tmp_path / "run.json").read_text())
+    for key in ("task.split", "student.train.max_grad_norm", "student.arc.max_grad_norm"):
+        del record["config"][key]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"started before student.arc.max_grad_norm, student."
+                                          r"train.max_grad_norm, task.split existed.*experiment="
+                                          r"smoke student.arc.max_grad_norm=null student.train."
+                                          r"max_grad_norm=null task.split=all resume="):
+        outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+    old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null",
+                      "student.arc.max_grad_norm=null")
+    outer.check_resume(dataclasses.replace(old, resume=str(tmp_path)), tmp_path, "ignored")
+
+
 def test_unknown_metric_or_filter_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown reward.metric 'bleu'"):
         outer.validate(compose_run("reward.metric=bleu"))
