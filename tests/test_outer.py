@@ -287,7 +287,8 @@ def test_judge_rewards_with_a_local_preset(tiny_llama, tiny_qwen2, tmp_path):
     outer.run(run, out)
     [e] = read_jsonl(out / "ledger.jsonl")
     assert e["metric"] == "judge" and "f1" in e["scores"]
-    [base] = read_jsonl(out / "baseline.jsonl")
+    # the student's baseline (judged), beside the proxy's closed-book log-probabilities
+    [base] = [b for b in read_jsonl(out / "baseline.jsonl") if not b["context"].startswith("closed:")]
     assert all("judge_reply" in q for q in base["scores"])
     if e["score"] is not None and e["baseline"] is not None:
         assert e["reward"] == pytest.approx(e["score"] - e["baseline"])
