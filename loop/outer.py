@@ -123,6 +123,10 @@ def validate_backends(run: RunConfig) -> None:
                     "reward.metric=answer_logprob reads gold log-probabilities (in process): the "
                     "student's vLLM engine is not started. Answer-based metrics use it (f1, "
                     "exact_match, contains, judge)")
+    if run.student.eval_backend == "vllm" and run.executor.name == "ray":
+        log.warning("student.eval_backend=vllm with executor=ray: the adapters answer on the "
+                    "workers' vLLM engines, the frozen student's baselines in this process on "
+                    "transformers (greedy answers agree across the backends up to float order)")
     if run.student.eval_backend == "vllm" and not batched(run):
         raise ConfigError("student.eval_backend=vllm scores a batch's LoRA adapters in one call: "
                           "it needs student.train.batched=true and student.train.method=lora")
@@ -333,13 +337,17 @@ def context_prompt(run: RunConfig, context) -> str:
 def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_model,
                   generate: bool) -> list[dict]:
     """Per-question scores of the student as it is (base, or with an adapter), as dicts. With
-    student.eval_backend=vllm the answers come from the student's engine, as the adapters'
-    answers do, so that a reward never compares answers of two backends."""
+    student.eval_backend=vllm the answers come from this process's student engine, as the
+    adapters' answers do, so that a reward never compares answers of two backends. Not with
+    executor=ray: the adapters answer on the workers' engines, and a third engine here for the
+    baselines alone did not fit a 24 GB machine (measured: the smoke run's Ray worker was
+    OOM-killed at 98 % of memory); the baselines then answer on transformers (a launch warning
+    says so)."""
     from loop.judge import add_verdicts
     from student.evaluate import score_questions
 
     qa = [(q.question, q.answer) for q in passage.questions]
-    on_vllm = generate and run.student.eval_backend == "vllm"
+    on_vllm = generate and run.student.eval_backend == "vllm" and run.executor.name == "local"
     scored = score_questions(model, tokenizer, passage.title, qa, run.student,
                              generate=generate and not on_vllm)
     if on_vllm:
