@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loop.config import CONF_DIR, ConfigError, RunConfig
+from loop.errors import CONF_DIR, ConfigError
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
 
@@ -133,14 +133,14 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def setting(run: RunConfig, key: str):
+def setting(run, key: str):  # run: a loop.config.RunConfig (not imported: no cycle)
     node = run
     for part in key.split("."):
         node = getattr(node, part)
     return node
 
 
-def check_settings(run: RunConfig) -> None:
+def check_settings(run) -> None:
     """Raise ConfigError for the first setting outside what it accepts (RULES, the prompt,
     the tracking store)."""
     for key, accepts, accepted in RULES:

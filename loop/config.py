@@ -8,21 +8,18 @@ dataclasses, never a DictConfig.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from loop import assets
+from loop.errors import CONF_DIR, PROJECT_ROOT, ConfigError  # noqa: F401 (their home for users)
 from loop.executor import ExecutorConfig
 from loop.reward import RewardConfig
 from loop.tasks import TaskConfig
 from loop.tracking import TrackingConfig
 from student.config import StudentConfig
 from teacher.config import EndpointConfig, TeacherConfig
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = PROJECT_ROOT / "conf"
 
 
 @dataclass
@@ -90,10 +87,6 @@ def register() -> None:
     OmegaConf.register_new_resolver(
         "hydra_subdir", lambda resume, now: ".hydra" if not resume else f".hydra/resume_{now}",
         replace=True)
-
-
-class ConfigError(ValueError):
-    """A composed config that Hydra accepted but the schema cannot use."""
 
 
 def to_run_config(cfg) -> RunConfig:
