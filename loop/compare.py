@@ -66,12 +66,59 @@ def compare(specs: list[str], seed: int = 0, resamples: int = 10_000) -> tuple[d
     return summarise(per_passage, seed, resamples), len(ids)
 
 
+REWARD_METRICS = ("logprob", "f1", "contains")
+
+
+def sample_means(folder: Path, condition: str) -> dict[str, list[dict[str, float]]]:
+    """Per passage, per self-edit sample (in sample order): the means of each metric."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for r in read_jsonl(folder / "scores.jsonl"):
+        if r["condition"] != condition:
+            continue
+        by_sample: dict[int, list[dict]] = {}
+        for q in r["questions"]:
+            by_sample.setdefault(q.get("sample", 0), []).append(q)
+        out[r["context"]] = [{m: v for m, v in passage_means(qs).items() if m in REWARD_METRICS}
+                             for _, qs in sorted(by_sample.items())]
+    return out
+
+
+def reward_agreement(rows: list[dict[str, list[dict[str, float]]]]) -> dict[str, dict[str, float]]:
+    """Would two rewards pick the same self-edit? Over every pair of samples of one passage:
+    per metric, the share of pairs it cannot order (a tie: best-of-k then falls back on the
+    sample index); per pair of metrics, among the pairs both order, the share ordered alike."""
+    pairs = [(a, b) for row in rows for samples in row.values()
+             for i, a in enumerate(samples) for b in samples[i + 1:]]
+    out: dict[str, dict[str, float]] = {"n_pairs": {"all": float(len(pairs))}}
+    for m in REWARD_METRICS:
+        out.setdefault("tied", {})[m] = sum(a[m] == b[m] for a, b in pairs) / max(1, len(pairs))
+    for i, m in enumerate(REWARD_METRICS):
+        for n in REWARD_METRICS[i + 1:]:
+            both = [(a, b) for a, b in pairs if a[m] != b[m] and a[n] != b[n]]
+            alike = sum((a[m] > b[m]) == (a[n] > b[n]) for a, b in both)
+            out.setdefault("alike", {})[f"{m}~{n}"] = alike / len(both) if both else float("nan")
+            out.setdefault("both_ordered", {})[f"{m}~{n}"] = float(len(both))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loop.compare", description=__doc__.split("\n")[0])
     parser.add_argument("rows", nargs="+", metavar="FOLDER:CONDITION[=LABEL]")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    parser.add_argument("--rewards", action="store_true",
+                        help="instead: would the metrics, as rewards, pick the same of a passage's "
+                             "self-edits? (ties, and pairs ordered alike, over the rows' samples)")
     args = parser.parse_args(argv)
     try:
+        if args.rewards:
+            rows = [sample_means(*parse_row(spec)[:2]) for spec in args.rows]
+            a = reward_agreement(rows)
+            print(f"{int(a['n_pairs']['all'])} pairs of self-edits of one passage")
+            print("tied (best-of-k cannot choose): " + ", ".join(
+                f"{m} {v:.0%}" for m, v in a["tied"].items()))
+            print("ordered alike, of the pairs both metrics order: " + ", ".join(
+                f"{k} {v:.0%} of {int(a['both_ordered'][k])}" for k, v in a["alike"].items()))
+            return 0
         summary, n = compare(args.rows, args.seed)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -403,10 +403,12 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
     def cell(e: dict | None) -> str:
         return f"{e['mean']:6.2f} [{e['low']:6.2f}, {e['high']:6.2f}]" if e else f"{'-':>22}"
 
+    width = max(16, *(len(c) + 2 for c in summary))  # labels of loop.compare can be longer
+
     def block(title: str, key: str, rows: list[str]) -> list[str]:
-        head = f"{title:<16}" + "".join(f"{names[m]:>24}" for m in metrics)
+        head = f"{title:<{width}}" + "".join(f"{names[m]:>24}" for m in metrics)
         return [head, "-" * len(head)] + [
-            f"{c:<16}" + "".join(f"  {cell(summary[c].get(m, {}).get(key))}" for m in metrics)
+            f"{c:<{width}}" + "".join(f"  {cell(summary[c].get(m, {}).get(key))}" for m in metrics)
             for c in rows]
 
     lines = block("condition", "estimate", list(summary))

@@ -57,3 +57,21 @@ def test_rows_of_other_passages_or_conditions_are_refused(folders, tmp_path, cap
     assert "error: rows" in capsys.readouterr().err
     assert main([f"{a}:passage", f"{b}:teacher_base"]) == 0
     assert "2 passages" in capsys.readouterr().out
+
+
+def test_reward_agreement_counts_ties_and_pairs_ordered_alike(tmp_path):
+    def s(sample, logprob, contains, f1):
+        return {"exact_match": 0.0, "f1": f1, "contains": contains, "logprob": logprob,
+                "sample": sample}
+    from loop.compare import reward_agreement, sample_means
+
+    # p0: samples 0 < 1 on logprob and on f1, tied on contains; p1: logprob says 0 > 1, f1 1 > 0
+    a = write(tmp_path / "a", [("p0", "teacher_base", [s(0, -3.0, 0.0, 0.1), s(1, -2.0, 0.0, 0.5)]),
+                               ("p1", "teacher_base", [s(0, -1.0, 1.0, 0.0), s(1, -2.0, 0.0, 0.2)])])
+    out = reward_agreement([sample_means(a, "teacher_base")])
+    assert out["n_pairs"]["all"] == 2
+    assert out["tied"] == {"logprob": 0.0, "f1": 0.0, "contains": 0.5}
+    assert out["alike"]["logprob~f1"] == 0.5
+    assert out["alike"]["logprob~contains"] == 1.0  # p1 only: both say sample 0
+    assert out["both_ordered"]["f1~contains"] == 1
+    assert out["alike"]["f1~contains"] == 0.0
