@@ -437,3 +437,38 @@ def test_a_loop_killed_in_a_multi_process_m_step_leaves_no_trainer_behind(tiny_l
     while trainers() and time.time() < deadline:
         time.sleep(1)
     assert trainers() == []
+
+
+def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
+    """experiment=cpu_teacher: the dev split's recipe (docs/dev_experiments.md) composes with
+    its settings and runs end to end, cut down to one round on tiny models."""
+    from teacher.prompts import PROMPTS
+
+    full = compose_run("experiment=cpu_teacher")
+    assert (full.teacher.name, full.student.name) == ("qwen0.5b", "smollm135m")
+    assert (full.loop.rounds, full.loop.contexts_per_round, full.loop.k) == (2, 16, 4)
+    assert (full.reward.metric, full.reward.filter) == ("answer_logprob", "best_of_k")
+    assert full.teacher.sampling.prompt == "implications-long"
+    assert full.task.split == "train"  # never the dev passages the recipe was chosen on
+    run = compose_run("experiment=cpu_teacher", f"teacher.path={tiny_qwen2}",
+                      f"student.path={tiny_llama}", "loop.rounds=1", "loop.contexts_per_round=2",
+                      "loop.k=2", "teacher.sampling.max_new_tokens=8", "tracking=none")
+    out = tmp_path / "run"
+    results = outer.run(run, out)
+    ledger = read_jsonl(out / "ledger.jsonl")
+    assert len(ledger) == 2 * 2 and all(e["metric"] == "answer_logprob" for e in ledger)
+    table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
+    assert sum(row["kept"] for row in table) == 2  # best of 2 for each of the 2 contexts
+    assert results["final_adapter"] == "round_0/teacher_adapter"
+    samples = read_jsonl(out / "round_0" / "self_edits.jsonl")
+    assert samples and all(e["context"] not in _dev_ids() for e in samples)
+    passage = Passage("p", "Title", "Some text.", [])
+    assert outer.context_prompt(run, passage) == PROMPTS["implications-long"].format(
+        title="Title", context="Some text.")
+
+
+def _dev_ids() -> set[str]:
+    from loop.tasks import load_contexts
+
+    run = compose_run("task.split=dev")
+    return {p.id for p in load_contexts(run.task)}
