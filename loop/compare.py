@@ -2,19 +2,24 @@
 
     python -m loop.compare outputs/dev_a:passage outputs/dev_a:teacher_base=implications-long \
         outputs/dev_b:teacher_base=rewrite
+    python -m loop.compare --rewards outputs/dev_a:teacher_base   # would two rewards agree?
 
 Each argument is `<evaluation folder>:<condition>[=<label>]`. The rows are read back from the
-folders' `scores.jsonl` (nothing is recomputed) and printed as `loop.evaluate` prints its own:
-each row's mean with a 95% bootstrap interval and its paired difference from every row listed
-before it. This is how settings that one evaluation cannot hold together (two self-edit prompts,
-two `max_new_tokens`) are compared on the same passages: every row must hold the same passages,
-else the command names the ones that differ. Pairing is sound because `loop.evaluate` seeds each
-row by its passage, so a `passage` row recorded in one folder is the one the other would record.
+folders' `scores.jsonl` (nothing is recomputed, nothing is written) and printed as
+`loop.evaluate` prints its own: each row's mean with a 95% bootstrap interval and its paired
+difference from every row listed before it. This is how settings that one evaluation cannot
+hold together (two self-edit prompts, two inner-loop settings) are compared on the same
+passages. The rows must hold the same passages, from evaluations with the same seed, student
+and data (`run.json`), else the command says what differs: `loop.evaluate` derives every seed
+from the run's seed and the passage, so a `passage` row recorded in one folder is then the one
+another evaluation of those passages records. The settings that do differ between the folders
+are printed under the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,59 +27,92 @@ from loop.errors import ConfigError
 from loop.evaluate import format_table, passage_means, summarise
 from loop.ledger import read_jsonl
 
+# run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
+MUST_AGREE = ("seed", "student.name", "student.path", "task.data", "task.split")
+REWARD_METRICS = ("logprob", "f1", "contains")  # the per-question metrics a SQuAD reward can use
+
 
 def parse_row(spec: str) -> tuple[Path, str, str]:
-    """`folder:condition[=label]` -> (folder, condition, label); the label defaults to
-    `<folder name>:<condition>`."""
-    where, _, label = spec.partition("=")
-    folder, sep, condition = where.rpartition(":")
+    """`folder:condition[=label]` -> (folder, condition, label). The folder is what comes before
+    the last ':' (it may hold '=' and ':'); the label, which defaults to `<folder name>:<condition>`,
+    may not hold ':'."""
+    folder, sep, rest = spec.rpartition(":")
+    condition, _, label = rest.partition("=")
     if not sep or not folder or not condition:
         raise ConfigError(f"a row is <evaluation folder>:<condition>[=<label>], got {spec!r}")
     path = Path(folder)
     return path, condition, label or f"{path.name}:{condition}"
 
 
-def read_row(folder: Path, condition: str) -> dict[str, dict]:
-    """Per passage: the means of one condition recorded in an evaluation folder."""
+def read_records(folder: Path, condition: str) -> list[dict]:
+    """The `scores.jsonl` records of one SQuAD condition in an evaluation folder, in the order
+    `loop.evaluate` scored the passages, read without touching the file (it may be running)."""
     scores = folder / "scores.jsonl"
     if not scores.exists():
         raise ConfigError(f"{folder} holds no scores.jsonl: not a loop.evaluate folder")
-    rows = {r["context"]: passage_means(r["questions"])
-            for r in read_jsonl(scores) if r["condition"] == condition}
-    if not rows:
-        held = sorted({r["condition"] for r in read_jsonl(scores)})
+    records = read_jsonl(scores, repair=False)
+    if records and "questions" not in records[0]:
+        raise ConfigError(f"{scores} is an ARC evaluation: loop.compare reads SQuAD rows only")
+    mine = {r["context"]: r for r in records if r["condition"] == condition}  # a resume: the last
+    if not mine:
+        held = sorted({r["condition"] for r in records})
         raise ConfigError(f"{scores} records no '{condition}' row; it records {held}")
-    return rows
+    return list(mine.values())
 
 
-def compare(specs: list[str], seed: int = 0, resamples: int = 10_000) -> tuple[dict, int]:
-    """The summary (as `loop.evaluate`'s) of the named rows, paired by passage."""
+def settings(folder: Path) -> dict:
+    """The flat config an evaluation folder recorded (`run.json`); {} for a folder without one."""
+    path = folder / "run.json"
+    return json.loads(path.read_text())["config"] if path.exists() else {}
+
+
+def check_pairable(folders: list[Path]) -> list[str]:
+    """Refuse folders whose rows would not pair (another seed, student or data); return the
+    settings that differ between them otherwise (sorted)."""
+    configs = {f: settings(f) for f in dict.fromkeys(folders)}
+    first, *_ = configs
+    differ = set()
+    for folder, config in configs.items():
+        for key in sorted(set(config) | set(configs[first])):
+            a, b = configs[first].get(key), config.get(key)
+            if a == b:
+                continue
+            if key in MUST_AGREE:
+                raise ConfigError(f"{first} and {folder} differ in {key} ({a!r} vs {b!r}): "
+                                  "their rows do not pair")
+            differ.add(key)
+    return sorted(differ - {"evaluate.conditions"})
+
+
+def compare(specs: list[str], seed: int = 0, resamples: int = 10_000) -> tuple[dict, int, list[str]]:
+    """The summary (as `loop.evaluate`'s) of the named rows, paired by passage in the first
+    row's order; the number of passages; the settings that differ between the folders."""
     rows: dict[str, dict[str, dict]] = {}
+    order: list[str] = []
+    folders = []
     for spec in specs:
         folder, condition, label = parse_row(spec)
         if label in rows:
             raise ConfigError(f"two rows are labelled {label!r}: give one a label (=<label>)")
-        rows[label] = read_row(folder, condition)
+        records = read_records(folder, condition)
+        rows[label] = {r["context"]: passage_means(r["questions"]) for r in records}
+        order = order or [r["context"] for r in records]
+        folders.append(folder)
     first, *_ = rows
-    ids = sorted(rows[first])
     for label, row in rows.items():
-        if sorted(row) != ids:
-            only = sorted(set(row) ^ set(ids))
+        if set(row) != set(order):
+            only = sorted(set(row) ^ set(order))
             raise ConfigError(f"rows {first!r} and {label!r} hold different passages (e.g. "
                               f"{only[:3]}); compare evaluations of the same passages")
-    per_passage = {label: [row[i] for i in ids] for label, row in rows.items()}
-    return summarise(per_passage, seed, resamples), len(ids)
-
-
-REWARD_METRICS = ("logprob", "f1", "contains")
+    differ = check_pairable(folders)
+    per_passage = {label: [row[i] for i in order] for label, row in rows.items()}
+    return summarise(per_passage, seed, resamples), len(order), differ
 
 
 def sample_means(folder: Path, condition: str) -> dict[str, list[dict[str, float]]]:
-    """Per passage, per self-edit sample (in sample order): the means of each metric."""
+    """Per passage, per self-edit sample (in sample order): the means of each reward metric."""
     out: dict[str, list[dict[str, float]]] = {}
-    for r in read_jsonl(folder / "scores.jsonl"):
-        if r["condition"] != condition:
-            continue
+    for r in read_records(folder, condition):
         by_sample: dict[int, list[dict]] = {}
         for q in r["questions"]:
             by_sample.setdefault(q.get("sample", 0), []).append(q)
@@ -89,20 +127,38 @@ def reward_agreement(rows: list[dict[str, list[dict[str, float]]]]) -> dict[str,
     sample index); per pair of metrics, among the pairs both order, the share ordered alike."""
     pairs = [(a, b) for row in rows for samples in row.values()
              for i, a in enumerate(samples) for b in samples[i + 1:]]
+    if not pairs:
+        raise ConfigError("no passage has two self-edits: --rewards needs a self-edit row "
+                          "(teacher_base, teacher, external) of evaluate.samples >= 2")
     out: dict[str, dict[str, float]] = {"n_pairs": {"all": float(len(pairs))}}
-    for m in REWARD_METRICS:
-        out.setdefault("tied", {})[m] = sum(a[m] == b[m] for a, b in pairs) / max(1, len(pairs))
+    out["tied"] = {m: sum(a[m] == b[m] for a, b in pairs) / len(pairs) for m in REWARD_METRICS}
+    out["alike"], out["both_ordered"] = {}, {}
     for i, m in enumerate(REWARD_METRICS):
         for n in REWARD_METRICS[i + 1:]:
             both = [(a, b) for a, b in pairs if a[m] != b[m] and a[n] != b[n]]
             alike = sum((a[m] > b[m]) == (a[n] > b[n]) for a, b in both)
-            out.setdefault("alike", {})[f"{m}~{n}"] = alike / len(both) if both else float("nan")
-            out.setdefault("both_ordered", {})[f"{m}~{n}"] = float(len(both))
+            out["alike"][f"{m}~{n}"] = alike / len(both) if both else float("nan")
+            out["both_ordered"][f"{m}~{n}"] = float(len(both))
     return out
 
 
+def rewards_report(specs: list[str]) -> str:
+    """`--rewards`: the agreement of the reward metrics over the named rows' self-edits."""
+    seen = [parse_row(spec)[:2] for spec in specs]
+    if len(set(seen)) < len(seen):
+        raise ConfigError("a row is named twice: its pairs would count twice")
+    a = reward_agreement([sample_means(folder, condition) for folder, condition in seen])
+    return "\n".join([
+        f"{int(a['n_pairs']['all'])} pairs of self-edits of one passage",
+        "tied (best-of-k cannot choose): " + ", ".join(
+            f"{m} {v:.0%}" for m, v in a["tied"].items()),
+        "ordered alike, of the pairs both metrics order: " + ", ".join(
+            f"{k} {v:.0%} of {int(a['both_ordered'][k])}" for k, v in a["alike"].items())])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loop.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loop.compare",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("rows", nargs="+", metavar="FOLDER:CONDITION[=LABEL]")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     parser.add_argument("--rewards", action="store_true",
@@ -111,20 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.rewards:
-            rows = [sample_means(*parse_row(spec)[:2]) for spec in args.rows]
-            a = reward_agreement(rows)
-            print(f"{int(a['n_pairs']['all'])} pairs of self-edits of one passage")
-            print("tied (best-of-k cannot choose): " + ", ".join(
-                f"{m} {v:.0%}" for m, v in a["tied"].items()))
-            print("ordered alike, of the pairs both metrics order: " + ", ".join(
-                f"{k} {v:.0%} of {int(a['both_ordered'][k])}" for k, v in a["alike"].items()))
+            print(rewards_report(args.rows))
             return 0
-        summary, n = compare(args.rows, args.seed)
+        summary, n, differ = compare(args.rows, args.seed)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(summary, n, 0, footer=f"{n} passages; mean over passages [95% bootstrap "
                                              "interval]; differences are paired by passage"))
+    if differ:
+        print("the folders' settings differ in: " + ", ".join(differ))
     return 0
 
 

@@ -403,7 +403,8 @@ def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
     def cell(e: dict | None) -> str:
         return f"{e['mean']:6.2f} [{e['low']:6.2f}, {e['high']:6.2f}]" if e else f"{'-':>22}"
 
-    width = max(16, *(len(c) + 2 for c in summary))  # labels of loop.compare can be longer
+    # labels of loop.compare can be longer than the conditions' names
+    width = max([16, *(len(f"minus {c}") + 1 for c in summary)])
 
     def block(title: str, key: str, rows: list[str]) -> list[str]:
         head = f"{title:<{width}}" + "".join(f"{names[m]:>24}" for m in metrics)

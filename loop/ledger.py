@@ -18,13 +18,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete lines of a JSONL file; a torn last line (a killed writer) is cut off."""
+def read_jsonl(path: Path, repair: bool = True) -> list[dict]:
+    """The complete lines of a JSONL file; a torn last line (a killed writer) is cut off the
+    file (`repair=False`: only left out, for a reader of a file another process may be writing)."""
     if not path.exists():
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
+    if end < len(data) and repair:
         log.warning("%s: dropping a torn last line (%d bytes) left by a killed run", path,
                     len(data) - end)
         with path.open("r+b") as f:

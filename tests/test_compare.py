@@ -4,21 +4,28 @@ import json
 
 import pytest
 
-from loop.compare import compare, main
+from loop.compare import compare, main, parse_row, reward_agreement, rewards_report, sample_means
 from loop.errors import ConfigError
 
 
-def q(logprob, contains):
-    return {"exact_match": 0.0, "f1": 0.0, "contains": contains, "logprob": logprob}
+def q(logprob, contains, f1=0.0, sample=0):
+    return {"exact_match": 0.0, "f1": f1, "contains": contains, "logprob": logprob,
+            "sample": sample}
 
 
-def write(folder, rows):
+def write(folder, rows, config=None):
     folder.mkdir()
     with open(folder / "scores.jsonl", "w") as f:
         for context, condition, questions in rows:
             f.write(json.dumps({"context": context, "condition": condition,
                                 "questions": questions}) + "\n")
+    if config is not None:
+        (folder / "run.json").write_text(json.dumps({"command": "", "config": config}))
     return folder
+
+
+CONFIG = {"seed": 0, "student.name": "smollm135m", "student.path": None, "task.data": "d.json",
+          "task.split": "dev", "teacher.sampling.prompt": "implications"}
 
 
 @pytest.fixture
@@ -26,48 +33,76 @@ def folders(tmp_path):
     a = write(tmp_path / "a", [("p0", "passage", [q(-4.0, 0.0), q(-2.0, 1.0)]),
                                ("p1", "passage", [q(-3.0, 0.0)]),
                                ("p0", "teacher_base", [q(-3.0, 1.0), q(-2.0, 1.0)]),
-                               ("p1", "teacher_base", [q(-3.5, 0.0)])])
-    b = write(tmp_path / "b", [("p1", "teacher_base", [q(-1.0, 1.0)]),  # another order
-                               ("p0", "teacher_base", [q(-2.0, 0.0), q(-2.0, 0.0)])])
+                               ("p1", "teacher_base", [q(-3.5, 0.0)])], CONFIG)
+    b = write(tmp_path / "b=x", [("p1", "teacher_base", [q(-1.0, 1.0)]),  # another order
+                                 ("p0", "teacher_base", [q(-2.0, 0.0), q(-2.0, 0.0)])],
+              {**CONFIG, "teacher.sampling.prompt": "rewrite"})
     return a, b
 
 
 def test_rows_of_two_folders_are_paired_by_passage(folders):
     a, b = folders
-    summary, n = compare([f"{a}:passage", f"{a}:teacher_base=long", f"{b}:teacher_base=rewrite"],
-                         resamples=200)
-    assert n == 2
+    summary, n, differ = compare([f"{a}:passage", f"{a}:teacher_base=long",
+                                  f"{b}:teacher_base=rewrite"], resamples=2000)
+    assert n == 2 and differ == ["teacher.sampling.prompt"]
     # by hand: passage logprob per passage -3.0, -3.0; long -2.5, -3.5; rewrite -2.0, -1.0
-    assert summary["long"]["logprob"]["vs_" + f"{a.name}:passage"]["mean"] == pytest.approx(0.0)
-    assert summary["rewrite"]["logprob"]["vs_long"]["mean"] == pytest.approx(1.5)
+    assert summary["long"]["logprob"]["vs_a:passage"]["mean"] == pytest.approx(0.0)
+    # paired by passage, rewrite - long is 0.5 (p0) and 2.5 (p1): the interval spans both
+    # (paired by position, b's records in its own order, it would be 1.5 and 1.5)
+    vs = summary["rewrite"]["logprob"]["vs_long"]
+    assert (vs["mean"], vs["low"], vs["high"]) == pytest.approx((1.5, 0.5, 2.5))
     assert summary["rewrite"]["contains"]["estimate"]["mean"] == pytest.approx(50.0)
-    assert summary["rewrite"]["contains"]["vs_long"]["mean"] == pytest.approx(0.0)
 
 
-def test_rows_of_other_passages_or_conditions_are_refused(folders, tmp_path, capsys):
+def test_a_row_names_its_folder_up_to_the_last_colon():
+    assert parse_row("out/lr=3e-4:teacher_base=mine") == (
+        parse_row("out/lr=3e-4:teacher_base")[0], "teacher_base", "mine")
+    assert parse_row("out/x:passage")[2] == "x:passage"
+    with pytest.raises(ConfigError, match="a row is"):
+        parse_row("out/x")
+
+
+def test_rows_that_would_not_pair_are_refused(folders, tmp_path, capsys):
     a, b = folders
-    c = write(tmp_path / "c", [("p0", "teacher_base", [q(-1.0, 1.0)])])
+    c = write(tmp_path / "c", [("p0", "teacher_base", [q(-1.0, 1.0)])], CONFIG)
+    d = write(tmp_path / "d", [("p0", "passage", [q(-1.0, 1.0)]), ("p1", "passage", [q(0, 0)])],
+              {**CONFIG, "seed": 1})
     with pytest.raises(ConfigError, match="different passages"):
         compare([f"{a}:passage", f"{c}:teacher_base"])
+    with pytest.raises(ConfigError, match="differ in seed"):
+        compare([f"{a}:passage", f"{d}:passage=other"])
     with pytest.raises(ConfigError, match="records no 'teacher' row"):
         compare([f"{b}:teacher"])
+    with pytest.raises(ConfigError, match="labelled"):
+        compare([f"{a}:passage", f"{a}:passage"])
     with pytest.raises(ConfigError, match="not a loop.evaluate folder"):
         compare([f"{tmp_path}:passage"])
+    arc = tmp_path / "arc"
+    arc.mkdir()
+    (arc / "scores.jsonl").write_text(json.dumps({"context": "t", "condition": "base",
+                                                  "sample": 0, "success": 1.0}) + "\n")
+    with pytest.raises(ConfigError, match="ARC"):
+        compare([f"{arc}:base"])
     assert main([f"{a}:passage", f"{c}:teacher_base"]) == 2
     assert "error: rows" in capsys.readouterr().err
     assert main([f"{a}:passage", f"{b}:teacher_base"]) == 0
-    assert "2 passages" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 passages" in out and "differ in: teacher.sampling.prompt" in out
 
 
-def test_reward_agreement_counts_ties_and_pairs_ordered_alike(tmp_path):
-    def s(sample, logprob, contains, f1):
-        return {"exact_match": 0.0, "f1": f1, "contains": contains, "logprob": logprob,
-                "sample": sample}
-    from loop.compare import reward_agreement, sample_means
+def test_a_torn_last_line_is_left_out_and_left_in_place(folders):
+    a, _ = folders
+    with open(a / "scores.jsonl", "a") as f:
+        f.write('{"context": "p2", "condition": "pass')  # an evaluation still writing
+    before = (a / "scores.jsonl").read_bytes()
+    assert compare([f"{a}:passage"])[1] == 2
+    assert (a / "scores.jsonl").read_bytes() == before
 
+
+def test_reward_agreement_counts_ties_and_pairs_ordered_alike(tmp_path, capsys):
     # p0: samples 0 < 1 on logprob and on f1, tied on contains; p1: logprob says 0 > 1, f1 1 > 0
-    a = write(tmp_path / "a", [("p0", "teacher_base", [s(0, -3.0, 0.0, 0.1), s(1, -2.0, 0.0, 0.5)]),
-                               ("p1", "teacher_base", [s(0, -1.0, 1.0, 0.0), s(1, -2.0, 0.0, 0.2)])])
+    a = write(tmp_path / "a", [("p0", "teacher_base", [q(-3.0, 0.0, 0.1, 0), q(-2.0, 0.0, 0.5, 1)]),
+                               ("p1", "teacher_base", [q(-1.0, 1.0, 0.0, 0), q(-2.0, 0.0, 0.2, 1)])])
     out = reward_agreement([sample_means(a, "teacher_base")])
     assert out["n_pairs"]["all"] == 2
     assert out["tied"] == {"logprob": 0.0, "f1": 0.0, "contains": 0.5}
@@ -75,3 +110,9 @@ def test_reward_agreement_counts_ties_and_pairs_ordered_alike(tmp_path):
     assert out["alike"]["logprob~contains"] == 1.0  # p1 only: both say sample 0
     assert out["both_ordered"]["f1~contains"] == 1
     assert out["alike"]["f1~contains"] == 0.0
+    assert "logprob~f1 50% of 2" in rewards_report([f"{a}:teacher_base"])
+    with pytest.raises(ConfigError, match="named twice"):
+        rewards_report([f"{a}:teacher_base", f"{a}:teacher_base=again"])
+    one = write(tmp_path / "one", [("p0", "passage", [q(-1.0, 1.0)])])
+    assert main(["--rewards", f"{one}:passage"]) == 2
+    assert "no passage has two self-edits" in capsys.readouterr().err

@@ -439,7 +439,8 @@ def test_a_loop_killed_in_a_multi_process_m_step_leaves_no_trainer_behind(tiny_l
     assert trainers() == []
 
 
-def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
+def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path,
+                                                                monkeypatch):
     """experiment=cpu_teacher: the dev split's recipe (docs/dev_experiments.md) composes with
     its settings and runs end to end, cut down to one round on tiny models."""
     from teacher.prompts import PROMPTS
@@ -452,19 +453,21 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
     assert full.task.split == "train"  # never the dev passages the recipe was chosen on
     run = compose_run("experiment=cpu_teacher", f"teacher.path={tiny_qwen2}",
                       f"student.path={tiny_llama}", "loop.rounds=1", "loop.contexts_per_round=2",
-                      "loop.k=2", "teacher.sampling.max_new_tokens=8", "tracking=none")
+                      "loop.k=2", "tracking=none")  # 128 tokens: random text has complete lines
     out = tmp_path / "run"
+    prompts, real = [], outer.context_prompt
+    monkeypatch.setattr(outer, "context_prompt",
+                        lambda *a: prompts.append(real(*a)) or prompts[-1])
     results = outer.run(run, out)
+    # the teacher read the preset's prompt, when sampling and in its M-step pairs
+    assert prompts and all(p.startswith(PROMPTS["implications-long"][:60]) for p in prompts)
     ledger = read_jsonl(out / "ledger.jsonl")
     assert len(ledger) == 2 * 2 and all(e["metric"] == "answer_logprob" for e in ledger)
     table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
     assert sum(row["kept"] for row in table) == 2  # best of 2 for each of the 2 contexts
     assert results["final_adapter"] == "round_0/teacher_adapter"
-    samples = read_jsonl(out / "round_0" / "self_edits.jsonl")
-    assert samples and all(e["context"] not in _dev_ids() for e in samples)
-    passage = Passage("p", "Title", "Some text.", [])
-    assert outer.context_prompt(run, passage) == PROMPTS["implications-long"].format(
-        title="Title", context="Some text.")
+    samples, dev = read_jsonl(out / "round_0" / "self_edits.jsonl"), _dev_ids()
+    assert len(samples) == 4 and not {e["context"] for e in samples} & dev
 
 
 def _dev_ids() -> set[str]:
