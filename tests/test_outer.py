@@ -463,11 +463,22 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
     assert prompts and all(p.startswith(PROMPTS["implications-long"][:60]) for p in prompts)
     ledger = read_jsonl(out / "ledger.jsonl")
     assert len(ledger) == 2 * 2 and all(e["metric"] == "answer_logprob" for e in ledger)
-    table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
-    assert sum(row["kept"] for row in table) == 2  # best of 2 for each of the 2 contexts
-    assert results["final_adapter"] == "round_0/teacher_adapter"
     samples, dev = read_jsonl(out / "round_0" / "self_edits.jsonl"), _dev_ids()
     assert len(samples) == 4 and not {e["context"] for e in samples} & dev
+    # best of 2 per context among the self-edits the M-step can learn from (a random tiny
+    # teacher may write no complete line in 128 tokens: such a sample is never kept)
+    trainable = {(e["context"], e["sample"]) for e in samples
+                 if outer.m_step_text(outer.SelfEdit(e["context"], e["sample"], e["seed"], e["text"],
+                                                     outer.text_hash(e["text"]), 0.0, e["cut"]))}
+    table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
+    for ctx in {row["context"] for row in table}:
+        mine = [row for row in table if row["context"] == ctx
+                and (ctx, row["sample"]) in trainable]
+        kept = [row for row in table if row["context"] == ctx and row["kept"]]
+        assert len(kept) == min(1, len(mine))
+        assert not mine or kept[0]["reward"] == max(row["reward"] for row in mine)
+    if trainable:
+        assert results["final_adapter"] == "round_0/teacher_adapter"
 
 
 def _dev_ids() -> set[str]:
