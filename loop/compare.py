@@ -28,7 +28,9 @@ from loop.evaluate import format_table, passage_means, summarise
 from loop.ledger import read_jsonl
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
-MUST_AGREE = ("seed", "student.name", "student.path", "task.data", "task.split")
+# (not student.path: a bundled model's path is the machine's cache folder)
+MUST_AGREE = ("seed", "student.name", "student.hub_id", "student.revision", "task.data",
+              "task.split")
 REWARD_METRICS = ("logprob", "f1", "contains")  # the per-question metrics a SQuAD reward can use
 
 
@@ -160,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loop.compare",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("rows", nargs="+", metavar="FOLDER:CONDITION[=LABEL]")
-    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the bootstrap's seed (the table; --rewards has none)")
     parser.add_argument("--rewards", action="store_true",
                         help="instead: would the metrics, as rewards, pick the same of a passage's "
                              "self-edits? (ties, and pairs ordered alike, over the rows' samples)")

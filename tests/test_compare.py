@@ -36,7 +36,7 @@ def folders(tmp_path):
                                ("p1", "teacher_base", [q(-3.5, 0.0)])], CONFIG)
     b = write(tmp_path / "b=x", [("p1", "teacher_base", [q(-1.0, 1.0)]),  # another order
                                  ("p0", "teacher_base", [q(-2.0, 0.0), q(-2.0, 0.0)])],
-              {**CONFIG, "teacher.sampling.prompt": "rewrite"})
+              {**CONFIG, "teacher.sampling.prompt": "rewrite", "student.path": "/other/cache"})
     return a, b
 
 
@@ -44,7 +44,8 @@ def test_rows_of_two_folders_are_paired_by_passage(folders):
     a, b = folders
     summary, n, differ = compare([f"{a}:passage", f"{a}:teacher_base=long",
                                   f"{b}:teacher_base=rewrite"], resamples=2000)
-    assert n == 2 and differ == ["teacher.sampling.prompt"]
+    # a bundled student's path is the machine's cache: listed, not refused
+    assert n == 2 and differ == ["student.path", "teacher.sampling.prompt"]
     # by hand: passage logprob per passage -3.0, -3.0; long -2.5, -3.5; rewrite -2.0, -1.0
     assert summary["long"]["logprob"]["vs_a:passage"]["mean"] == pytest.approx(0.0)
     # paired by passage, rewrite - long is 0.5 (p0) and 2.5 (p1): the interval spans both
@@ -87,7 +88,7 @@ def test_rows_that_would_not_pair_are_refused(folders, tmp_path, capsys):
     assert "error: rows" in capsys.readouterr().err
     assert main([f"{a}:passage", f"{b}:teacher_base"]) == 0
     out = capsys.readouterr().out
-    assert "2 passages" in out and "differ in: teacher.sampling.prompt" in out
+    assert "2 passages" in out and "differ in: student.path, teacher.sampling.prompt" in out
 
 
 def test_a_torn_last_line_is_left_out_and_left_in_place(folders):
