@@ -101,7 +101,7 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     from loop.evaluate import format_table, open_evaluation, sample_self_edits
     from loop.evaluate import summarise as summarise_units
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.outer import start_tracking
+    from loop.outer import dataset_name, start_tracking
     from loop.seeds import derive_seed
     from loop.tasks import load_contexts, select
     from student.model import load_student
@@ -113,7 +113,8 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     scores_path = out_dir / "scores.jsonl"
     done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
     self_edits = sample_self_edits(run, tasks, out_dir) if teacher_conditions else {}
-    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}")
+    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
+                             {dataset_name(run.task): tasks})
     status = "FAILED"
     try:
         model, tokenizer = load_student(run.student)

@@ -482,7 +482,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
 
     from loop import plots
     from loop.baseline import BaselineCache
-    from loop.outer import start_tracking
+    from loop.outer import dataset_name, start_tracking
     from loop.tasks import load_contexts, select
     from student.model import load_student
 
@@ -507,7 +507,8 @@ def evaluate(run: RunConfig, out_dir: Path, command: str = "python -m loop.evalu
     # self-edits first, then the teacher is freed before the student's work
     self_edits = sample_self_edits(run, passages, out_dir) if teacher_conditions else {}
     judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
-    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}")
+    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
+                             {dataset_name(run.task): passages})
     model, tokenizer = load_student(run.student)
     baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
     together: dict[str, dict[str, list[dict]]] = {}

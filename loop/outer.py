@@ -278,19 +278,66 @@ def check_tracking(run: RunConfig) -> None:
         tracking.check_reachable(run.tracking.uri)
 
 
-def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str):
+def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str,
+                   datasets: dict[str, list] | None = None):
     """The run folder's MLflow run: the one in `record` continued (a resume), or a new one whose
-    id is then written to run.json."""
+    id is then written to run.json. `datasets`: name -> the contexts a new run trains on
+    (`loop.run`'s rounds) or is scored on (`loop.evaluate`), logged as MLflow dataset inputs."""
     from loop import tracking
 
     tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
                              tags={"entry": entry, "teacher": run.teacher.name,
                                    "student": run.student.name, "task": run.task.name},
-                             run_id=record["mlflow_run_id"], exclude=("resume",),
-                             pending=out_dir / tracking.PENDING)
+                             run_id=record["mlflow_run_id"], pending=out_dir / tracking.PENDING,
+                             description=run_description(run, entry, record["command"]))
     if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
         write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+        for name, contexts in (datasets or {}).items():  # a resumed run logged them before
+            tracker.log_dataset(name, run.task.data, [c.id for c in contexts],
+                                "training" if entry == "loop.run" else "evaluation")
     return tracker
+
+
+def dataset_name(task) -> str:
+    """How MLflow's Dataset column names a task's contexts: the file's stem, and its split."""
+    return Path(task.data).stem + ("" if task.split == "all" else f" ({task.split})")
+
+
+def run_description(run: RunConfig, entry: str, command: str) -> str:
+    """The MLflow run's description (Markdown): the command, the pairing, the data, and what
+    the numbers mean."""
+    from loop.reward import LOG_PROBABILITIES
+
+    def model(m) -> str:
+        adapter = getattr(m, "adapter", None)
+        return f"**{m.name}** (`{m.hub_id}`" + (f", adapter `{adapter}`)" if adapter else ")")
+
+    data = Path(run.task.data).name
+    lines = [f"`{command}`", "",
+             f"Teacher {model(run.teacher)}, student {model(run.student)}, task **{run.task.name}** "
+             f"(`{data}`, split `{run.task.split}`), seed {run.seed}.", ""]
+    unit = "nats per gold-answer token" if run.reward.metric in LOG_PROBABILITIES else "points"
+    if entry == "loop.run":
+        base = {"student": "the frozen student's", "passage": "the student's after absorbing the "
+                "passage alone", "none": "0"}.get(run.reward.baseline, run.reward.baseline)
+        prompt = "" if run.task.format == "arc" else f" (prompt `{run.teacher.sampling.prompt}`)"
+        how = ("with it in its prompt (nothing absorbed)" if run.reward.metric == "context_logprob"
+               else "after absorbing it through a fresh LoRA")
+        lines.append(
+            f"{run.loop.rounds} ReST-EM rounds of {run.loop.contexts_per_round} contexts x "
+            f"{run.loop.k} self-edits{prompt}. A self-edit's reward (`reward/*`) is the "
+            f"student's `{run.reward.metric}` {how}, minus {base} ({unit}); the teacher is "
+            f"trained on the `{run.reward.filter}` self-edits. `round_<r>/self_edits.json` "
+            "lists every one.")
+    else:
+        what = ("`success` is the percent of tasks solved (pass@2)" if run.task.format == "arc"
+                else "EM, F1 and contains are percents of questions, logprob is nats per "
+                "gold-answer token")
+        lines.append(
+            f"Rows `{', '.join(run.evaluate.conditions)}`, scored on the same contexts: "
+            f"`<row>/<metric>` is the mean over contexts; {what}. `results.json` and "
+            f"`results.png` have the 95 % intervals and the paired differences.")
+    return "\n".join(lines)
 
 
 # ---- the phases of a round ------------------------------------------------------------------
@@ -641,7 +688,9 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     record = check_resume(run, out_dir, command)
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
     tracker = start_tracking(run, out_dir, record, "loop.run",
-                             f"{run.teacher.name} -> {run.student.name}")
+                             f"{run.teacher.name} -> {run.student.name}",
+                             {f"{dataset_name(run.task)} round {r}": c
+                              for r, c in enumerate(schedule)})
     status, executor = "FAILED", None
     try:
         teacher = load_teacher(run.teacher)

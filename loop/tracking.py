@@ -23,6 +23,10 @@ class TrackingConfig:
     enabled: bool = True  # false: nothing is sent anywhere (the run folder still has everything)
     uri: str = "sqlite:///mlflow.db"  # a SQLite file, or http://host:port for an MLflow server
     artifacts: str = "mlartifacts"  # where a new experiment on a local store keeps its artifacts
+    # MLflow's own sampler of CPU, memory, disk, network (and GPU with nvidia-ml-py) into the
+    # run's `system/*` metrics, every `system_metrics_interval` seconds
+    system_metrics: bool = True
+    system_metrics_interval: float = 10.0
 
 
 class Tracker(Protocol):
@@ -32,6 +36,7 @@ class Tracker(Protocol):
     def log_table(self, rows: list[dict], name: str) -> None: ...
     def log_artifact(self, path: str | Path) -> None: ...
     def log_artifacts(self, folder: str | Path, artifact_path: str) -> None: ...
+    def log_dataset(self, name: str, source: str | Path, ids: list[str], context: str) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -44,6 +49,7 @@ class NullTracker:
     def log_table(self, rows, name) -> None: ...
     def log_artifact(self, path) -> None: ...
     def log_artifacts(self, folder, artifact_path) -> None: ...
+    def log_dataset(self, name, source, ids, context) -> None: ...
     def close(self, status="FINISHED") -> None: ...
 
 
@@ -57,10 +63,87 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent)
+def run_params(flat: dict[str, Any], entry: str, project_root: Path,
+               cache: Path) -> dict[str, Any]:
+    """The settings worth comparing in MLflow: those that apply to this run, without values
+    that only say which machine it ran on (`run.json` keeps every setting as it was).
+
+    Dropped: unset values; `resume`, `tracking.*` and `serve.*`; the other domain's student
+    settings (`student.arc.*` for SQuAD, `student.lora.*` and `student.data.*` for ARC); vLLM
+    settings of a role on transformers; Ray settings of the local executor; `evaluate.*` for
+    `loop.run`, and `loop.*` and `teacher.train.*` for `loop.evaluate`, which does not train a
+    teacher; `evaluate.external.*` without the `external` row; a bundled model's cache folder.
+    Data files inside the project are given relative to it."""
+    arc = flat.get("task.format") == "arc"
+    drop = ["resume", "tracking.", "serve.", "student.lora." if arc else "student.arc."]
+    if arc:
+        drop.append("student.data.")
+    if flat.get("teacher.backend") != "vllm":
+        drop.append("teacher.vllm_")
+    if flat.get("student.eval_backend") != "vllm":
+        drop.append("student.vllm_")
+    if flat.get("executor.name") != "ray":
+        drop += ["executor.address", "executor.num_workers", "executor.cpus_per_worker",
+                 "executor.gpus_per_worker", "executor.max_retries"]
+    if entry == "loop.run":
+        drop.append("evaluate.")
+    elif entry == "loop.evaluate":
+        drop += ["loop.", "teacher.train."]
+        if "external" not in (flat.get("evaluate.conditions") or ()):
+            drop.append("evaluate.external.")
+        if flat.get("task.absorb") != "sequential":
+            drop.append("evaluate.forgetting")
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None or any(key == d or (d.endswith((".", "_")) and key.startswith(d))
+                                for d in drop):
+            continue
+        if key.endswith(".path") or key in ("task.data", "task.eval_data", "task.solutions"):
+            where = Path(str(value)).expanduser()
+            if where.is_absolute() and where.resolve().is_relative_to(cache.resolve()):
+                continue  # a bundled model: its name and hub id say which
+            if where.is_absolute() and where.resolve().is_relative_to(project_root.resolve()):
+                value = where.resolve().relative_to(project_root.resolve()).as_posix()
+        out[key] = value
+    return out
+
+
+def git_commit(full: bool = False) -> str:
+    proc = subprocess.run(["git", "rev-parse", *([] if full else ["--short"]), "HEAD"],
+                          capture_output=True, text=True, cwd=Path(__file__).parent)
     return proc.stdout.strip() or "unknown"
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"  # read by MLflow builds that ask which kind it is
+EXPERIMENT_NOTE = (
+    "SEAL teacher-student runs on `{task}`: `python -m loop.run` trains a teacher whose "
+    "self-edits a student absorbs through LoRA; `python -m loop.evaluate` scores conditions "
+    "(base, passage, teacher_base, teacher, ...) on held-out contexts. Each run's description "
+    "gives its command and pairing.")
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI, in the model-training view (MLflow 3 opens GenAI's
+    Traces view otherwise). For a local store, the address `mlflow ui` serves by default."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def dataset_input(name: str, source: str, ids: list[str], context: str):
+    """An MLflow DatasetInput: one row per context id, the source file, and a digest of the
+    ids and the file's name; `context` is MLflow's training/evaluation tag."""
+    import hashlib
+
+    import pandas as pd
+    from mlflow.data import from_pandas
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    digest = hashlib.sha256("\n".join([Path(source).name, *ids]).encode()).hexdigest()[:8]
+    data = from_pandas(pd.DataFrame({"id": ids}), source=LocalArtifactDatasetSource(source),
+                       name=name, digest=digest)
+    return DatasetInput(data._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 class TrackingError(RuntimeError):
@@ -82,43 +165,77 @@ class MlflowTracker:
     """
 
     def __init__(self, uri: str, run_id: str, pending: Path | None = None,
-                 retry_s: float = 30.0):
+                 retry_s: float = 30.0, url: str | None = None):
         import mlflow
 
         from loop.ledger import read_jsonl
 
         self.uri, self.run_id, self.pending, self.retry_s = uri, run_id, pending, retry_s
+        self.url = url  # the run's page in the MLflow UI
         self.client = mlflow.MlflowClient(tracking_uri=uri)
         self._queue: list[dict] = read_jsonl(pending) if pending else []  # a killed run's
         self._failed_at: float | None = None
+        self._monitor = None  # MLflow's system-metrics sampler, when on
 
     @classmethod
     def open(cls, cfg: TrackingConfig, experiment: str, run_name: str, params: dict,
              tags: dict[str, str], run_id: str | None = None,
-             pending: Path | None = None) -> MlflowTracker:
-        """A new MLflow run with its params and tags, or `run_id` continued (a resume)."""
+             pending: Path | None = None, description: str = "") -> MlflowTracker:
+        """A new MLflow run with its params, tags and description, or `run_id` continued (a
+        resume). The run carries MLflow's standard user/source/commit tags, so the UI's
+        "Created by", "Source" and "Version" columns are filled."""
         import mlflow
         from mlflow.entities import Param
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
         client = mlflow.MlflowClient(tracking_uri=cfg.uri)
+        resumed = bool(run_id)
         if run_id:  # its params are already there
             client.update_run(run_id, status="RUNNING")
+            exp_id = client.get_run(run_id).info.experiment_id
         else:
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
                 local = not cfg.uri.startswith(("http://", "https://", "databricks"))
                 location = Path(cfg.artifacts).resolve().as_uri() if local else None
-                exp_id = client.create_experiment(experiment, artifact_location=location)
+                exp_id = client.create_experiment(experiment, artifact_location=location, tags={
+                    EXPERIMENT_KIND: "custom_model_development",
+                    MLFLOW_RUN_NOTE: EXPERIMENT_NOTE.format(task=experiment)})
             else:
                 exp_id = exp.experiment_id
-            run_id = client.create_run(exp_id, run_name=run_name,
-                                       tags={**tags, "git_commit": git_commit()}).info.run_id
+            commit = git_commit(full=True)
+            standard = {"mlflow.source.name": tags.get("entry", run_name),
+                        "mlflow.source.type": "LOCAL"}
+            if commit != "unknown":
+                standard["mlflow.source.git.commit"] = commit
+            run_tags = resolve_tags({**tags, **standard, "git_commit": commit[:7],
+                                     MLFLOW_RUN_NOTE: description})
+            run_id = client.create_run(exp_id, run_name=run_name, tags=run_tags).info.run_id
             items = [Param(k, str(v)[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 client.log_batch(run_id, params=items[i : i + 100])
-        print(f"MLflow run {run_id} in experiment '{experiment}'; "
-              f"see it with: mlflow ui --backend-store-uri {cfg.uri}")
-        return cls(cfg.uri, run_id, pending)
+        tracker = cls(cfg.uri, run_id, pending, url=run_url(cfg.uri, exp_id, run_id))
+        print(f"MLflow run {run_id} in experiment '{experiment}': {tracker.url}"
+              + ("" if cfg.uri.startswith(("http://", "https://")) else
+                 f" (start the UI first: mlflow ui --backend-store-uri {cfg.uri})"), flush=True)
+        if cfg.system_metrics:
+            tracker._start_system_metrics(cfg.system_metrics_interval, resumed)
+        return tracker
+
+    def _start_system_metrics(self, interval: float, resumed: bool) -> None:
+        """MLflow's sampler thread; it stops for good if the server is away when it samples
+        (the run's own records are kept and sent later; these samples are not)."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval,
+                                                 resume_logging=resumed, tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception as e:  # a missing psutil, a platform psutil cannot read
+            log.warning("MLflow system metrics are off for this run (%s: %s)",
+                        type(e).__name__, e)
+            self._monitor = None
 
     # -- the Tracker calls: each is one record, sent now or kept ---------------------------------
 
@@ -138,8 +255,22 @@ class MlflowTracker:
         self._call({"op": "artifacts", "path": str(Path(folder).resolve()),
                     "artifact_path": artifact_path})
 
+    def log_dataset(self, name, source, ids, context) -> None:
+        """The contexts a run trained or was scored on, as an MLflow dataset input: their ids
+        (one row each), the file they came from, and a digest of both."""
+        self._call({"op": "dataset", "name": name, "source": str(Path(source).resolve()),
+                    "ids": list(ids), "context": context})
+
     def close(self, status="FINISHED") -> None:
+        if self._monitor is not None:  # its last samples, before the run stops being RUNNING
+            try:
+                self._monitor.finish()
+            except Exception as e:
+                log.warning("MLflow system metrics did not finish (%s: %s)", type(e).__name__, e)
+            self._monitor = None
         self._call({"op": "end", "status": status}, force=True)
+        if self.url and not self._queue:
+            print(f"MLflow run {self.run_id}: {self.url}", flush=True)
         if self._queue:
             where = f" are kept in {self.pending}" if self.pending else " were lost"
             print(f"MLflow at {self.uri} could not be reached: {len(self._queue)} tracking "
@@ -205,6 +336,9 @@ class MlflowTracker:
             self.client.log_artifact(run_id, record["path"])
         elif op == "artifacts":
             self.client.log_artifacts(run_id, record["path"], record["artifact_path"])
+        elif op == "dataset":
+            self.client.log_inputs(run_id, datasets=[dataset_input(
+                record["name"], record["source"], record["ids"], record["context"])])
         elif op == "end":
             self.client.set_terminated(run_id, record["status"])
         else:
@@ -212,17 +346,22 @@ class MlflowTracker:
 
 
 def start(cfg: TrackingConfig, experiment: str, run_name: str, config: Any,
-          tags: dict[str, str], run_id: str | None = None,
-          exclude: tuple[str, ...] = (), pending: Path | None = None) -> Tracker:
+          tags: dict[str, str], run_id: str | None = None, pending: Path | None = None,
+          description: str = "") -> Tracker:
     """The MLflow run (a new one, or `run_id` continued), or a NullTracker when tracking is off.
+    Its params are `run_params` of the flattened config (`tags["entry"]` says which apply).
 
     A tracking server that cannot be reached at launch is a TrackingError naming the URI."""
     if not cfg.enabled:
         return NullTracker()
+    from loop.assets import cache_dir
+    from loop.errors import PROJECT_ROOT
+
     quick_http_failures()
     check_reachable(cfg.uri)
-    params = {k: v for k, v in flatten(config).items() if k not in exclude}
-    return MlflowTracker.open(cfg, experiment, run_name, params, tags, run_id, pending)
+    params = run_params(flatten(config), tags.get("entry", ""), PROJECT_ROOT, cache_dir())
+    return MlflowTracker.open(cfg, experiment, run_name, params, tags, run_id, pending,
+                              description)
 
 
 def quick_http_failures() -> None:

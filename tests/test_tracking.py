@@ -143,3 +143,115 @@ def test_a_whole_run_outlives_its_server_and_syncs_afterwards(tiny_llama, tiny_q
     assert {m.step for m in client.get_metric_history(run_id, "reward/mean")} == {0, 1}
     assert "results.json" in {a.path for a in client.list_artifacts(run_id)}
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_params_are_the_settings_that_apply_without_machine_paths(tmp_path):
+    """What MLflow's compare view shows: no unset values, no cache folders or tracking URIs,
+    no settings of the other domain, of an unused backend or of the other entry point."""
+    project, cache = tmp_path / "project", tmp_path / "cache"
+    flat = {"teacher.name": "qwen0.5b", "teacher.path": str(cache / "models" / "qwen0.5b"),
+            "teacher.revision": None, "teacher.backend": "transformers",
+            "teacher.vllm_memory": 0.3, "teacher.train.lr": 3e-4,
+            "student.path": "/data/my_model", "student.lora.r": 32, "student.arc.lora.r": 128,
+            "student.data.split_lines": True, "student.eval_backend": "transformers",
+            "student.vllm_memory": 0.3, "task.format": "squad",
+            "task.data": str(project / "data" / "squad" / "train_pool.json"), "loop.k": 4,
+            "evaluate.samples": 2, "evaluate.conditions": ["base", "passage"],
+            "evaluate.external.url": None, "evaluate.external.chat": True,
+            "evaluate.forgetting": "grow", "tracking.uri": "sqlite:////x/mlflow.db",
+            "serve.port": 8000, "executor.name": "local", "executor.num_workers": 2,
+            "resume": None, "seed": 0}
+    assert tracking.run_params(flat, "loop.run", project, cache) == {
+        "teacher.name": "qwen0.5b", "teacher.backend": "transformers", "teacher.train.lr": 3e-4,
+        "student.path": "/data/my_model", "student.lora.r": 32, "student.data.split_lines": True,
+        "student.eval_backend": "transformers", "task.format": "squad",
+        "task.data": "data/squad/train_pool.json", "loop.k": 4, "executor.name": "local",
+        "seed": 0}
+    evaluation = tracking.run_params(flat, "loop.evaluate", project, cache)
+    assert {"evaluate.samples", "evaluate.conditions"} <= set(evaluation)
+    assert not {"loop.k", "teacher.train.lr", "evaluate.external.chat",
+                "evaluate.forgetting"} & set(evaluation)
+    external = {**flat, "evaluate.conditions": ["base", "external"], "task.absorb": "sequential"}
+    evaluation = tracking.run_params(external, "loop.evaluate", project, cache)
+    assert evaluation["evaluate.external.chat"] is True and "evaluate.external.url" not in evaluation
+    assert evaluation["evaluate.forgetting"] == "grow"
+    arc = tracking.run_params({**flat, "task.format": "arc", "teacher.backend": "vllm",
+                               "executor.name": "ray"}, "loop.run", project, cache)
+    assert arc["student.arc.lora.r"] == 128 and arc["teacher.vllm_memory"] == 0.3
+    assert arc["executor.num_workers"] == 2
+    assert not {"student.lora.r", "student.data.split_lines", "student.vllm_memory"} & set(arc)
+
+    # the composed defaults, as a fresh `loop.run` logs them
+    from loop.assets import cache_dir
+    from loop.config import PROJECT_ROOT
+    from tests.conftest import compose_run
+
+    params = tracking.run_params(tracking.flatten(compose_run()), "loop.run", PROJECT_ROOT,
+                                 cache_dir())
+    assert params["teacher.name"] == "qwen0.5b" and params["task.data"] == "data/squad/train_pool.json"
+    assert all(v is not None and str(cache_dir()) not in str(v) and str(PROJECT_ROOT) not in str(v)
+               for v in params.values())
+    assert not [k for k in params if k.startswith(("student.arc.", "serve.", "tracking.",
+                                                   "evaluate.", "executor.num"))]
+
+
+@pytest.mark.slow
+def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2, server,
+                                                          tmp_path):
+    """Two `loop.run`s of swapped pairings against a real MLflow server: one experiment, the
+    same metric and artifact names, a description and MLflow's standard tags on each, their
+    training contexts as dataset inputs, system metrics, and the run's page printed."""
+    import mlflow
+
+    pairings = {"a": ["teacher=qwen0.5b", f"teacher.path={tiny_qwen2}", "student=smollm135m",
+                      f"student.path={tiny_llama}"],
+                "b": ["teacher=smollm135m", f"teacher.path={tiny_llama}", "student=qwen0.5b",
+                      f"student.path={tiny_qwen2}"]}
+    client = mlflow.MlflowClient(tracking_uri=server.url)
+    runs, printed = {}, {}
+    for name, pairing in pairings.items():
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "loop.run", "experiment=smoke", *pairing,
+             f"tracking.uri={server.url}", "tracking.system_metrics_interval=1",
+             f"hydra.run.dir={out}"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = client.get_run(json.loads((out / "run.json").read_text())["mlflow_run_id"])
+        printed[name] = proc.stdout
+
+    a, b = runs["a"], runs["b"]
+    assert a.info.experiment_id == b.info.experiment_id
+    experiment = client.get_experiment(a.info.experiment_id)
+    assert experiment.name == "squad"
+    assert experiment.tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    assert "loop.run" in experiment.tags["mlflow.note.content"]
+    for name, run in runs.items():
+        url = (f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+               "?workflowType=machine_learning")
+        assert printed[name].count(url) == 2  # at the start and at the end
+        tags = run.data.tags
+        assert tags["mlflow.source.name"] == "loop.run" and tags["mlflow.user"]
+        assert tags["mlflow.source.git.commit"] == tracking.git_commit(full=True)
+        assert tags["mlflow.note.content"].startswith("`python -m loop.run experiment=smoke")
+        teacher, student = ("qwen0.5b", "smollm135m") if name == "a" else ("smollm135m", "qwen0.5b")
+        assert f"Teacher **{teacher}**" in tags["mlflow.note.content"]
+        assert f"student **{student}**" in tags["mlflow.note.content"]
+        assert run.data.params["teacher.name"] == teacher
+        assert not [k for k in run.data.params if k.startswith(("tracking.", "student.arc."))]
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"train_pool (train) round 0", "train_pool (train) round 1"}
+        for d in inputs.values():
+            assert [(t.key, t.value) for t in d.tags] == [("mlflow.data.context", "training")]
+            assert json.loads(d.dataset.source)["uri"].endswith("data/squad/train_pool.json")
+        assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)
+    # the contexts of a round are the same for both pairings (the run's seed decides them)
+    assert ({d.dataset.digest for d in a.inputs.dataset_inputs}
+            == {d.dataset.digest for d in b.inputs.dataset_inputs})
+
+    def metrics(run):
+        return {k for k in run.data.metrics if not k.startswith("system/")}
+    assert metrics(a) == metrics(b) and "reward/mean" in metrics(a)
+    for run in (a, b):  # (a random tiny teacher may train no adapter: nothing to compare there)
+        assert "round_0/self_edits.json" in {
+            f.path for f in client.list_artifacts(run.info.run_id, "round_0")}
