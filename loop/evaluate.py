@@ -260,6 +260,14 @@ def check_adapter_base(path: Path, spec: str, run: RunConfig) -> None:
 
 
 def find_adapter(spec: str, run: RunConfig) -> Path:
+    if spec.startswith(("runs:/", "models:/")):  # a logged teacher model (loop.teacher_model)
+        from loop.teacher_model import download_adapter
+
+        try:
+            return download_adapter(spec, run.tracking.uri)
+        except Exception as e:  # MLflow raises its own exception types per store
+            raise ConfigError(f"teacher.adapter={spec}: not a teacher model in "
+                              f"{run.tracking.uri} ({type(e).__name__}: {e})") from None
     path = Path(spec)
     if (path / "adapter_config.json").is_file():
         return path

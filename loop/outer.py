@@ -712,6 +712,10 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
                    "rounds": summaries}
         write_json_atomic(out_dir / "results.json", results)
         tracker.log_artifact(out_dir / "results.json")
+        if adapter and run.task.format == "squad":  # ARC's teacher writes JSON configurations
+            from loop.teacher_model import model_config
+
+            tracker.log_model(adapter, model_config(run.teacher))
         print(format_table(summaries, run.reward.metric, run.reward.baseline))
         if adapter:
             print(f"trained teacher adapter: {adapter}")

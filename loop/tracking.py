@@ -37,6 +37,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path) -> None: ...
     def log_artifacts(self, folder: str | Path, artifact_path: str) -> None: ...
     def log_dataset(self, name: str, source: str | Path, ids: list[str], context: str) -> None: ...
+    def log_model(self, adapter: str | Path, config: dict) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -50,6 +51,7 @@ class NullTracker:
     def log_artifact(self, path) -> None: ...
     def log_artifacts(self, folder, artifact_path) -> None: ...
     def log_dataset(self, name, source, ids, context) -> None: ...
+    def log_model(self, adapter, config) -> None: ...
     def close(self, status="FINISHED") -> None: ...
 
 
@@ -261,6 +263,10 @@ class MlflowTracker:
         self._call({"op": "dataset", "name": name, "source": str(Path(source).resolve()),
                     "ids": list(ids), "context": context})
 
+    def log_model(self, adapter, config) -> None:
+        """A teacher adapter as the run's MLflow model `teacher` (loop.teacher_model)."""
+        self._call({"op": "model", "adapter": str(Path(adapter).resolve()), "config": config})
+
     def close(self, status="FINISHED") -> None:
         if self._monitor is not None:  # its last samples, before the run stops being RUNNING
             try:
@@ -339,6 +345,13 @@ class MlflowTracker:
         elif op == "dataset":
             self.client.log_inputs(run_id, datasets=[dataset_input(
                 record["name"], record["source"], record["ids"], record["context"])])
+        elif op == "model":
+            from loop import teacher_model
+
+            uri = teacher_model.log(self.client, self.uri, run_id, record["adapter"],
+                                    record["config"])
+            print(f"teacher logged to MLflow as {uri} (runs:/{run_id}/{teacher_model.NAME})",
+                  flush=True)
         elif op == "end":
             self.client.set_terminated(run_id, record["status"])
         else:

@@ -77,7 +77,7 @@ class TeacherConfig:
     dtype: str = "auto"  # torch dtype name; auto: bfloat16 on GPU, float32 on CPU (see model.py)
     trust_remote_code: bool = False  # runs code shipped with a checkpoint: only for repos you trust
     # a trained teacher LoRA for loop.evaluate: an adapter folder, a loop.run folder (its final
-    # adapter), or the MLflow run id of a loop.run
+    # adapter), the MLflow run id of a loop.run, or its logged model (runs:/<run id>/teacher)
     adapter: str | None = None
     backend: str = "transformers"  # who samples: transformers (in process) or vllm (an engine)
     # backend=vllm on a GPU: the fraction of the GPU's memory the teacher's engine may take

@@ -200,7 +200,9 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
                                                           tmp_path):
     """Two `loop.run`s of swapped pairings against a real MLflow server: one experiment, the
     same metric and artifact names, a description and MLflow's standard tags on each, their
-    training contexts as dataset inputs, system metrics, and the run's page printed."""
+    training contexts as dataset inputs, system metrics, the run's page printed, and the final
+    teacher adapter as an MLflow model that loads back and writes what the folder's adapter
+    writes."""
     import mlflow
 
     pairings = {"a": ["teacher=qwen0.5b", f"teacher.path={tiny_qwen2}", "student=smollm135m",
@@ -255,3 +257,38 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
     for run in (a, b):  # (a random tiny teacher may train no adapter: nothing to compare there)
         assert "round_0/self_edits.json" in {
             f.path for f in client.list_artifacts(run.info.run_id, "round_0")}
+
+    # the trained teacher, as MLflow users load it and as loop.evaluate reads it
+    from loop.evaluate import find_adapter
+    from loop.seeds import derive_seed
+    from teacher.config import SamplingSettings
+    from teacher.generate import TransformersGenerator
+    from teacher.model import load_teacher
+    from teacher.prompts import self_edit_prompt
+    from tests.conftest import compose_run
+
+    out = tmp_path / "a"
+    final = out / json.loads((out / "results.json").read_text())["final_adapter"]
+    [output] = a.outputs.model_outputs
+    assert client.get_logged_model(output.model_id).name == "teacher"
+    assert f"runs:/{a.info.run_id}/teacher" in printed["a"]
+    uri = f"runs:/{a.info.run_id}/teacher"
+    run = compose_run("experiment=smoke", f"tracking.uri={server.url}")
+    downloaded = find_adapter(uri, run)
+    assert (downloaded / "adapter_model.safetensors").read_bytes() == (
+        final / "adapter_model.safetensors").read_bytes()
+    mlflow.set_tracking_uri(server.url)
+    writer = mlflow.pyfunc.load_model(uri)
+    passage = {"title": "Tides", "context": "The Moon's gravity raises two bulges of water."}
+    [text] = writer.predict([passage], params={"seed": 3, "max_new_tokens": 12})
+    teacher = run.teacher
+    teacher.path = tiny_qwen2
+    generator = TransformersGenerator(*load_teacher(teacher), instruct=teacher.instruct,
+                                      settings=SamplingSettings(**{
+                                          **vars(teacher.sampling), "max_new_tokens": 12}))
+    generator.use_adapter(final)
+    [want] = generator.sample([self_edit_prompt(teacher.sampling.prompt, passage["title"],
+                                                passage["context"])],
+                              [derive_seed(3, "mlflow-predict", 0)])
+    assert text == want.text and text
+
