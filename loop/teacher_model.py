@@ -9,7 +9,7 @@ self-edits.
 works as MLflow users load models, and `loop.evaluate teacher.adapter=runs:/<run id>/teacher`
 reads the adapter from MLflow. The base is loaded from the folder it was trained from when that
 exists on the loading machine, else from its hub id and revision (`model_config`); the adapter
-travels with the model (`artifacts/adapter`).
+travels with the model (under `artifacts/`).
 """
 
 from __future__ import annotations
