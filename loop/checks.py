@@ -130,6 +130,7 @@ RULES: tuple[Rule, ...] = (
     ("executor.cpus_per_worker", above(0), "above 0"),
     ("executor.gpus_per_worker", at_least(0), "at least 0"),
     ("executor.max_retries", at_least(0), "at least 0"),
+    ("tracking.system_metrics_interval", above(0), "seconds, above 0"),
 )
 
 

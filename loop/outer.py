@@ -204,7 +204,8 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "executor.address", "executor.num_workers", "executor.cpus_per_worker",
                        "executor.gpus_per_worker", "executor.max_retries",
                        "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory",
-                       "teacher.vllm_tensor_parallel"})
+                       "teacher.vllm_tensor_parallel", "tracking.system_metrics",
+                       "tracking.system_metrics_interval"})
 
 
 # Settings whose default changes what a run computes, with the value that reproduces a run
@@ -292,9 +293,9 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
                              description=run_description(run, entry, record["command"]))
     if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
         write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
-        for name, contexts in (datasets or {}).items():  # a resumed run logged them before
-            tracker.log_dataset(name, run.task.data, [c.id for c in contexts],
-                                "training" if entry == "loop.run" else "evaluation")
+    for name, contexts in (datasets or {}).items():  # again on a resume: MLflow keeps one
+        tracker.log_dataset(name, run.task.data, [c.id for c in contexts],  # per name and digest
+                            "training" if entry == "loop.run" else "evaluation")
     return tracker
 
 
@@ -712,10 +713,10 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
                    "rounds": summaries}
         write_json_atomic(out_dir / "results.json", results)
         tracker.log_artifact(out_dir / "results.json")
-        if adapter and run.task.format == "squad":  # ARC's teacher writes JSON configurations
-            from loop.teacher_model import model_config
+        if adapter and run.task.format == "squad" and tracker.run_id:  # (ARC's teacher writes
+            from loop.teacher_model import model_config  # JSON configurations, not self-edits)
 
-            tracker.log_model(adapter, model_config(run.teacher))
+            tracker.log_model(adapter, model_config(run.teacher), step=len(summaries) - 1)
         print(format_table(summaries, run.reward.metric, run.reward.baseline))
         if adapter:
             print(f"trained teacher adapter: {adapter}")

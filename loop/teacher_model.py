@@ -8,8 +8,9 @@ self-edits.
 
 works as MLflow users load models, and `loop.evaluate teacher.adapter=runs:/<run id>/teacher`
 reads the adapter from MLflow. The base is loaded from the folder it was trained from when that
-exists on the loading machine, else from its hub id and revision (`model_config`); the adapter
-travels with the model (under `artifacts/`).
+exists on the loading machine, else from its hub id and revision (`artifacts/config.json`); the
+adapter travels with the model (under `artifacts/`). Loading runs `teacher_model_code.py`, which
+imports this project: load it where `seal-ts` is installed.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ class SelfEditWriter(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
+        import json
+
         from teacher.config import SamplingSettings, TeacherConfig
         from teacher.generate import TransformersGenerator
         from teacher.model import load_teacher
 
-        cfg = dict(context.model_config)
+        cfg = json.loads(Path(context.artifacts["config"]).read_text())
         sampling = SamplingSettings(**cfg.pop("sampling"))
         if cfg["path"] and not Path(cfg["path"]).is_dir():
             cfg["path"] = None  # trained on another machine: the hub id and revision say which
@@ -63,7 +66,8 @@ class SelfEditWriter(mlflow.pyfunc.PythonModel):
 
         rows = (model_input.to_dict("records") if hasattr(model_input, "to_dict")
                 else list(model_input))
-        rows = [{**row, "title": row.get("title") or ""} for row in rows]
+        rows = [{**row, "title": row.get("title") if isinstance(row.get("title"), str) else ""}
+                for row in rows]  # absent, None or pandas' NaN: no title
         params = dict(params or {})
         seed = int(params.pop("seed", 0))
         settings = dataclasses.replace(self.generator.settings, **{
@@ -95,26 +99,36 @@ def signature(sampling: dict):
             ParamSpec("max_new_tokens", "long", int(sampling["max_new_tokens"]))]))
 
 
-def log(client, tracking_uri: str, run_id: str, adapter: str, config: dict) -> str:
-    """The adapter folder as the run's logged model `teacher` (once: a resumed run that logged
-    it before logs nothing); its models:/ URI."""
+def log(client, tracking_uri: str, run_id: str, adapter: str, config: dict,
+        step: int = 0) -> str:
+    """The adapter folder as the run's logged model `teacher`, with the run's metrics of `step`;
+    its models:/ URI. Once: a complete one logged before (a resumed or synced run) is kept.
+    The teacher's settings travel as an artifact (`config.json`), not as `model_config`, which
+    MLflow would also log as the run's params."""
+    import json
+    import tempfile
+
     import mlflow
     from mlflow.models import Model
 
     run = client.get_run(run_id)
     for output in (run.outputs.model_outputs if run.outputs else []):
-        if client.get_logged_model(output.model_id).name == NAME:
+        model = client.get_logged_model(output.model_id)
+        if model.name == NAME and str(model.status).endswith("READY"):
             return f"models:/{output.model_id}"
     mlflow.set_tracking_uri(tracking_uri)  # Model.log reads the global URI
     experiment_id = run.info.experiment_id
     logged = client.create_logged_model(experiment_id, name=NAME, source_run_id=run_id,
                                         tags={"teacher": config["name"],
                                               "base": config["hub_id"]})
-    with warnings.catch_warnings():  # MLflow asks for an input example: running one would
-        warnings.simplefilter("ignore", UserWarning)  # load the teacher at logging time
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        settings = Path(tmp) / "config.json"
+        settings.write_text(json.dumps(config, indent=1))
+        # MLflow asks for an input example: running one would load the teacher while logging
+        warnings.simplefilter("ignore", UserWarning)
         Model.log(artifact_path=None, name=NAME, flavor=mlflow.pyfunc, run_id=run_id,
-                  model_id=logged.model_id, python_model=str(CODE),
-                  artifacts={"adapter": adapter}, model_config=config,
+                  model_id=logged.model_id, step=step, python_model=str(CODE),
+                  artifacts={"adapter": adapter, "config": str(settings)},
                   signature=signature(config["sampling"]), pip_requirements=REQUIREMENTS)
     return f"models:/{logged.model_id}"
 

@@ -2,8 +2,8 @@
 
 The default store is a SQLite file in the project folder (`mlflow.db`, artifacts in
 `mlartifacts/`; MLflow 3 refuses its old file store), so no server is needed;
-`tracking.uri=http://host:port` logs to a shared MLflow server instead. Every run prints the
-`mlflow ui` command that shows it.
+`tracking.uri=http://host:port` logs to a shared MLflow server instead. Every run prints its page
+in the MLflow UI (and, for a local store, the `mlflow ui` command that serves it).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path) -> None: ...
     def log_artifacts(self, folder: str | Path, artifact_path: str) -> None: ...
     def log_dataset(self, name: str, source: str | Path, ids: list[str], context: str) -> None: ...
-    def log_model(self, adapter: str | Path, config: dict) -> None: ...
+    def log_model(self, adapter: str | Path, config: dict, step: int = 0) -> None: ...
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -51,7 +51,7 @@ class NullTracker:
     def log_artifact(self, path) -> None: ...
     def log_artifacts(self, folder, artifact_path) -> None: ...
     def log_dataset(self, name, source, ids, context) -> None: ...
-    def log_model(self, adapter, config) -> None: ...
+    def log_model(self, adapter, config, step=0) -> None: ...
     def close(self, status="FINISHED") -> None: ...
 
 
@@ -73,8 +73,9 @@ def run_params(flat: dict[str, Any], entry: str, project_root: Path,
     Dropped: unset values; `resume`, `tracking.*` and `serve.*`; the other domain's student
     settings (`student.arc.*` for SQuAD, `student.lora.*` and `student.data.*` for ARC); vLLM
     settings of a role on transformers; Ray settings of the local executor; `evaluate.*` for
-    `loop.run`, and `loop.*` and `teacher.train.*` for `loop.evaluate`, which does not train a
-    teacher; `evaluate.external.*` without the `external` row; a bundled model's cache folder.
+    `loop.run`, and `loop.*`, `reward.*` and `teacher.train.*` for `loop.evaluate`, which trains
+    no teacher (but a vLLM teacher's engine reads `teacher.train.lora.r`); `evaluate.external.*`
+    without the `external` row; a bundled model's cache folder.
     Data files inside the project are given relative to it."""
     arc = flat.get("task.format") == "arc"
     drop = ["resume", "tracking.", "serve.", "student.lora." if arc else "student.arc."]
@@ -90,7 +91,11 @@ def run_params(flat: dict[str, Any], entry: str, project_root: Path,
     if entry == "loop.run":
         drop.append("evaluate.")
     elif entry == "loop.evaluate":
-        drop += ["loop.", "teacher.train."]
+        drop += ["loop.", "reward."]
+        if flat.get("teacher.backend") != "vllm":  # its engine's max LoRA rank is the adapter's
+            drop.append("teacher.train.")
+        else:
+            drop += [k for k in flat if k.startswith("teacher.train.") and k != "teacher.train.lora.r"]
         if "external" not in (flat.get("evaluate.conditions") or ()):
             drop.append("evaluate.external.")
         if flat.get("task.absorb") != "sequential":
@@ -206,6 +211,11 @@ class MlflowTracker:
                     MLFLOW_RUN_NOTE: EXPERIMENT_NOTE.format(task=experiment)})
             else:
                 exp_id = exp.experiment_id
+                if EXPERIMENT_KIND not in exp.tags:  # made before these tags, or by hand
+                    client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
+                    if MLFLOW_RUN_NOTE not in exp.tags:
+                        client.set_experiment_tag(exp_id, MLFLOW_RUN_NOTE,
+                                                  EXPERIMENT_NOTE.format(task=experiment))
             commit = git_commit(full=True)
             standard = {"mlflow.source.name": tags.get("entry", run_name),
                         "mlflow.source.type": "LOCAL"}
@@ -218,6 +228,8 @@ class MlflowTracker:
             for i in range(0, len(items), 100):  # MLflow's batch limit
                 client.log_batch(run_id, params=items[i : i + 100])
         tracker = cls(cfg.uri, run_id, pending, url=run_url(cfg.uri, exp_id, run_id))
+        if resumed:  # a kept `end` of the killed or failed process would end the run again
+            tracker._queue = [r for r in tracker._queue if r["op"] != "end"]
         print(f"MLflow run {run_id} in experiment '{experiment}': {tracker.url}"
               + ("" if cfg.uri.startswith(("http://", "https://")) else
                  f" (start the UI first: mlflow ui --backend-store-uri {cfg.uri})"), flush=True)
@@ -263,9 +275,11 @@ class MlflowTracker:
         self._call({"op": "dataset", "name": name, "source": str(Path(source).resolve()),
                     "ids": list(ids), "context": context})
 
-    def log_model(self, adapter, config) -> None:
-        """A teacher adapter as the run's MLflow model `teacher` (loop.teacher_model)."""
-        self._call({"op": "model", "adapter": str(Path(adapter).resolve()), "config": config})
+    def log_model(self, adapter, config, step=0) -> None:
+        """A teacher adapter as the run's MLflow model `teacher` (loop.teacher_model), with the
+        run's metrics of `step` (the last round)."""
+        self._call({"op": "model", "adapter": str(Path(adapter).resolve()), "config": config,
+                    "step": step})
 
     def close(self, status="FINISHED") -> None:
         if self._monitor is not None:  # its last samples, before the run stops being RUNNING
@@ -284,6 +298,26 @@ class MlflowTracker:
                   f"sync {self.pending.parent if self.pending else '<run folder>'}", flush=True)
 
     # -- sending and keeping ----------------------------------------------------------------
+
+    def _send_model(self, record: dict) -> None:
+        """Log the teacher model; a failure that is not the server being away (a moved adapter
+        folder, an MLflow validation error) is a warning and the record is dropped, so that it
+        never holds back the records behind it (the adapter stays in the run folder)."""
+        from loop import teacher_model
+
+        try:
+            uri = teacher_model.log(self.client, self.uri, self.run_id, record["adapter"],
+                                    record["config"], record.get("step", 0))
+        except Exception as e:
+            try:
+                check_reachable(self.uri)
+            except TrackingError:
+                raise e from None  # the server is away: kept and retried like any record
+            log.warning("the teacher adapter %s could not be logged as an MLflow model (%s: %s); "
+                        "it is in the run folder", record["adapter"], type(e).__name__, e)
+            return
+        print(f"teacher logged to MLflow as {uri} (runs:/{self.run_id}/{teacher_model.NAME})",
+              flush=True)
 
     def _call(self, record: dict, force: bool = False) -> None:
         from loop import faults
@@ -346,12 +380,7 @@ class MlflowTracker:
             self.client.log_inputs(run_id, datasets=[dataset_input(
                 record["name"], record["source"], record["ids"], record["context"])])
         elif op == "model":
-            from loop import teacher_model
-
-            uri = teacher_model.log(self.client, self.uri, run_id, record["adapter"],
-                                    record["config"])
-            print(f"teacher logged to MLflow as {uri} (runs:/{run_id}/{teacher_model.NAME})",
-                  flush=True)
+            self._send_model(record)
         elif op == "end":
             self.client.set_terminated(run_id, record["status"])
         else:

@@ -241,6 +241,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
         assert f"student **{student}**" in tags["mlflow.note.content"]
         assert run.data.params["teacher.name"] == teacher
         assert not [k for k in run.data.params if k.startswith(("tracking.", "student.arc."))]
+        assert all("." in k or k == "seed" for k in run.data.params)  # no model_config params
         inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
         assert set(inputs) == {"train_pool (train) round 0", "train_pool (train) round 1"}
         for d in inputs.values():
@@ -254,7 +255,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
     def metrics(run):
         return {k for k in run.data.metrics if not k.startswith("system/")}
     assert metrics(a) == metrics(b) and "reward/mean" in metrics(a)
-    for run in (a, b):  # (a random tiny teacher may train no adapter: nothing to compare there)
+    for run in (a, b):  # (b's random tiny teacher may train no adapter: not compared there)
         assert "round_0/self_edits.json" in {
             f.path for f in client.list_artifacts(run.info.run_id, "round_0")}
 
@@ -270,7 +271,8 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
     out = tmp_path / "a"
     final = out / json.loads((out / "results.json").read_text())["final_adapter"]
     [output] = a.outputs.model_outputs
-    assert client.get_logged_model(output.model_id).name == "teacher"
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == "teacher" and str(logged.status).endswith("READY")
     assert f"runs:/{a.info.run_id}/teacher" in printed["a"]
     uri = f"runs:/{a.info.run_id}/teacher"
     run = compose_run("experiment=smoke", f"tracking.uri={server.url}")
