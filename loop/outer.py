@@ -282,8 +282,9 @@ def check_tracking(run: RunConfig) -> None:
 def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str,
                    datasets: dict[str, list] | None = None):
     """The run folder's MLflow run: the one in `record` continued (a resume), or a new one whose
-    id is then written to run.json. `datasets`: name -> the contexts a new run trains on
-    (`loop.run`'s rounds) or is scored on (`loop.evaluate`), logged as MLflow dataset inputs."""
+    id is then written to run.json. `datasets`: name -> the contexts the run trains on
+    (`loop.run`'s rounds) or is scored on (`loop.evaluate`), logged as MLflow dataset inputs at
+    every start (MLflow keeps one input per dataset name and digest, so a resume adds none)."""
     from loop import tracking
 
     tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
