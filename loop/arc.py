@@ -17,7 +17,7 @@ def pairs(examples) -> list[tuple]:
     return [(e.input, e.output) for e in examples]
 
 
-def prompt(task: ArcTask) -> str:
+def prompt(task: ArcTask) -> list[dict]:
     from teacher.prompts import arc_prompt
 
     return arc_prompt(pairs(task.train))
@@ -64,6 +64,26 @@ def _row(result) -> tuple[list[dict], list[float], str | None]:
 CONDITIONS = ("base", "teacher_base", "teacher", "oracle")
 
 
+def family(task_id: str) -> str | None:
+    """A 1D-ARC task's family, its id without the number (`1d_move_1p_7` -> `1d_move_1p`);
+    None for ids without one (ARC-AGI's hex ids)."""
+    import re
+
+    m = re.fullmatch(r"(.+)_\d+", task_id)
+    return m.group(1) if m else None
+
+
+def per_family(per_task: dict[str, dict[str, list[float]]]) -> tuple[dict, dict]:
+    """({family: {condition: success %}}, {family: tasks}) over the tasks that have a family."""
+    groups: dict[str, list[dict]] = {}
+    for tid, row in per_task.items():
+        if (f := family(tid)) is not None:
+            groups.setdefault(f, []).append(row)
+    table = {f: {c: 100 * sum(sum(r[c]) / len(r[c]) for r in rows) / len(rows) for c in rows[0]}
+             for f, rows in groups.items()}
+    return table, {f: len(rows) for f, rows in groups.items()}
+
+
 def oracle_text(run: RunConfig) -> str:
     """The oracle's configuration as a self-edit; a setting the schema refuses is a ConfigError."""
     from student.arc.augment import FAMILIES
@@ -82,6 +102,35 @@ def oracle_text(run: RunConfig) -> str:
     return text
 
 
+def summarise(task_ids: list[str], conditions: list[str], n: int, done: dict, seed: int,
+              resamples: int) -> dict[str, dict]:
+    """Success (%) per condition with 95% intervals, and paired differences, from `done`'s rows
+    keyed (task, condition, sample; None for `base`). The unit is the task: the self-edits of
+    one task share its difficulty, so they are averaged first (a task's success rate), and the
+    bootstrap resamples tasks, pairing conditions by task. The estimate is the paper's success
+    rate over (task, self-edit) units, since every task has `n` of them."""
+    from loop.evaluate import summarise as summarise_units
+
+    def rate(tid: str, cond: str) -> float:
+        samples = [None] if cond == "base" else range(n)
+        return 100 * sum(done[(tid, cond, i)]["success"] for i in samples) / len(samples)
+
+    units = {c: [{"success": rate(tid, c)} for tid in task_ids] for c in conditions}
+    return summarise_units(units, seed, resamples, metrics=("success",))
+
+
+def family_table(families: dict[str, dict[str, float]], counts: dict[str, int]) -> str:
+    """Success % per task family, one row each, as text."""
+    conditions = list(next(iter(families.values())))
+    width = max(len(f) for f in families) + 6
+    lines = [f"{'family (tasks)':<{width}}" + "".join(f"{c:>14}" for c in conditions),
+             "-" * (width + 14 * len(conditions))]
+    for f in sorted(families):
+        lines.append(f"{f + f' ({counts[f]})':<{width}}"
+                     + "".join(f"{families[f][c]:>14.1f}" for c in conditions))
+    return "\n".join(lines)
+
+
 def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     """loop.evaluate for task=arc: the paper's rows on the evaluation tasks.
 
@@ -89,8 +138,8 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     - `teacher_base` / `teacher`: test-time training with `evaluate.samples` self-edits per task
       from the untrained teacher / the teacher with `teacher.adapter` (same seeds: paired);
     - `oracle`: test-time training with the hand-tuned configuration (`student.arc.oracle`).
-    A unit is a (task, self-edit index) pair, as in the paper's success rate; `base` has one
-    value per task, repeated for its units, and `oracle` uses the teacher conditions' seeds.
+    The success rate is the paper's, over (task, self-edit) units; its interval resamples tasks
+    (`summarise`); `oracle` uses the teacher conditions' seeds.
     Rows of `scores.jsonl` are appended per unit and read back by `resume=`.
     """
     import time
@@ -99,7 +148,6 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
 
     from loop import plots
     from loop.evaluate import format_table, open_evaluation, sample_self_edits
-    from loop.evaluate import summarise as summarise_units
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
     from loop.outer import dataset_name, start_tracking
     from loop.seeds import derive_seed
@@ -152,10 +200,8 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
                 done[(task.id, cond, i)] = row
             bar.update(len(missing))
         bar.close()
-        # paired units: (task, sample); base repeats its one value per task
-        units = {c: [{"success": 100 * done[(t.id, c, None if c == "base" else i)]["success"]}
-                     for t in tasks for i in range(n)] for c in conditions}
-        summary = summarise_units(units, run.seed, run.evaluate.resamples, metrics=("success",))
+        summary = summarise([t.id for t in tasks], conditions, n, done, run.seed,
+                            run.evaluate.resamples)
         failures = {c: sum(1 for t in tasks for i in range(n)
                            if done[(t.id, c, None if c == "base" else i)].get("failure"))
                     for c in conditions}
@@ -163,16 +209,20 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
                                for i in range(n)] for c in conditions} for t in tasks}
         seconds = {c: sum(r["seconds"] for (_, cc, _), r in done.items() if cc == c) / len(tasks)
                    for c in conditions}
+        families, counts = per_family(per_task)
         results = {"task": run.task.name, "data": run.task.data, "student": run.student.name,
                    "contexts": [t.id for t in tasks], "samples": n, "summary": summary,
                    "failed_self_edits": failures, "per_task": per_task,
-                   "seconds_per_context": seconds}
+                   "per_family": families, "seconds_per_context": seconds}
         write_json_atomic(out_dir / "results.json", results)
-        footer = (f"{len(tasks)} tasks x {n} self-edits; success % (pass@2) over (task, "
-                  "self-edit) units [95% bootstrap interval]; differences paired by unit\n"
+        footer = (f"{len(tasks)} tasks x {n} self-edits; success % (pass@2): the mean over tasks "
+                  "of each task's mean over its self-edits [95% bootstrap interval, resampling "
+                  "tasks]; differences paired by task\n"
                   "self-edits that failed before training (invalid or over budget): "
                   + ", ".join(f"{c} {k}" for c, k in failures.items() if c != "base"))
         print(format_table(summary, len(tasks), 0, footer=footer))
+        if families:
+            print(family_table(families, counts))
         tracker.log_metrics({f"{c}/success": s["success"]["estimate"]["mean"]
                              for c, s in summary.items()})
         tracker.log_table([{"task": tid, **{c: sum(v) / len(v) for c, v in row.items()}}
@@ -180,6 +230,10 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
         tracker.log_artifact(out_dir / "results.json")
         title = f"{run.student.name} on ARC ({len(tasks)} tasks x {n}): success with 95% intervals"
         tracker.log_artifact(plots.condition_bars(summary, out_dir / "results.png", title))
+        if families:
+            tracker.log_artifact(plots.family_bars(
+                families, counts, out_dir / "families.png",
+                f"{run.student.name} on {run.task.name}: success per task family"))
         status = "FINISHED"
         return results
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from loop.errors import CONF_DIR, ConfigError
+from student.arc.augment import VIEW_TRANSFORMS
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
 
@@ -105,12 +106,16 @@ RULES: tuple[Rule, ...] = (
      "a non-empty list of demonstration counts, each at least 1"),
     ("student.arc.max_tasks", at_least(1), POSITIVE),
     ("student.arc.max_tokens", at_least(1), POSITIVE),
+    ("student.arc.max_side", at_least(1), POSITIVE),
     ("student.arc.batch_size", at_least(1), POSITIVE),
     ("student.arc.warmup_steps", at_least(0), "at least 0"),
     ("student.arc.max_steps", at_least(1), POSITIVE),
     ("student.arc.lr_range", lambda v: len(v) == 2 and all(map(_number, v)) and 0 < v[0] <= v[1],
      "two learning rates [low, high] with 0 < low <= high"),
     ("student.arc.max_epochs", at_least(1), POSITIVE),
+    ("student.arc.views", lambda v: bool(v) and all(n in VIEW_TRANSFORMS for n in v),
+     f"a non-empty list of views among {list(VIEW_TRANSFORMS)}"),
+    ("student.arc.view_orders", at_least(0), "at least 0"),
     ("student.arc.oracle.lr", above(0), LEARNING_RATE),
     ("student.arc.oracle.epochs", at_least(1), POSITIVE),
     ("reward.tau", lambda v: _number(v), "a finite number"),

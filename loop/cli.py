@@ -46,7 +46,9 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
     if folder:
         print(f"run folder: {out_dir}")
     try:
-        body(to_run_config(cfg), out_dir)
+        run = to_run_config(cfg)
+        check_overrides(run, HydraConfig.get().overrides.task)
+        body(run, out_dir)
     # a message, not a traceback
     except (AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -54,6 +56,21 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
         if folder and only_hydra_records(out_dir, hydra.output_subdir, f"{hydra.job.name}.log"):
             shutil.rmtree(out_dir)  # stopped at launch: no empty run folder left behind
         sys.exit(2)
+
+
+def check_overrides(run: RunConfig, overrides: list[str]) -> None:
+    """A command-line setting the run's task never reads is a ConfigError, not a silent no-op:
+    ARC's test-time training has its own LoRA (`student.arc.lora`), so `student.lora.*` with
+    task=arc names the key to use instead."""
+    if run.task.format != "arc":
+        return
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "student.lora" or key.startswith("student.lora."):
+            use = "student.arc.lora" + key.removeprefix("student.lora")
+            raise ConfigError(f"{override}: task={run.task.name} does not read student.lora (the "
+                              f"SQuAD student's adapter); ARC's test-time training adapter is "
+                              f"student.arc.lora: set {use}=... instead")
 
 
 def only_hydra_records(folder: Path, subdir: str, log_name: str) -> bool:

@@ -55,6 +55,7 @@ from loop.reward import (
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
+from teacher.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
 # Settings whose default changes what a run computes, with the value that reproduces a run
 # folder started before the setting existed: such a resume must ask for that value.
 BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
-                  "student.arc.max_grad_norm": None}
+                  "student.arc.max_grad_norm": None, "student.arc.permute_colors": False,
+                  "student.arc.view_orders": 0}
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -372,7 +374,7 @@ def sample_round(generator, run: RunConfig, r: int, contexts: list[Passage],
     return edits
 
 
-def context_prompt(run: RunConfig, context) -> str:
+def context_prompt(run: RunConfig, context) -> Prompt:
     """What the teacher reads for a context: a SQuAD prompt (teacher.sampling.prompt) or ARC's."""
     if run.task.format == "arc":
         from loop import arc
@@ -808,7 +810,10 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
     }
     write_json_atomic(rdir / "self_edit_table.json", rows)
     tracker.log_metrics({k: v for k, v in summary["metrics"].items() if v == v}, step=r)
-    tracker.log_table(rows, f"round_{r}/self_edits.json")
+    # a unique first column: MLflow's table view groups rows by it (by context, one self-edit
+    # of each context would hide the others)
+    tracker.log_table([{"id": f"{x['context']}#{x['sample']}", **x} for x in rows],
+                      f"round_{r}/self_edits.json")
     if new_adapter is not None and new_adapter == adapter_dir:
         tracker.log_artifacts(adapter_dir, f"round_{r}/teacher_adapter")
     write_json_atomic(rdir / "summary.json", summary)  # last: the round is now finished

@@ -88,3 +88,30 @@ def forgetting(matrices: dict[str, list[list[dict]]], path: Path, mode: str) -> 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def family_bars(per_family: dict[str, dict[str, float]], counts: dict[str, int], path: Path,
+                title: str) -> Path:
+    """Per task family (rows), each condition's success % as a horizontal bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted(per_family)
+    conditions = list(next(iter(per_family.values()))) if per_family else []
+    height = 0.8 / max(1, len(conditions))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(families) + 1.4))
+    for j, cond in enumerate(conditions):
+        ys = [i + (j - (len(conditions) - 1) / 2) * height for i in range(len(families))]
+        ax.barh(ys, [per_family[f][cond] for f in families], height=height, label=cond,
+                color=f"C{j}")
+    ax.set_yticks(range(len(families)), [f"{f} ({counts[f]})" for f in families], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 100), xlabel=LABELS["success"] + " (tasks in the family)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

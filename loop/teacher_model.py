@@ -16,6 +16,7 @@ imports this project: load it where `seal-ts` is installed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from pathlib import Path
 
@@ -133,8 +134,10 @@ def log(client, tracking_uri: str, run_id: str, adapter: str, config: dict,
     return f"models:/{logged.model_id}"
 
 
+@functools.cache
 def download_adapter(uri: str, tracking_uri: str) -> Path:
-    """`runs:/<run id>/teacher` or `models:/<model id>` -> the adapter folder, downloaded."""
+    """`runs:/<run id>/teacher` or `models:/<model id>` -> the adapter folder, downloaded once
+    per process (loop.evaluate checks the adapter at launch, then loads it)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)  # runs:/ finds a run's logged models through it

@@ -83,6 +83,7 @@ class ArcSettings:
     leave_out: list[int] = field(default_factory=lambda: [1, 2])  # demos held out per task
     max_tasks: int = 250  # training tasks kept (a seeded subset when there are more)
     max_tokens: int = 8192  # training tasks or views longer than this are dropped
+    max_side: int = 30  # ARC's largest grid side: augmented tasks or views with a longer one are dropped
     batch_size: int = 2
     warmup_steps: int = 11
     max_steps: int = 375  # a self-edit asking for more steps fails (reward 0), as in SEAL
@@ -90,6 +91,15 @@ class ArcSettings:
     max_epochs: int = 10  # accepted num_train_epochs
     max_grad_norm: float | None = 1.0  # per-step gradient clipping (the reference's); null: none
     permute: bool = True  # add a copy of each training task with its demonstrations reordered
+    # ...and its colours permuted (0, the background, stays), when the self-edit switched on an
+    # augmentation family: the reference's copy of every task
+    permute_colors: bool = True
+    # the views of the test input the adapted student answers, each undone before the vote
+    # (SEAL's: identity, transposition, both flips, two rotations; see student/arc/augment.py)
+    views: list[str] = field(default_factory=lambda: [
+        "identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180"])
+    # more views: the identity view with the demonstrations in other orders (the reference's 2)
+    view_orders: int = 2
     oracle: ArcOracle = field(default_factory=ArcOracle)
 
 

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from teacher.config import EndpointConfig, SamplingSettings
 from teacher.generate import Sample
+from teacher.prompts import Prompt, as_messages, as_text
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class EndpointGenerator:
         if path is not None:
             raise EndpointError("an external endpoint serves its own weights; it takes no adapter")
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]:
+    def sample(self, prompts: list[Prompt], seeds: list[int]) -> list[Sample]:
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
             return list(pool.map(self._complete, prompts, seeds))
 
@@ -103,16 +104,15 @@ class EndpointGenerator:
             raise EndpointError(f"{self.url} does not serve '{self.model}'; it serves "
                                 f"{', '.join(served[:10]) or 'nothing'}: set evaluate.external.model")
 
-    def _payload(self, prompt: str, seed: int) -> tuple[str, dict]:
+    def _payload(self, prompt: Prompt, seed: int) -> tuple[str, dict]:
         s = self.settings
         payload = {"model": self.model, "temperature": s.temperature, "top_p": s.top_p,
                    "max_tokens": s.max_new_tokens, "seed": seed, "n": 1}
         if self.cfg.chat:
-            return "/chat/completions", {**payload,
-                                         "messages": [{"role": "user", "content": prompt}]}
-        return "/completions", {**payload, "prompt": prompt}
+            return "/chat/completions", {**payload, "messages": as_messages(prompt)}
+        return "/completions", {**payload, "prompt": as_text(prompt)}
 
-    def _complete(self, prompt: str, seed: int) -> Sample:
+    def _complete(self, prompt: Prompt, seed: int) -> Sample:
         path, payload = self._payload(prompt, seed)
         status, body = self._request("POST", path, payload, retries=self.cfg.retries)
         if status != 200:

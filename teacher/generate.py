@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from teacher.config import SamplingSettings
-from teacher.prompts import render
+from teacher.prompts import Prompt, render
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class Sample:
 
 
 class Generator(Protocol):
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]: ...
+    def sample(self, prompts: list[Prompt], seeds: list[int]) -> list[Sample]: ...
     def use_adapter(self, path: Path | None) -> None: ...
 
 
@@ -68,7 +68,7 @@ class SeededSampler:
         return out
 
 
-def sample(model, tokenizer, prompts: list[str], seeds: list[int], *, instruct: bool,
+def sample(model, tokenizer, prompts: list[Prompt], seeds: list[int], *, instruct: bool,
            settings: SamplingSettings) -> list[Sample]:
     """One completion per prompt, each drawn with its own seed, `settings.batch_size` per call.
 
@@ -84,7 +84,7 @@ def sample(model, tokenizer, prompts: list[str], seeds: list[int], *, instruct: 
     return out
 
 
-def _sample_batch(model, tokenizer, prompts: list[str], seeds: list[int], *, instruct: bool,
+def _sample_batch(model, tokenizer, prompts: list[Prompt], seeds: list[int], *, instruct: bool,
                   settings: SamplingSettings) -> list[Sample]:
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
@@ -120,7 +120,7 @@ class TransformersGenerator:
         self.tokenizer, self.instruct, self.settings = tokenizer, instruct, settings
         self.adapter: Path | None = None
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]:
+    def sample(self, prompts: list[Prompt], seeds: list[int]) -> list[Sample]:
         return sample(self.model, self.tokenizer, prompts, seeds, instruct=self.instruct,
                       settings=self.settings)
 

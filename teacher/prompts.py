@@ -25,13 +25,25 @@ def self_edit_prompt(kind: str, title: str, context: str) -> str:
     return PROMPTS[kind].format(title=title, context=context)
 
 
-def render(tokenizer, text: str | list[dict], instruct: bool) -> str:
+Prompt = str | list[dict]  # one user message, or a whole chat (e.g. a system message first)
+
+
+def as_messages(prompt: Prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def as_text(prompt: Prompt) -> str:
+    """A prompt for a model without a chat template: the messages' texts, a blank line apart."""
+    return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+
+
+def render(tokenizer, text: Prompt, instruct: bool) -> str:
     """The prompt as the model sees it: through the chat template for instruct models (a
     string is one user message; a list is a whole chat, as `loop.serve` receives it)."""
     if not instruct:
-        return text
-    messages = [{"role": "user", "content": text}] if isinstance(text, str) else text
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return as_text(text)
+    return tokenizer.apply_chat_template(as_messages(text), tokenize=False,
+                                         add_generation_prompt=True)
 
 
 ARC_INSTRUCTION = """You are configuring a model training pipeline by selecting from predefined tools.
@@ -74,12 +86,17 @@ Example output:
 }"""
 
 
-def arc_prompt(demos: list[tuple[list[list[int]], list[list[int]]]]) -> str:
-    """SEAL's ARC self-edit prompt: the task's demonstrations (rows of space-separated digits
-    under Input: / Output:), then the instruction to answer with a JSON training configuration.
-    The test input is not shown."""
+ARC_SYSTEM = ("You are a helpful assistant that provide the correct output for the given task "
+              "immediately.")  # the reference's system message, verbatim
+
+
+def arc_prompt(demos: list[tuple[list[list[int]], list[list[int]]]]) -> list[dict]:
+    """SEAL's ARC self-edit prompt, a chat: the reference's system message, then the task's
+    demonstrations (rows of space-separated digits under Input: / Output:) and the instruction
+    to answer with a JSON training configuration. The test input is not shown."""
     def grid(g):
         return "".join(" ".join(str(v) for v in row) + "\n" for row in g)
 
     shown = "".join(f"Input:\n{grid(i)}\nOutput:\n{grid(o)}\n" for i, o in demos)
-    return shown + "------\n\n" + ARC_INSTRUCTION
+    return [{"role": "system", "content": ARC_SYSTEM},
+            {"role": "user", "content": shown + "------\n\n" + ARC_INSTRUCTION}]

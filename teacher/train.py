@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from teacher.config import TeacherConfig
+from teacher.prompts import Prompt, as_messages, as_text
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,12 @@ def checkpointing_key(config_class) -> str:
         "gradient_checkpointing")
 
 
-def pair_rows(pairs: list[tuple[str, str]], instruct: bool) -> list[dict]:
+def pair_rows(pairs: list[tuple[Prompt, str]], instruct: bool) -> list[dict]:
     """TRL's prompt/completion rows: chat messages for instruct models, plain text otherwise."""
     if instruct:
-        return [{"prompt": [{"role": "user", "content": p}],
+        return [{"prompt": as_messages(p),
                  "completion": [{"role": "assistant", "content": c}]} for p, c in pairs]
-    return [{"prompt": p, "completion": c} for p, c in pairs]
+    return [{"prompt": as_text(p), "completion": c} for p, c in pairs]
 
 
 def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherConfig, out: Path,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from teacher.config import SamplingSettings, TeacherConfig
 from teacher.generate import Sample
-from teacher.prompts import render
+from teacher.prompts import Prompt, render
 
 log = logging.getLogger(__name__)
 _IDS = itertools.count(1)  # LoRA ids, unique within the process
@@ -48,11 +48,11 @@ class VLLMGenerator:
         self._lora = LoRARequest(f"teacher-{n}", n, str(Path(path).resolve()))
         log.info("teacher (vLLM) now samples with the adapter %s as LoRA %d", path, n)
 
-    def token_ids(self, prompt: str) -> list[int]:
+    def token_ids(self, prompt: Prompt) -> list[int]:
         text = render(self.tokenizer, prompt, self.instruct)
         return self.tokenizer(text, add_special_tokens=not self.instruct)["input_ids"]
 
-    def sample(self, prompts: list[str], seeds: list[int]) -> list[Sample]:
+    def sample(self, prompts: list[Prompt], seeds: list[int]) -> list[Sample]:
         from vllm import SamplingParams, TokensPrompt
 
         s = self.settings

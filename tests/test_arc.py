@@ -28,7 +28,8 @@ def random_grid(rng: random.Random, h: int | None = None, w: int | None = None):
 
 
 def every_transform():
-    return [t for fam in augment.FAMILIES for t in augment.family(fam, seed=3)] + augment.VIEWS
+    return ([t for fam in augment.FAMILIES for t in augment.family(fam, seed=3)]
+            + list(augment.VIEW_TRANSFORMS.values()) + [augment.recolour(random.Random(3))])
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -39,6 +40,25 @@ def test_the_papers_task_files_load_with_their_solutions():
     task = {t.id: t for t in train}["44f52bb0"]
     assert len(task.train) == 6 and len(task.test) == 2  # two test inputs, two solutions
     assert all(ex.output for ex in task.test)
+
+
+def test_1d_arc_loads_as_18_families_of_one_row_tasks_with_a_fixed_dev_split():
+    from loop.arc import family
+    from loop.tasks import load_contexts
+    from tests.conftest import compose_run
+
+    run = compose_run("task=arc1d")
+    train = load_contexts(run.task)
+    dev = load_contexts(dataclasses.replace(run.task, split="dev"))
+    evals = load_arc(PROJECT_ROOT / "data" / "arc1d" / "arc1d_evaluation_challenges.json")
+    assert (len(train), len(dev), len(evals)) == (360, 90, 451)
+    assert not {t.id for t in train} & {t.id for t in dev}
+    assert not {t.id for t in train + dev} & {t.id for t in evals}
+    assert len({family(t.id) for t in dev}) == 18 and family("6150a2bd") is None
+    grids_ = [g for t in train + dev + evals for ex in t.train + t.test for g in (ex.input,
+                                                                               ex.output)]
+    assert all(len(g) == 1 for g in grids_) and max(len(g[0]) for g in grids_) == 93
+    assert run.student.arc.max_side >= 93 and run.task.split == "train"
 
 
 def test_a_bad_grid_names_the_file_the_task_and_the_grid(tmp_path):
@@ -174,6 +194,28 @@ def test_vote_by_hand():
     assert vote([None, None]) == [] and vote([b]) == [b]
 
 
+# ---- intervals ------------------------------------------------------------------------------
+
+def test_intervals_resample_tasks_not_self_edits():
+    """A task's self-edits share its difficulty: the interval resamples tasks (a task's unit is
+    its success rate over its self-edits) and `base` counts each task once, not n times."""
+    from loop.arc import summarise
+
+    done = {("t1", "base", None): {"success": 0.0}, ("t2", "base", None): {"success": 1.0}}
+    for i, (a, b) in enumerate([(1, 1), (0, 1), (1, 1), (0, 1)]):
+        done[("t1", "oracle", i)] = {"success": float(a)}
+        done[("t2", "oracle", i)] = {"success": float(b)}
+    one = summarise(["t1"], ["base", "oracle"], 4, done, seed=0, resamples=2000)
+    # one task: every resample is that task, so there is no spread to report
+    assert one["oracle"]["success"]["estimate"] == pytest.approx(
+        {"mean": 50.0, "low": 50.0, "high": 50.0, "n": 1})
+    two = summarise(["t1", "t2"], ["base", "oracle"], 4, done, seed=0, resamples=2000)
+    assert two["oracle"]["success"]["estimate"]["mean"] == 75.0  # the paper's rate over units
+    assert two["base"]["success"]["estimate"]["n"] == 2  # one unit per task, not 4
+    diff = two["oracle"]["success"]["vs_base"]  # paired by task: +50 on t1, 0 on t2
+    assert (diff["mean"], diff["low"], diff["high"]) == (25.0, 0.0, 50.0)
+
+
 # ---- training tasks -------------------------------------------------------------------------
 
 DEMOS = [([[1, 0]], [[0, 1]]), ([[2, 0]], [[0, 2]]), ([[3, 3]], [[3, 3]])]
@@ -196,6 +238,92 @@ def test_leave_out_tasks_by_hand():
     assert aug == training_tasks(DEMOS, basic, plain, seed=0)  # deterministic
     capped = training_tasks(DEMOS, basic, ArcSettings(leave_out=[1], max_tasks=5), seed=0)
     assert len(capped) == 5
+
+
+def cells(grid) -> list[int]:
+    return [v for row in grid for v in row]
+
+
+def test_each_tasks_copy_has_its_colours_permuted_and_demonstrations_reordered():
+    """The reference's copy of every training task (PermuteColors, then PermuteExamples): the
+    query's grids recoloured by one bijection that keeps 0, the demonstrations reordered; only
+    demonstrations reordered when no augmentation family is on or permute_colors is off."""
+    from student.arc.ttt import training_tasks
+
+    basic = TTTConfig(("basic",), "all", 1e-4, 1)
+    plain = training_tasks(DEMOS, basic, ArcSettings(leave_out=[1], permute=False), seed=0)
+    every = training_tasks(DEMOS, basic, ArcSettings(leave_out=[1]), seed=0)
+    assert every[: len(plain)] == plain and len(every) == 2 * len(plain)
+    recoloured = 0
+    for q, c in zip(plain, every[len(plain):], strict=True):
+        colours = {}
+        for a, b in zip(cells(q.input) + cells(q.output), cells(c.input) + cells(c.output),
+                        strict=True):
+            assert colours.setdefault(a, b) == b  # one map for the whole task
+        assert colours.get(0, 0) == 0 and len(set(colours.values())) == len(colours)
+        recoloured += any(a != b for a, b in colours.items())
+
+        def zeros(demos):  # where the background is, demonstration by demonstration
+            return sorted(repr([[v == 0 for v in cells(g)] for g in d]) for d in demos)
+        assert zeros(c.demos) == zeros(q.demos)  # the same demonstrations, in some order
+    # a random permutation of 1-9 may leave the query's one or two colours as they were
+    assert recoloured >= 0.75 * len(plain)
+    assert every == training_tasks(DEMOS, basic, ArcSettings(leave_out=[1]), seed=0)
+    for settings, config in ((ArcSettings(leave_out=[1], permute_colors=False), basic),
+                             (ArcSettings(leave_out=[1]), TTTConfig((), "all", 1e-4, 1))):
+        copies = training_tasks(DEMOS, config, settings, seed=0)
+        colours = {v for q in copies for g in (q.input, q.output) for v in cells(g)}
+        assert colours == {0, 1, 2, 3}  # the demonstrations' own colours only
+        without = training_tasks(DEMOS, config, dataclasses.replace(settings, permute=False), 0)
+        assert len(copies) > len(without)  # reordered copies are there
+
+
+def test_warm_up_rises_from_zero_as_the_references_trainer_does():
+    """The reference trains with transformers' cosine schedule and 11 warm-up steps."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    from student.arc.ttt import _schedule, plan
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([weight], lr=1.0)
+    sched = get_cosine_schedule_with_warmup(opt, num_warmup_steps=11, num_training_steps=40)
+    theirs = []
+    for _ in range(40):
+        theirs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ours = _schedule(11, 40)
+    assert [ours(s) for s in range(40)] == pytest.approx(theirs, abs=1e-12)
+    _, lrs = plan([([1, 2], [1, 2])] * 4, TTTConfig((), "all", 1e-3, 2),
+                  ArcSettings(batch_size=2, warmup_steps=2), seed=0)
+    assert lrs[:3] == pytest.approx([0.0, 5e-4, 1e-3])
+
+
+def test_views_are_the_named_ones_then_reordered_demonstrations_and_never_repeat_a_prompt(
+        tiny_llama):
+    from transformers import AutoTokenizer
+
+    from student.arc.ttt import view_prompts, views
+
+    named = ["identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180"]
+    got = views(ArcSettings(), 3)
+    assert [t.name for t, _ in got] == named + ["identity", "identity"]
+    assert {o for _, o in got[:6]} == {(0, 1, 2)}
+    assert len({o for _, o in got[6:]} - {(0, 1, 2)}) == 2  # two other orders
+    assert got == views(ArcSettings(), 3)  # the same in every process
+    assert len(views(ArcSettings(view_orders=0), 3)) == 6 and len(views(ArcSettings(), 1)) == 6
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    # one-row grids: a row flip is the grid itself and a half turn its mirror, asked once
+    kept, prompts, _ = view_prompts(tok, DEMOS, [[4, 0]], ArcSettings(), True)
+    assert [t.name for t, _ in kept] == ["identity", "transpose", "flip_cols", "rot90",
+                                         "identity", "identity"]
+    assert len(set(prompts)) == len(prompts)
+    wide = [([[1] * 40], [[2] * 40])] * 3
+    assert view_prompts(tok, wide, [[1] * 40], ArcSettings(views=["identity"]), True)[0] == []
+    kept, _, _ = view_prompts(tok, wide, [[1] * 40], ArcSettings(views=["identity"],
+                                                                 max_side=40), True)
+    assert len(kept) == 1  # identity only: every order of equal demonstrations is one prompt
 
 
 def test_output_only_loss_masks_everything_before_the_answer_grid(tiny_llama):
@@ -232,7 +360,9 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
     assert result.failure is None and result.tasks > 3 and result.steps == len(result.losses)
     assert result.losses[-1] < result.losses[0]
     assert len(result.attempts) == 1 and len(result.attempts[0]) <= 2
-    assert [len(a) for a in result.answers] == [6]  # every view's raw answer is kept
+    # every view's raw answer is kept: identity, transposition, column flip, quarter turn and
+    # two reorderings (a row flip and a half turn of these one-row grids repeat a prompt)
+    assert [len(a) for a in result.answers] == [6]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     over = absorb_and_solve(model, tok, DEMOS, tests, to_json(TTTConfig(("basic",), "all", 1e-4,
@@ -283,6 +413,53 @@ def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2
 
 
 # ---- the loop and loop.evaluate with task=arc -----------------------------------------------
+
+def test_the_teacher_samples_as_the_reference_does_top_p_1_and_its_system_message(tiny_qwen2):
+    from transformers import AutoTokenizer
+
+    from loop.arc import prompt
+    from loop.tasks import ArcTask, Example
+    from teacher.prompts import ARC_SYSTEM, render
+    from teacher.train import pair_rows
+    from tests.conftest import compose_run
+
+    assert compose_run("task=arc").teacher.sampling.top_p == 1.0
+    assert compose_run("task=arc1d").teacher.sampling.top_p == 1.0
+    assert compose_run().teacher.sampling.top_p == 0.95  # SQuAD keeps SEAL's
+    task = ArcTask("t", [Example(i, o) for i, o in DEMOS], [])
+    chat = prompt(task)
+    assert chat[0] == {"role": "system", "content": ARC_SYSTEM} and chat[1]["role"] == "user"
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2)
+    shown = render(tok, chat, instruct=True)
+    assert ARC_SYSTEM in shown and "helpful assistant." not in shown.replace(ARC_SYSTEM, "")
+    assert shown.index(ARC_SYSTEM) < shown.index("Input:\n1 0")
+    assert render(tok, chat, instruct=False).startswith(ARC_SYSTEM + "\n\nInput:\n1 0\n")
+    # the M-step trains on the same chat it sampled from
+    assert pair_rows([(chat, "{}")], instruct=True)[0]["prompt"] == chat
+    assert pair_rows([(chat, "{}")], instruct=False)[0]["prompt"] == render(tok, chat, False)
+
+
+def test_student_lora_with_task_arc_fails_at_launch_naming_the_key_to_use(tmp_path):
+    """ARC's test-time training adapter is student.arc.lora: student.lora.* would be ignored."""
+    import subprocess
+    import sys
+
+    from loop.cli import check_overrides
+    from loop.config import ConfigError
+    from tests.conftest import compose_run
+
+    with pytest.raises(ConfigError, match=r"student.lora.r=8: task=arc does not read student.lora"
+                                          r".*set student.arc.lora.r=\.\.\. instead"):
+        check_overrides(compose_run("task=arc", "student.lora.r=8"), ["task=arc", "student.lora.r=8"])
+    check_overrides(compose_run("task=arc"), ["task=arc", "student.arc.lora.r=8"])
+    check_overrides(compose_run("student.lora.r=8"), ["student.lora.r=8"])  # SQuAD reads it
+    out = subprocess.run([sys.executable, "-m", "loop.evaluate", "task=arc1d",
+                          "student.lora.targets=[q_proj]", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith(
+        "error: student.lora.targets=[q_proj]: task=arc1d does not read student.lora")
+    assert "student.arc.lora.targets=... instead" in out.stderr and not (tmp_path / "run").exists()
+
 
 def arc_run(tiny_llama, tiny_qwen2, tmp_path, *more):
     from tests.conftest import compose_run

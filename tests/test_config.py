@@ -208,6 +208,9 @@ def test_every_numeric_setting_has_a_rule():
     ("student.train.pass_tokens=0", "student.train.pass_tokens must be at least 1, or null"),
     ("student.dtype=fp32", "student.dtype must be auto or float32"),
     ("student.arc.lr_range=[1e-2,1e-6]", "student.arc.lr_range must be two learning rates"),
+    ("student.arc.views=[identity,rot45]", r"student.arc.views must be a non-empty list of views "
+                                           r"among \['identity', 'transpose'"),
+    ("student.arc.view_orders=-1", "student.arc.view_orders must be at least 0, got -1"),
     ("teacher.train.lora.alpha=0", "teacher.train.lora.alpha must be above 0"),
     ("loop.contexts_per_round=0", "loop.contexts_per_round must be at least 1"),
     ("task.n_contexts=0", "task.n_contexts must be at least 1, or null"),

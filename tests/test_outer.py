@@ -190,6 +190,11 @@ def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
     assert params["loop.k"] == "3" and params["teacher.name"] == "qwen0.5b"
     artifacts = {a.path for a in client.list_artifacts(run_id, "round_0")}
     assert {"round_0/self_edits.json", "round_0/teacher_adapter"} <= artifacts
+    # the table's first column names one self-edit: MLflow's table view groups rows by it
+    table = json.loads(Path(client.download_artifacts(run_id, "round_0/self_edits.json"))
+                       .read_text())
+    assert table["columns"][:3] == ["id", "context", "sample"]
+    assert len({row[0] for row in table["data"]}) == len(table["data"]) == 6
 
 
 def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 
 from student.arc.grids import Grid
 
-MAX_SIDE = 30  # ARC's largest grid side; augmented tasks with a larger grid are dropped
-
 
 def rot90(g: Grid) -> Grid:  # counter-clockwise, like numpy.rot90
     return [list(row) for row in zip(*g, strict=True)][::-1]
@@ -163,7 +161,18 @@ def family(name: str, seed: int) -> list[Transform]:
     raise ValueError(f"unknown augmentation family '{name}'; choose basic, size, chain, repeat")
 
 
+def recolour(rng) -> Transform:
+    """A random permutation of the colours 1-9 (0, the background, stays): the reference's
+    PermuteColors, drawn from `rng` (a random.Random)."""
+    new = [0, *rng.sample(range(1, 10), 9)]
+    back = [new.index(c) for c in range(10)]
+    return Transform("recolour(" + "".join(map(str, new[1:])) + ")",
+                     lambda g: [[new[v] for v in row] for row in g],
+                     lambda g: [[back[v] for v in row] for row in g])
+
+
 FAMILIES = ("basic", "size", "chain", "repeat")
-# the views of the test input the adapted student answers, each undone before the vote (SEAL's
-# inference views: identity, transposition, both flips, two rotations)
-VIEWS = [IDENTITY, TRANSPOSE, FLIP_ROWS, FLIP_COLS, ROT90, ROT180]
+# the transforms a view of the test input may apply (student.arc.views names them); each answer
+# is undone by its inverse before the vote
+VIEW_TRANSFORMS = {t.name: t for t in (IDENTITY, TRANSPOSE, FLIP_ROWS, FLIP_COLS, ROT90, ROT180,
+                                       ROT270)}

@@ -2,19 +2,21 @@
 
 1. Training tasks (`training_tasks`): from the task's n demonstrations, leave-k-out tasks (each
    demonstration in turn is the query, k-1 more are removed; `student.arc.leave_out`), each
-   copied under every transform of the families the self-edit switched on, plus a copy with its
-   demonstrations reordered. Duplicates are removed in a fixed order, and a seeded subset of
-   `max_tasks` is kept: the same inputs give the same tasks in every process (the reference's
-   `set()` makes its subset change with Python's hash seed).
+   copied under every transform of the families the self-edit switched on, then every task once
+   more with its demonstrations reordered and its colours permuted (the reference's copy).
+   Duplicates are removed in a fixed order, and a seeded subset of `max_tasks` is kept: the
+   same inputs give the same tasks in every process (the reference's `set()` makes its subset
+   change with Python's hash seed).
 2. Training (`train`): a fresh LoRA on the frozen student (`student.arc.lora`), AdamW with the
-   self-edit's learning rate and epochs, cosine schedule with warm-up, `batch_size` tasks per
-   step (packed, no padding). The loss is on every token, or on the answer grid's tokens only,
-   located by rendering the prompt alone through the student's chat template (no token ids
-   written in the code). A self-edit that needs more than `max_steps` steps fails.
-3. Prediction (`predict`): the student answers the test input under each of `augment.VIEWS`
-   (the whole task transformed), greedy; each answer is parsed (untrusted text: a rectangle of
-   digits or nothing), mapped back by the view's inverse, and the distinct grids are ranked by
-   votes (ties: the earlier view wins, identity first). The two best are the attempts (pass@2).
+   self-edit's learning rate and epochs, cosine schedule with warm-up from 0, `batch_size`
+   tasks per step (packed, no padding). The loss is on every token, or on the answer grid's
+   tokens only, located by rendering the prompt alone through the student's chat template (no
+   token ids written in the code). A self-edit that needs more than `max_steps` steps fails.
+3. Prediction (`predict`): the student answers the test input under each view (`views`: the
+   whole task transformed, or its demonstrations reordered), greedy; each answer is parsed
+   (untrusted text: a rectangle of digits or nothing), mapped back by the view's inverse, and
+   the distinct grids are ranked by votes (ties: the earlier view wins, identity first). The
+   two best are the attempts (pass@2).
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ def encode(tokenizer, q: Query, instruct: bool, loss: str) -> tuple[list[int], l
     return ids, labels
 
 
-def _fits(q: Query) -> bool:
+def _fits(q: Query, max_side: int) -> bool:
     every = [g for pair in q.demos for g in pair] + [q.input] + ([q.output] if q.output else [])
-    return all(max(grids.shape(g)) <= augment.MAX_SIDE for g in every)
+    return all(max(grids.shape(g)) <= max_side for g in every)
 
 
 def _key(q: Query) -> str:
@@ -108,15 +110,19 @@ def training_tasks(demos: Sequence[Pair], config: TTTConfig, settings: ArcSettin
     for q in base:
         for t in transforms:
             a = Query([(t(i), t(o)) for i, o in q.demos], t(q.input), t(q.output))
-            if _fits(a):
+            if _fits(a, settings.max_side):
                 tasks.setdefault(_key(a), a)
-    if settings.permute:
+    if settings.permute:  # the reference's copy: demonstrations reordered, colours permuted
         rng = random.Random(seed)
+        recolour = settings.permute_colors and bool(config.families)
         for q in list(tasks.values()):
-            if len(q.demos) > 1:
-                order = rng.sample(range(len(q.demos)), len(q.demos))
-                p = Query([q.demos[j] for j in order], q.input, q.output)
-                tasks.setdefault(_key(p), p)
+            if len(q.demos) < 2 and not recolour:
+                continue
+            order = rng.sample(range(len(q.demos)), len(q.demos)) if len(q.demos) > 1 else [0]
+            c = augment.recolour(rng) if recolour else augment.IDENTITY
+            p = Query([(c(q.demos[j][0]), c(q.demos[j][1])) for j in order], c(q.input),
+                      c(q.output))
+            tasks.setdefault(_key(p), p)
     out = list(tasks.values())
     if len(out) > settings.max_tasks:
         keep = sorted(random.Random(seed).sample(range(len(out)), settings.max_tasks))
@@ -125,9 +131,11 @@ def training_tasks(demos: Sequence[Pair], config: TTTConfig, settings: ArcSettin
 
 
 def _schedule(warmup: int, total: int):
+    """transformers' cosine schedule with warm-up (the reference's trainer): the learning rate
+    rises linearly from 0 over `warmup` steps, then falls to 0 along a half cosine."""
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return step / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
     return factor
 
@@ -177,23 +185,41 @@ def vote(candidates: list[Grid | None]) -> list[Grid]:
     return [g for _, _, g in ranked[:2]]
 
 
+View = tuple[augment.Transform, tuple[int, ...]]  # a transform, and the demonstrations' order
+
+
+def views(settings: ArcSettings, n_demos: int) -> list[View]:
+    """The views of a task with `n_demos` demonstrations: each of `settings.views` in the given
+    order, then the identity with the demonstrations in `settings.view_orders` other orders (a
+    fixed, seeded choice: the reference votes over reordered views too)."""
+    given = tuple(range(n_demos))
+    out = [(augment.VIEW_TRANSFORMS[name], given) for name in settings.views]
+    others = [o for o in itertools.permutations(given) if o != given]
+    if others and settings.view_orders:
+        picked = random.Random(0).sample(others, min(settings.view_orders, len(others)))
+        out += [(augment.IDENTITY, o) for o in picked]
+    return out
+
+
 def view_prompts(tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
-                 instruct: bool) -> tuple[list, list[str], int]:
+                 instruct: bool) -> tuple[list[View], list[str], int]:
     """(views, their prompts, answer room in tokens) for one test input: every view whose grids
-    are within ARC's size and whose prompt plus answer room fits `settings.max_tokens`."""
+    have no side over `settings.max_side`, whose prompt plus answer room fits `settings.max_tokens`, and whose
+    prompt no earlier view already has (a flip of a one-row grid is the grid itself: the
+    same greedy answer would vote twice)."""
     # room for the largest grid the task shows, as rows of digits plus newlines, twice over
     largest = max((len(g) * (len(g[0]) + 1) for pair in demos for g in pair), default=0)
     max_new = 2 * max(largest, len(test_input) * (len(test_input[0]) + 1)) + 8
-    views, prompts = [], []
-    for v in augment.VIEWS:
-        q = Query([(v(i), v(o)) for i, o in demos], v(test_input))
-        if _fits(q):
+    kept, prompts = [], []
+    for t, order in views(settings, len(demos)):
+        q = Query([(t(demos[j][0]), t(demos[j][1])) for j in order], t(test_input))
+        if _fits(q, settings.max_side):
             prompt = render_prompt(tokenizer, q, instruct)
             length = len(tokenizer(prompt, add_special_tokens=not instruct)["input_ids"])
-            if length + max_new <= settings.max_tokens:
-                views.append(v)
+            if length + max_new <= settings.max_tokens and prompt not in prompts:
+                kept.append((t, order))
                 prompts.append(prompt)
-    return views, prompts, max_new
+    return kept, prompts, max_new
 
 
 def _generate(model, tokenizer, prompts: list[str], max_new: int, instruct: bool) -> list[str]:
@@ -207,18 +233,18 @@ def _generate(model, tokenizer, prompts: list[str], max_new: int, instruct: bool
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _decide(views, answers: list[str]) -> list[Grid]:
+def _decide(views: list[View], answers: list[str]) -> list[Grid]:
     candidates = []
-    for v, a in zip(views, answers, strict=True):
+    for (t, _), a in zip(views, answers, strict=True):
         g = grids.parse(a)
-        candidates.append(v.inverse(g) if g is not None else None)
+        candidates.append(t.inverse(g) if g is not None else None)
     return vote(candidates)
 
 
 def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
             instruct: bool) -> tuple[list[Grid], list[str]]:
     """(the two attempts, the raw answers) for one test input, from every view that fits: grids
-    within ARC's size, and prompt plus answer room within `settings.max_tokens`."""
+    no side over `settings.max_side`, and prompt plus answer room within `settings.max_tokens`."""
     views, prompts, max_new = view_prompts(tokenizer, demos, test_input, settings, instruct)
     if not prompts:
         return [], []
