@@ -351,7 +351,8 @@ def load_generator(run: RunConfig):
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resamples: int,
               metrics: tuple[str, ...] = METRICS) -> dict[str, dict]:
     """Per condition and metric: mean with interval, and the paired difference from every
-    condition before it (`vs_<other>`). Rows are paired units (passages; ARC: task x sample)."""
+    condition before it (`vs_<other>`). Rows are paired units (passages; ARC: tasks, see
+    `loop.arc.summarise`)."""
     from loop.stats import bootstrap, paired_difference
 
     summary: dict[str, dict] = {}

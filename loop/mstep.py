@@ -25,11 +25,12 @@ from pathlib import Path
 
 from loop.ledger import write_json_atomic
 from teacher.config import TeacherConfig
+from teacher.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
 
-def write_job(path: Path, cfg: TeacherConfig, pairs: list[tuple[str, str]], seed: int,
+def write_job(path: Path, cfg: TeacherConfig, pairs: list[tuple[Prompt, str]], seed: int,
               out: Path, start_from: Path | None) -> None:
     write_json_atomic(path, {"teacher": asdict(cfg), "pairs": [list(p) for p in pairs],
                              "seed": seed, "out": str(out),

@@ -212,8 +212,11 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
 # Settings whose default changes what a run computes, with the value that reproduces a run
 # folder started before the setting existed: such a resume must ask for that value.
 BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
-                  "student.arc.max_grad_norm": None, "student.arc.permute_colors": False,
-                  "student.arc.view_orders": 0}
+                  "student.arc.max_grad_norm": None}
+# An ARC run folder whose record lacks this key started before the ARC fixes of issue 21
+# (colour-permuted copies, reordered views, warm-up from 0, the teacher's system message and
+# top-p 1.0), which no setting undoes: it cannot be resumed as it ran.
+ARC_SINCE = "student.arc.permute_colors"
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -242,7 +245,15 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     old = {k: str(v) for k, v in record["config"].items()}
     new = {k: str(v) for k, v in config.items()}
     added = sorted(new.keys() - old.keys())
-    changed = [k for k in added if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
+    if run.task.format == "arc" and ARC_SINCE in added:
+        raise ConfigError(f"resume={run.resume} is an ARC run started before ARC's test-time "
+                          "training and the teacher's prompt changed (issue 21: colour-permuted "
+                          "copies, reordered views, warm-up from 0, the reference's system "
+                          "message and top-p 1.0); no setting restores them, so it cannot be "
+                          "resumed as it ran: start it again in a new folder")
+    # settings of the other domain's student (student.arc.* for SQuAD) never change the run
+    applies = [k for k in added if run.task.format == "arc" or not k.startswith("student.arc.")]
+    changed = [k for k in applies if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
     if changed:
         fix = " ".join(f"{k}={'null' if BEFORE_THE_KEY[k] is None else BEFORE_THE_KEY[k]}"
                        for k in changed)

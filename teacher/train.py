@@ -57,7 +57,7 @@ def pair_rows(pairs: list[tuple[Prompt, str]], instruct: bool) -> list[dict]:
     return [{"prompt": as_text(p), "completion": c} for p, c in pairs]
 
 
-def train_adapter(model, tokenizer, pairs: list[tuple[str, str]], cfg: TeacherConfig, out: Path,
+def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: TeacherConfig, out: Path,
                   seed: int, start_from: Path | None = None,
                   fault: Callable[[str], None] | None = None) -> TrainStats:
     """Train a LoRA on `model` (left unchanged) and save it at `out`.

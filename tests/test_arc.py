@@ -4,6 +4,7 @@ and test-time training on a tiny student (the real code path, random weights).""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import random
 import re
@@ -304,7 +305,7 @@ def test_views_are_the_named_ones_then_reordered_demonstrations_and_never_repeat
         tiny_llama):
     from transformers import AutoTokenizer
 
-    from student.arc.ttt import view_prompts, views
+    from student.arc.ttt import OtherOrders, view_prompts, views
 
     named = ["identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180"]
     got = views(ArcSettings(), 3)
@@ -313,6 +314,13 @@ def test_views_are_the_named_ones_then_reordered_demonstrations_and_never_repeat
     assert len({o for _, o in got[6:]} - {(0, 1, 2)}) == 2  # two other orders
     assert got == views(ArcSettings(), 3)  # the same in every process
     assert len(views(ArcSettings(view_orders=0), 3)) == 6 and len(views(ArcSettings(), 1)) == 6
+    for n in (2, 3, 4, 5):  # the orders, built one at a time, are the listed ones
+        listed = [o for o in itertools.permutations(range(n)) if o != tuple(range(n))]
+        assert list(OtherOrders(n)) == listed
+        assert [o for _, o in views(ArcSettings(views=[], view_orders=3), n)] == random.Random(
+            0).sample(listed, min(3, len(listed)))
+    ten = views(ArcSettings(views=[], view_orders=2), 10)  # 3.6 million orders, none listed
+    assert len({o for _, o in ten}) == 2 and tuple(range(10)) not in {o for _, o in ten}
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     # one-row grids: a row flip is the grid itself and a half turn its mirror, asked once
     kept, prompts, _ = view_prompts(tok, DEMOS, [[4, 0]], ArcSettings(), True)

@@ -110,14 +110,29 @@ def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_
     for key in ("task.split", "student.train.max_grad_norm", "student.arc.max_grad_norm"):
         del record["config"][key]
     (tmp_path / "run.json").write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match=r"started before student.arc.max_grad_norm, student."
-                                          r"train.max_grad_norm, task.split existed.*experiment="
-                                          r"smoke student.arc.max_grad_norm=null student.train."
+    # a SQuAD run is not asked for ARC's settings (student.arc.*), which it never reads
+    with pytest.raises(ConfigError, match=r"started before student.train.max_grad_norm, task."
+                                          r"split existed.*experiment=smoke student.train."
                                           r"max_grad_norm=null task.split=all resume="):
         outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
-    old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null",
-                      "student.arc.max_grad_norm=null")
+    old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null")
     outer.check_resume(dataclasses.replace(old, resume=str(tmp_path)), tmp_path, "ignored")
+
+
+def test_an_arc_run_from_before_the_arc_fixes_is_not_resumed(tmp_path):
+    """No setting restores ARC's test-time training and teacher prompt as they were before issue
+    21: such a folder is refused, not silently continued with other rules."""
+    import json
+
+    run = compose_run("task=arc", "experiment=smoke")
+    outer.check_resume(run, tmp_path, "python -m loop.run task=arc experiment=smoke")
+    outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+    record = json.loads((tmp_path / "run.json").read_text())
+    del record["config"]["student.arc.permute_colors"], record["config"]["student.arc.views"]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"is an ARC run started before .* cannot be resumed as "
+                                          r"it ran: start it again"):
+        outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
 def test_unknown_metric_or_filter_is_a_config_error():

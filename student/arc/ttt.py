@@ -3,7 +3,8 @@
 1. Training tasks (`training_tasks`): from the task's n demonstrations, leave-k-out tasks (each
    demonstration in turn is the query, k-1 more are removed; `student.arc.leave_out`), each
    copied under every transform of the families the self-edit switched on, then every task once
-   more with its demonstrations reordered and its colours permuted (the reference's copy).
+   more with its demonstrations reordered and, when a family is on, its colours permuted (the
+   reference's copy; `permute`, `permute_colors`).
    Duplicates are removed in a fixed order, and a seeded subset of `max_tasks` is kept: the
    same inputs give the same tasks in every process (the reference's `set()` makes its subset
    change with Python's hash seed).
@@ -15,7 +16,7 @@
 3. Prediction (`predict`): the student answers the test input under each view (`views`: the
    whole task transformed, or its demonstrations reordered), greedy; each answer is parsed
    (untrusted text: a rectangle of digits or nothing), mapped back by the view's inverse, and
-   the distinct grids are ranked by votes (ties: the earlier view wins, identity first). The
+   the distinct grids are ranked by votes (ties: the earlier view wins, in `views` order). The
    two best are the attempts (pass@2).
 """
 
@@ -194,11 +195,31 @@ def views(settings: ArcSettings, n_demos: int) -> list[View]:
     fixed, seeded choice: the reference votes over reordered views too)."""
     given = tuple(range(n_demos))
     out = [(augment.VIEW_TRANSFORMS[name], given) for name in settings.views]
-    others = [o for o in itertools.permutations(given) if o != given]
+    others = OtherOrders(n_demos)
     if others and settings.view_orders:
         picked = random.Random(0).sample(others, min(settings.view_orders, len(others)))
         out += [(augment.IDENTITY, o) for o in picked]
     return out
+
+
+class OtherOrders(Sequence):
+    """The orders of n demonstrations other than the given one, in lexicographic order, each
+    built when asked for: a task may show 10 demonstrations (3.6 million orders)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return math.factorial(self.n) - 1
+
+    def __getitem__(self, i: int) -> tuple[int, ...]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        rank, items, order = i + 1, list(range(self.n)), []  # rank 0 is the given order
+        for k in range(self.n, 0, -1):
+            j, rank = divmod(rank, math.factorial(k - 1))
+            order.append(items.pop(j))
+        return tuple(order)
 
 
 def view_prompts(tokenizer, demos: Sequence[Pair], test_input: Grid, settings: ArcSettings,
