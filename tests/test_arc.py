@@ -361,7 +361,7 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
 
     model, tok = load_student(tiny_student(tiny_llama))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=40)
+    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=48)
     tests = [([[4, 0]], [[0, 4]])]
     edit = to_json(TTTConfig(("basic",), "output", 5e-3, 2))
     result = absorb_and_solve(model, tok, DEMOS, tests, edit, settings, True, seed=0)
@@ -391,7 +391,7 @@ def test_self_edits_trained_together_equal_one_at_a_time(tiny_llama):
     from tests.test_models import tiny_student
 
     model, tok = load_student(tiny_student(tiny_llama))
-    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=40)
+    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=48)
     tests = [([[4, 0]], [[0, 4]]), ([[5, 5]], [[5, 5]])]
     edits = [to_json(TTTConfig(("basic",), "output", 5e-3, 2)), "use rotations",
              to_json(TTTConfig(("basic",), "all", 1e-4, 10)),  # over budget
