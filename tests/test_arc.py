@@ -217,6 +217,23 @@ def test_intervals_resample_tasks_not_self_edits():
     assert (diff["mean"], diff["low"], diff["high"]) == (25.0, 0.0, 50.0)
 
 
+def test_per_family_success_by_hand(tmp_path):
+    from loop import plots
+    from loop.arc import family_table, per_family
+
+    per_task = {"1d_fill_3": {"base": [0.0], "oracle": [1.0, 0.0]},
+                "1d_fill_10": {"base": [1.0], "oracle": [1.0, 1.0]},
+                "1d_move_1p_2": {"base": [0.0], "oracle": [0.0, 0.0]},
+                "6150a2bd": {"base": [1.0], "oracle": [1.0, 1.0]}}  # no family: left out
+    table, counts = per_family(per_task)
+    assert table == {"1d_fill": {"base": 50.0, "oracle": 75.0},
+                     "1d_move_1p": {"base": 0.0, "oracle": 0.0}}
+    assert counts == {"1d_fill": 2, "1d_move_1p": 1}
+    lines = family_table(table, counts).splitlines()
+    assert lines[2].split() == ["1d_fill", "(2)", "50.0", "75.0"]
+    assert plots.family_bars(table, counts, tmp_path / "f.png", "t").stat().st_size > 0
+
+
 # ---- training tasks -------------------------------------------------------------------------
 
 DEMOS = [([[1, 0]], [[0, 1]]), ([[2, 0]], [[0, 2]]), ([[3, 3]], [[3, 3]])]
