@@ -77,6 +77,18 @@ def round_contexts(pool: list[Passage], n: int, rounds: int, seed: int) -> list[
     return out
 
 
+def more_rounds(old: dict, new: dict) -> set[str]:
+    """What a `loop.run` resume may change to extend a run: `loop.rounds`, upwards. The first
+    rounds' contexts do not depend on the number of rounds (`round_contexts` draws them as a
+    prefix), so finished rounds stay what they were and the new ones continue from the last
+    teacher adapter."""
+    try:
+        grows = int(new["loop.rounds"]) > int(old["loop.rounds"])
+    except (KeyError, TypeError, ValueError):
+        return set()
+    return {"loop.rounds"} if grows else set()
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -700,7 +712,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     out_dir = Path(run.resume) if run.resume else out_dir
     pool = select(load_contexts(run.task), run.task.n_contexts, run.seed)
     schedule = round_contexts(pool, run.loop.contexts_per_round, run.loop.rounds, run.seed)
-    record = check_resume(run, out_dir, command)
+    record = check_resume(run, out_dir, command, grows=more_rounds)
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
     tracker = start_tracking(run, out_dir, record, "loop.run",
                              f"{run.teacher.name} -> {run.student.name}",

@@ -51,6 +51,21 @@ def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
         outer.check_resume(other, tmp_path, "ignored")
 
 
+def test_more_rounds_extend_a_run_and_keep_its_first_rounds(tmp_path, caplog):
+    five = outer.round_contexts(POOL, 3, 5, seed=0)
+    assert ids(outer.round_contexts(POOL, 3, 2, seed=0)) == ids(five)[:2]  # a prefix
+    run = compose_run("experiment=smoke")  # 2 rounds
+    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    more = compose_run("experiment=smoke", "loop.rounds=3", f"resume={tmp_path}")
+    record = outer.check_resume(more, tmp_path, "python -m loop.run experiment=smoke loop.rounds=3",
+                                grows=outer.more_rounds)
+    assert "extends the run (loop.rounds: 2 -> 3)" in caplog.text
+    assert record["config"]["loop.rounds"] == 3 and record["command"].endswith("loop.rounds=3")
+    fewer = compose_run("experiment=smoke", "loop.rounds=2", f"resume={tmp_path}")
+    with pytest.raises(ConfigError, match=r"loop.rounds: 3 -> 2"):
+        outer.check_resume(fewer, tmp_path, "ignored", grows=outer.more_rounds)
+
+
 @pytest.mark.parametrize("override, message", [
     ("student.train.schedule=cosine", "unknown student.train.schedule 'cosine'"),
     ("student.train.method=qlora", "unknown student.train.method 'qlora'"),
