@@ -147,6 +147,16 @@ def test_paper_arc_has_the_papers_settings():
     assert run.teacher.sampling.temperature == 0.8
 
 
+@pytest.mark.parametrize("task", ["arc", "arc1d"])
+def test_an_arc_task_trains_the_teacher_with_the_references_arc_m_step(task):
+    """ARC's M-step is the reference's BC step, whatever the models; SQuAD keeps its own."""
+    t = compose_run(f"task={task}").teacher.train
+    assert (t.lora.r, t.lora.alpha, t.lr, t.epochs, t.batch_size) == (16, 16, 5e-5, 8, 5)
+    assert t.lora.targets == ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]
+    squad = compose_run().teacher.train
+    assert (squad.lora.r, squad.lora.alpha, squad.lr, squad.epochs) == (64, 128, 3e-4, 2)
+
+
 def test_evaluate_reads_the_tasks_held_out_set():
     from hydra import compose, initialize_config_dir
 
