@@ -827,6 +827,7 @@ def one_round(run: RunConfig, r: int, contexts: list[Passage], out_dir: Path, ge
             "time/train_s": train_s,
             "time/round_s": time.perf_counter() - t_round,
             "throughput/self_edits_per_min": 60 * len(evals) / inner_s if inner_s else 0.0,
+            **failure_fractions(run, evals),
         },
         "rewards": [x["reward"] for x in rows],
         "proxy_rewards": [x["proxy"] for x in rows],
@@ -856,25 +857,53 @@ def mean(values) -> float:
     return sum(present) / len(present) if present else float("nan")
 
 
+def failure_fractions(run: RunConfig, evals) -> dict[str, float]:
+    """ARC: the fractions of a round's self-edits that failed before training, invalid or over
+    the step budget (`student.arc.max_steps`); what the teacher's M-step should bring down."""
+    if run.task.format != "arc" or not evals:
+        return {}
+    why = [e.failure or "" for e in evals]
+    return {"student/invalid_frac": sum(w.startswith("invalid") for w in why) / len(why),
+            "student/over_budget_frac": sum(w.startswith("over budget") for w in why) / len(why)}
+
+
 def format_table(summaries: list[dict], metric: str, baseline: str = "student") -> str:
+    """The rounds as text; the proxy columns only where a proxy was computed (SQuAD), the
+    failure columns only where self-edits can fail before training (ARC)."""
+    nan = float("nan")
+
+    def present(key: str) -> bool:
+        return any(s["metrics"].get(key, nan) == s["metrics"].get(key, nan) for s in summaries)
+
+    proxied, failing = present("proxy/spearman"), present("student/invalid_frac")
     head = (f"{'round':>5} {'self-edits':>10} {'reward mean':>12} {'reward max':>11} "
-            f"{'kept':>6} {'cut':>5} {'base':>8} {'after':>8} {'proxy rho':>9} {'proxy r':>7} "
-            f"{'sample s':>9} {'inner s':>8} {'train s':>8} {'evals/min':>9}")
+            f"{'kept':>6} {'cut':>5} {'base':>8} {'after':>8} "
+            + (f"{'proxy rho':>9} {'proxy r':>7} " if proxied else "")
+            + (f"{'invalid':>7} {'over':>5} " if failing else "")
+            + f"{'sample s':>9} {'inner s':>8} {'train s':>8} {'evals/min':>9}")
     against = {"student": " - the frozen student's", "passage": " - the passage-only student's",
                "none": ""}[baseline]
-    nan = float("nan")
     what = ("the frozen student's log-prob with the self-edit in its prompt" if metric ==
             "context_logprob" else f"{metric} after absorbing the self-edit")
-    lines = [f"reward = {what}{against}; proxy rho / r: Spearman / Pearson between the proxy "
-             "(context_logprob) and the absorbed reward", head, "-" * len(head)]
+    legend = [f"reward = {what}{against}"]
+    if proxied:
+        legend.append("proxy rho / r: Spearman / Pearson between the proxy (context_logprob) and "
+                      "the absorbed reward")
+    if failing:
+        legend.append("invalid / over: fractions of the self-edits that failed before training "
+                      "(invalid, or over student.arc.max_steps)")
+    lines = ["; ".join(legend), head, "-" * len(head)]
     for s in summaries:
         m = s["metrics"]
         lines.append(f"{s['round']:>5} {s['self_edits']:>10} {m['reward/mean']:>12.3f} "
                      f"{m['reward/max']:>11.3f} {m['filter/kept_frac']:>6.2f} "
                      f"{m.get('teacher/cut_frac', nan):>5.2f} "
                      f"{m['student/score_base']:>8.3f} {m['student/score_after']:>8.3f} "
-                     f"{m.get('proxy/spearman', nan):>9.2f} {m.get('proxy/pearson', nan):>7.2f} "
-                     f"{m['time/sample_s']:>9.1f} {m['time/inner_s']:>8.1f} "
+                     + (f"{m.get('proxy/spearman', nan):>9.2f} "
+                        f"{m.get('proxy/pearson', nan):>7.2f} " if proxied else "")
+                     + (f"{m.get('student/invalid_frac', nan):>7.2f} "
+                        f"{m.get('student/over_budget_frac', nan):>5.2f} " if failing else "")
+                     + f"{m['time/sample_s']:>9.1f} {m['time/inner_s']:>8.1f} "
                      f"{m['time/train_s']:>8.1f} {m['throughput/self_edits_per_min']:>9.1f}")
     return "\n".join(lines)
 

@@ -66,6 +66,35 @@ def test_more_rounds_extend_a_run_and_keep_its_first_rounds(tmp_path, caplog):
         outer.check_resume(fewer, tmp_path, "ignored", grows=outer.more_rounds)
 
 
+def test_the_round_table_shows_what_each_domain_computes():
+    from loop.ledger import Evaluation
+
+    def ev(failure):
+        return Evaluation(0, "t", 0, 0, "h", 1, "success", 0.0, 0.0, 0.0, 1.0, failure=failure)
+
+    arc = compose_run("task=arc1d")
+    evals = [ev("invalid self-edit: no JSON object"), ev("over budget: 80 steps > 64"),
+             ev("over budget: 160 steps > 64"), ev(None)]
+    fractions = outer.failure_fractions(arc, evals)
+    assert fractions == {"student/invalid_frac": 0.25, "student/over_budget_frac": 0.5}
+    assert outer.failure_fractions(compose_run(), evals) == {}  # SQuAD self-edits never fail so
+    nan = float("nan")
+    common = {"reward/mean": 25.0, "reward/max": 100.0, "filter/kept_frac": 0.25,
+              "teacher/cut_frac": 0.0, "student/score_base": 0.0, "student/score_after": 25.0,
+              "time/sample_s": 1.0, "time/inner_s": 2.0, "time/train_s": 3.0,
+              "throughput/self_edits_per_min": 4.0}
+    arc_rows = [{"round": 0, "self_edits": 4, "metrics": {**common, "proxy/spearman": nan,
+                                                          "proxy/pearson": nan, **fractions}}]
+    table = outer.format_table(arc_rows, "success", "none")
+    assert "proxy" not in table and "invalid / over" in table
+    assert table.splitlines()[-1].split()[8:10] == ["0.25", "0.50"]
+    squad_rows = [{"round": 0, "self_edits": 4, "metrics": {**common, "proxy/spearman": 0.5,
+                                                            "proxy/pearson": 0.25}}]
+    table = outer.format_table(squad_rows, "answer_logprob")
+    assert "proxy rho" in table and "invalid" not in table
+    assert table.splitlines()[-1].split()[8:10] == ["0.50", "0.25"]
+
+
 @pytest.mark.parametrize("override, message", [
     ("student.train.schedule=cosine", "unknown student.train.schedule 'cosine'"),
     ("student.train.method=qlora", "unknown student.train.method 'qlora'"),
