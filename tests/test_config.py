@@ -157,6 +157,15 @@ def test_an_arc_task_trains_the_teacher_with_the_references_arc_m_step(task):
     assert (squad.lora.r, squad.lora.alpha, squad.lr, squad.epochs) == (64, 128, 3e-4, 2)
 
 
+def test_arc1d_cpu_keeps_the_m_step_it_was_measured_with():
+    run = compose_run("experiment=arc1d_cpu")
+    t = run.teacher.train
+    assert (run.task.name, run.loop.rounds, run.loop.contexts_per_round, run.loop.k) == (
+        "arc1d", 4, 8, 4)
+    assert (t.lora.r, t.lora.alpha, t.lr, t.epochs, t.batch_size) == (64, 128, 3e-4, 2, 4)
+    assert (run.student.arc.oracle.families, run.student.arc.oracle.lr) == (["basic"], 1e-3)
+
+
 def test_evaluate_reads_the_tasks_held_out_set():
     from hydra import compose, initialize_config_dir
 
