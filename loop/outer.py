@@ -293,6 +293,9 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
                     "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in extended))
         record = {**record, "command": command, "config": config}
         write_json_atomic(path, record)
+        # a finished run's results (its final adapter) are no longer final: written again at
+        # the end, so a stopped extension is not mistaken for a finished run
+        (out_dir / "results.json").unlink(missing_ok=True)
     return record
 
 

@@ -56,11 +56,13 @@ def test_more_rounds_extend_a_run_and_keep_its_first_rounds(tmp_path, caplog):
     assert ids(outer.round_contexts(POOL, 3, 2, seed=0)) == ids(five)[:2]  # a prefix
     run = compose_run("experiment=smoke")  # 2 rounds
     outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    (tmp_path / "results.json").write_text("{}")  # the 2-round run had finished
     more = compose_run("experiment=smoke", "loop.rounds=3", f"resume={tmp_path}")
     record = outer.check_resume(more, tmp_path, "python -m loop.run experiment=smoke loop.rounds=3",
                                 grows=outer.more_rounds)
     assert "extends the run (loop.rounds: 2 -> 3)" in caplog.text
     assert record["config"]["loop.rounds"] == 3 and record["command"].endswith("loop.rounds=3")
+    assert not (tmp_path / "results.json").exists()  # not final any more
     fewer = compose_run("experiment=smoke", "loop.rounds=2", f"resume={tmp_path}")
     with pytest.raises(ConfigError, match=r"loop.rounds: 3 -> 2"):
         outer.check_resume(fewer, tmp_path, "ignored", grows=outer.more_rounds)
