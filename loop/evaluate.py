@@ -477,7 +477,10 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
 
         EndpointGenerator(run.evaluate.external, run.teacher.sampling).check()
     out_dir = Path(run.resume) if run.resume else Path(out_dir)
-    record = check_resume(run, out_dir, command, grows=added_conditions)
+    # an evaluation never trains the teacher: a folder from before task=arc's M-step changed
+    # resumes without restating the old teacher.train.* values
+    record = check_resume(run, out_dir, command, grows=added_conditions,
+                          unread=("teacher.train.",))
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
     return out_dir, record, teacher_conditions
 

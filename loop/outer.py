@@ -232,7 +232,8 @@ ARC_SINCE = "student.arc.permute_colors"
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
-                 grows: Callable[[dict, dict], set[str]] | None = None) -> dict:
+                 grows: Callable[[dict, dict], set[str]] | None = None,
+                 unread: tuple[str, ...] = ()) -> dict:
     """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
 
     A resumed run must have the config of the run it continues: otherwise finished rounds and
@@ -241,6 +242,8 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     values, with a warning naming them; so are changed `EXECUTION` settings. `grows(old, new)`
     names keys that may differ because the resume extends the run without changing what is
     recorded (loop.evaluate: added conditions); the record then takes the new config and command.
+    Keys starting with a prefix in `unread` are settings the command never reads (loop.evaluate:
+    the M-step's `teacher.train.`): they may differ, with a warning.
     """
     path = out_dir / "run.json"
     config = {k: v for k, v in flatten(run).items() if k != "resume"}
@@ -281,6 +284,11 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
         log.warning("resume=%s: execution settings changed (the results do not depend on them): "
                     "%s", run.resume, ", ".join(f"{k}: {old[k]} -> {new.get(k)}" for k in how))
         differ = [k for k in differ if k not in EXECUTION]
+    ignored = [k for k in differ if unread and k.startswith(unread)]
+    if ignored:
+        log.warning("resume=%s: settings this command does not read changed (ignored): %s",
+                    run.resume, ", ".join(f"{k}: {old[k]} -> {new.get(k)}" for k in ignored))
+        differ = [k for k in differ if k not in ignored]
     extended = [k for k in differ if k in (grows(record["config"], config) if grows else ())]
     differ = [k for k in differ if k not in extended]
     if differ:

@@ -68,6 +68,19 @@ def test_more_rounds_extend_a_run_and_keep_its_first_rounds(tmp_path, caplog):
         outer.check_resume(fewer, tmp_path, "ignored", grows=outer.more_rounds)
 
 
+def test_an_evaluation_resume_ignores_the_m_step_it_never_reads(tmp_path, caplog):
+    run = compose_run("task=arc1d", "teacher.train.lr=3e-4")
+    outer.check_resume(run, tmp_path, "python -m loop.evaluate task=arc1d teacher.train.lr=3e-4")
+    today = compose_run("task=arc1d", f"resume={tmp_path}")  # the default is 5e-5 now
+    with pytest.raises(ConfigError, match=r"teacher.train.lr: 0.0003 -> 5e-05"):
+        outer.check_resume(today, tmp_path, "ignored")  # loop.run reads it: refused
+    outer.check_resume(today, tmp_path, "ignored", unread=("teacher.train.",))
+    assert "does not read changed (ignored): teacher.train.lr: 0.0003 -> 5e-05" in caplog.text
+    other = compose_run("task=arc1d", "student.arc.max_steps=8", f"resume={tmp_path}")
+    with pytest.raises(ConfigError, match="student.arc.max_steps"):
+        outer.check_resume(other, tmp_path, "ignored", unread=("teacher.train.",))
+
+
 def test_the_round_table_shows_what_each_domain_computes():
     from loop.ledger import Evaluation
 
