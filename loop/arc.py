@@ -41,7 +41,10 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
     from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
 
     args = (model, tokenizer, pairs(task.train), pairs(task.test))
-    if run.student.train.batched:
+    from student.config import batched_setting
+
+    # auto included: ARC's adapters train together on every device (not measured otherwise)
+    if batched_setting(run.student.train.batched) != "false":
         from student.batched import memory_advice
 
         with memory_advice(min(len(texts), run.student.train.max_adapters), run.student.train):

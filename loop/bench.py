@@ -1,18 +1,22 @@
-"""`python -m loop.bench`: the inner loop's two paths side by side on the same self-edits.
+"""`python -m loop.bench`: the inner loop's paths side by side on the same self-edits.
 
     python -m loop.bench                      # CPU defaults: smollm135m student, k=8 (make bench)
     python -m loop.bench --k 4 --repeats 3 student=llama1b     # any student preset or override
 
 Each repeat absorbs and scores the same k self-edits (each on its passage's questions, the
-inner loop's reward) once one adapter at a time (PEFT, `student.train.batched=false`) and once
-all k in shared passes (`student/batched.py`), the two interleaved and alternating which goes
-first so machine drift cancels. It prints self-edits evaluated per minute for each path (median
-over repeats), their ratio, the largest score difference between the two paths, the batched
-path's achieved GFLOP/s (its floating-point operations counted by torch's FlopCounterMode over
-one extra pass, divided by its median time) against this machine's own matmul peak measured here
-in the student's dtype, and each path's peak memory. The last line is
+inner loop's reward) on each path of `student.train.batched`: `false`, one adapter at a time
+(PEFT, the reference path); `true`, all k trained and answered in shared passes
+(`student/batched.py`); and the default, `auto`, which is `true` on a GPU and, on a CPU, trains
+each adapter alone with PEFT and answers the k together. The paths are interleaved, rotating
+which goes first, so machine drift cancels. It prints, per path (median over repeats), the
+self-edits evaluated per minute, the seconds spent training and answering, each phase's
+achieved GFLOP/s as a fraction of this machine's matmul peak (measured here in the student's
+dtype; the phase's floating-point operations counted once by torch's FlopCounterMode on the
+one-at-a-time path: the useful work, no padding), each path's peak memory, and the largest
+score difference between the paths. The last line is
 
-    speedup=<ratio> batched_per_min=<x> sequential_per_min=<y> peak_fraction=<f>
+    speedup=<one at a time s / default s> default=<true|alone> default_per_min=<x>
+    batched_per_min=<y> sequential_per_min=<z> peak_fraction=<default path's training phase>
 
 It also times the in-context proxy (`reward.metric=context_logprob`, `loop.proxy`) on the same
 self-edits, median over repeats, and prints what absorbing costs as a multiple of it.
@@ -31,6 +35,7 @@ import statistics
 import sys
 import threading
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError, RunConfig, register, to_run_config
@@ -152,22 +157,53 @@ def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
     return list(zip(passages, texts, strict=True))
 
 
-def run_path(model, tokenizer, jobs, run: RunConfig, batched: bool, device: str):
-    """(seconds, peak GiB, results) of absorbing and scoring every job on one path."""
+PATHS = {"false": "one at a time", "true": "batched", "auto": "default (auto)"}
+
+
+class Phases:
+    """Seconds (and, with `count`, floating-point operations) per phase of the inner loop, for
+    `absorb_and_score_many(..., phase=)`."""
+
+    def __init__(self, count: bool = False):
+        self.seconds: dict[str, float] = {}
+        self.flops: dict[str, int] = {}
+        self.count = count
+
+    @contextmanager
+    def __call__(self, name: str):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False) if self.count else nullcontext()
+        t0 = time.perf_counter()
+        with counter:
+            yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        if self.count:
+            self.flops[name] = self.flops.get(name, 0) + counter.get_total_flops()
+
+
+def with_batched(run: RunConfig, setting: str) -> RunConfig:
+    return dataclasses.replace(run, student=dataclasses.replace(
+        run.student, train=dataclasses.replace(run.student.train, batched=setting)))
+
+
+def run_path(model, tokenizer, jobs, run: RunConfig, setting: str, device: str, count=False):
+    """(seconds, peak GiB, results, Phases) of absorbing and scoring every job on one path
+    (student.train.batched=`setting`)."""
     from loop.outer import absorb_and_score_many
 
-    cfg = dataclasses.replace(run, student=dataclasses.replace(
-        run.student, train=dataclasses.replace(run.student.train, batched=batched)))
     generate = run.reward.metric != "answer_logprob"
+    phases = Phases(count)
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
-        results = absorb_and_score_many(model, tokenizer, jobs, cfg, None, generate)
+        results = absorb_and_score_many(model, tokenizer, jobs, with_batched(run, setting), None,
+                                        generate, phases)
         if device == "cuda":
             import torch
 
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    return seconds, mem.peak, results
+    return seconds, mem.peak, results, phases
 
 
 def time_proxy(model, tokenizer, items, run: RunConfig) -> float:
@@ -178,19 +214,6 @@ def time_proxy(model, tokenizer, items, run: RunConfig) -> float:
     for passage, text in items:
         context_rows(model, tokenizer, passage, text, run.student)
     return time.perf_counter() - t0
-
-
-def count_flops(model, tokenizer, jobs, run: RunConfig) -> int:
-    """Floating-point operations of one batched pass over `jobs` (torch's FlopCounterMode:
-    matmuls, batched matmuls and attention, forward and backward)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from loop.outer import absorb_and_score_many
-
-    generate = run.reward.metric != "answer_logprob"
-    with FlopCounterMode(display=False) as counter:
-        absorb_and_score_many(model, tokenizer, jobs, run, None, generate)
-    return counter.get_total_flops()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,42 +282,63 @@ def bench(args, overrides: list[str]) -> None:
     peak = matmul_peak(dtype, device)
     print(f"matmul peak ({dtype}, 1024^3, median of 20): {peak:.1f} GFLOP/s")
 
-    run_path(model, tokenizer, jobs[:1], run, True, device)  # warm-up: first-call costs
-    times = {True: [], False: []}
-    mems = {True: 0.0, False: 0.0}
+    from loop.outer import train_together
+
+    # auto here: true (a GPU), or trained alone and answered together (a CPU)
+    auto = "true" if train_together(with_batched(run, "auto"), device) else "alone"
+    paths = ["false", "true"] + ([] if auto == "true" else ["auto"])
+    run_path(model, tokenizer, jobs[:1], run, "true", device)  # warm-up: first-call costs
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    phase_times: dict[str, list[dict]] = {p: [] for p in paths}
+    mems = dict.fromkeys(paths, 0.0)
     results = {}
     proxy_times = []
     for rep in range(args.repeats):
         proxy_times.append(time_proxy(model, tokenizer, items, run))
-        for batched in ((True, False) if rep % 2 == 0 else (False, True)):
-            seconds, mem, res = run_path(model, tokenizer, jobs, run, batched, device)
-            times[batched].append(seconds)
-            mems[batched] = max(mems[batched], mem)
-            results[batched] = res
-            print(f"  repeat {rep + 1}/{args.repeats} {'batched' if batched else 'one at a time'}"
-                  f": {seconds:.1f} s", flush=True)
-    # the two paths' scores, question by question (both are deterministic given the seeds)
+        order = paths[rep % len(paths):] + paths[:rep % len(paths)]
+        for path in order:
+            seconds, mem, res, phases = run_path(model, tokenizer, jobs, run, path, device)
+            times[path].append(seconds)
+            phase_times[path].append(phases.seconds)
+            mems[path] = max(mems[path], mem)
+            results[path] = res
+            print(f"  repeat {rep + 1}/{args.repeats} {PATHS[path]}: {seconds:.1f} s", flush=True)
+    # the paths' scores, question by question (each is deterministic given the seeds)
     diff = max(abs(a["logprob"] - b["logprob"])
-               for (sa, _), (sb, _) in zip(results[True], results[False], strict=True)
+               for path in paths[1:]
+               for (sa, _), (sb, _) in zip(results[path], results["false"], strict=True)
                for a, b in zip(sa, sb, strict=True))
-    flops = count_flops(model, tokenizer, jobs, run)
-    med = {b: statistics.median(t) for b, t in times.items()}
-    per_min = {b: 60 * args.k / med[b] for b in med}
-    achieved = flops / med[True] / 1e9
-    speedup = med[False] / med[True]
-    print(f"{'path':<16}{'median s':>10}{'self-edits/min':>16}{'peak GiB':>10}")
-    for b, name in ((False, "one at a time"), (True, "batched")):
-        print(f"{name:<16}{med[b]:>10.1f}{per_min[b]:>16.2f}{mems[b]:>10.2f}")
-    print(f"batched: {flops / 1e12:.2f} TFLOP per pass, {achieved:.1f} GFLOP/s achieved = "
-          f"{achieved / peak:.2f} of the measured matmul peak")
+    counted = run_path(model, tokenizer, jobs, run, "false", device, count=True)[3].flops
+    med = {p: statistics.median(t) for p, t in times.items()}
+    phase_med = {p: {name: statistics.median(r.get(name, 0.0) for r in rows)
+                     for name in ("train", "answer")} for p, rows in phase_times.items()}
+    per_min = {p: 60 * args.k / med[p] for p in med}
+    default = "auto" if "auto" in paths else "true"
+    print(f"training: {counted['train'] / 1e12:.3f} TFLOP, answering "
+          f"{counted.get('answer', 0) / 1e12:.3f} TFLOP for the {args.k} self-edits (counted on "
+          "the one-at-a-time path); fraction = that work per second / the matmul peak")
+    print(f"{'path':<18}{'median s':>9}{'per min':>9}{'train s':>9}{'frac':>6}{'answer s':>10}"
+          f"{'frac':>6}{'peak GiB':>10}")
+    fraction = {}
+    for p in paths:
+        fraction[p] = {name: counted.get(name, 0) / max(phase_med[p][name], 1e-9) / 1e9 / peak
+                       for name in ("train", "answer")}
+        print(f"{PATHS[p]:<18}{med[p]:>9.1f}{per_min[p]:>9.2f}{phase_med[p]['train']:>9.1f}"
+              f"{fraction[p]['train']:>6.2f}{phase_med[p]['answer']:>10.1f}"
+              f"{fraction[p]['answer']:>6.2f}{mems[p]:>10.2f}")
+    for p in paths[1:]:
+        print(f"{PATHS[p]} / one at a time: {med['false'] / med[p]:.2f}x the speed (training "
+              f"{phase_med['false']['train'] / max(phase_med[p]['train'], 1e-9):.2f}x, answering "
+              f"{phase_med['false']['answer'] / max(phase_med[p]['answer'], 1e-9):.2f}x)")
     print(f"largest per-question log-prob difference between the paths: {diff:.2e}")
     proxy_s = statistics.median(proxy_times)
     print(f"the in-context proxy (reward.metric=context_logprob, nothing absorbed): {proxy_s:.2f} s "
           f"for the {args.k} self-edits, {proxy_s / args.k:.3f} s each; absorbing costs "
-          f"{med[False] / proxy_s:.1f}x as much one at a time, {med[True] / proxy_s:.1f}x batched")
-    print(f"speedup={speedup:.2f} batched_per_min={per_min[True]:.2f} "
-          f"sequential_per_min={per_min[False]:.2f} peak_fraction={achieved / peak:.2f}")
-
+          f"{med['false'] / proxy_s:.1f}x as much one at a time, {med[default] / proxy_s:.1f}x "
+          "on the default path")
+    print(f"speedup={med['false'] / med[default]:.2f} default={auto} "
+          f"default_per_min={per_min[default]:.2f} batched_per_min={per_min['true']:.2f} "
+          f"sequential_per_min={per_min['false']:.2f} peak_fraction={fraction[default]['train']:.2f}")
 
 if __name__ == "__main__":
     main()

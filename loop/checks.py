@@ -18,6 +18,7 @@ from typing import Any
 
 from loop.errors import CONF_DIR, ConfigError
 from student.arc.augment import VIEW_TRANSFORMS
+from student.config import BATCHED
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
 
@@ -88,6 +89,7 @@ RULES: tuple[Rule, ...] = (
     ("student.lora.dropout", between(0, 1, open_high=True), DROPOUT),
     ("student.lora.targets", not_empty, "a non-empty list of module names"),
     ("student.train.lr", above(0), LEARNING_RATE),
+    ("student.train.batched", lambda v: str(v).lower() in BATCHED, "auto, true or false"),
     ("student.train.epochs", at_least(1), POSITIVE),
     ("student.train.batch_size", at_least(1), POSITIVE),
     ("student.train.max_adapters", at_least(1), POSITIVE),

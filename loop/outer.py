@@ -27,6 +27,7 @@ trained as a LoRA and sampled as base + adapter, with no merge and no reload.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -456,65 +457,99 @@ def passage_texts(passage: Passage, run: RunConfig) -> list[str]:
 
 
 def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: RunConfig,
-                     seed: int, judge_model, generate: bool) -> tuple[list[dict], list[float]]:
+                     seed: int, judge_model, generate: bool,
+                     phase=None) -> tuple[list[dict], list[float]]:
     """The student absorbs `texts` (a fresh LoRA, or every weight with student.train.method=full),
     is scored on the passage's questions, and is put back as it was. Returns the scores and the
-    first and last training losses."""
+    first and last training losses. `phase`: as for `absorb_and_score_many`."""
     from student.absorb import absorbing, train
 
     if not texts:  # an empty self-edit and no passage: nothing to absorb, the base is scored
         return score_context(model, tokenizer, passage, run, judge_model, generate), []
     if batched(run):
         return absorb_and_score_many(model, tokenizer, [(passage, texts, seed)], run,
-                                     judge_model, generate)[0]
+                                     judge_model, generate, phase)[0]
+    phase = phase or (lambda name: contextlib.nullcontext())
     with absorbing(model, run.student, seed) as adapted:
-        result = train(adapted, tokenizer, texts, run.student, seed)
-        scores = score_context(adapted, tokenizer, passage, run, judge_model, generate)
+        with phase("train"):
+            result = train(adapted, tokenizer, texts, run.student, seed)
+        with phase("answer"):
+            scores = score_context(adapted, tokenizer, passage, run, judge_model, generate)
     return scores, [result.losses[0], result.losses[-1]]
 
 
 def batched(run: RunConfig) -> bool:
-    """Whether self-edits are absorbed many at a time (student.train.batched, LoRA only)."""
-    return run.student.train.batched and run.student.train.method == "lora"
+    """Whether self-edits go through the many-adapters path (student.train.batched true or
+    auto, LoRA only): answered together, and trained together where `train_together` says."""
+    from student.config import batched_setting
+
+    return (batched_setting(run.student.train.batched) != "false"
+            and run.student.train.method == "lora")
+
+
+def train_together(run: RunConfig, device) -> bool:
+    """Whether a batch's adapters also train in shared passes: student.train.batched=true, or
+    auto on a GPU. On a CPU, auto trains them one at a time with PEFT (faster there: one
+    self-edit's step already keeps the cores busy) and answers them together."""
+    from student.config import batched_setting
+
+    setting = batched_setting(run.student.train.batched)
+    return setting == "true" or (setting == "auto" and str(device).startswith("cuda"))
 
 
 def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str], int]],
-                          run: RunConfig, judge_model,
-                          generate: bool) -> list[tuple[list[dict], list[float]]]:
+                          run: RunConfig, judge_model, generate: bool,
+                          phase=None) -> list[tuple[list[dict], list[float]]]:
     """`absorb_and_score` for many (passage, texts, seed) jobs: up to
     student.train.max_adapters adapters trained in the same passes over the frozen student
-    (student.batched), then scored in shared batches. Same results as one at a time, up to
-    floating-point reduction order."""
+    (student.batched), or one at a time with PEFT (`train_together`), then scored in shared
+    batches. Same results as one at a time, up to floating-point reduction order. `phase`
+    (name -> context manager; loop.bench times "train" and "answer" with it) wraps each phase
+    of the batched path."""
     from loop.judge import add_verdicts
     from student import batched as many
-    from student.absorb import plan
+    from student.absorb import plan, train_alone
     from student.evaluate import score_questions_many
 
     if not batched(run):
         return [absorb_and_score(model, tokenizer, passage, texts, run, seed, judge_model,
-                                 generate) for passage, texts, seed in jobs]
+                                 generate, phase) for passage, texts, seed in jobs]
+    phase = phase or (lambda name: contextlib.nullcontext())
     out: list = [None] * len(jobs)
     for i, (passage, texts, _) in enumerate(jobs):
         if not texts:  # nothing to absorb: the base is scored
             out[i] = (score_context(model, tokenizer, passage, run, judge_model, generate), [])
     todo = [i for i in range(len(jobs)) if out[i] is None]
+    together = train_together(run, model.device)
     for group in many.chunks(todo, run.student.train.max_adapters):
-        plans = []
+        plans, trained = [], []
         for i in group:  # the same steps and schedule as the one-at-a-time path, always packed
-            p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2], packing=True)
-            plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
-        with many.Adapters(model, run.student.lora, [j.seed for j in plans]) as adapters, \
+            if together:
+                p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2], packing=True)
+                plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
+            else:  # trained alone with PEFT, answered below with the others
+                with phase("train"):
+                    weights, result = train_alone(model, tokenizer, jobs[i][1], run.student,
+                                                  jobs[i][2])
+                trained.append(weights)
+                plans.append(many.Job(jobs[i][2], [], [], result.losses))
+        with many.Adapters(model, run.student.lora, [j.seed for j in plans],
+                           None if together else trained) as adapters, \
                 many.memory_advice(len(group), run.student.train):
-            many.train(model, adapters, plans, tokenizer.pad_token_id,
-                       pass_tokens=many.pass_tokens(run.student.train.pass_tokens, model.device),
-                       max_grad_norm=run.student.train.max_grad_norm)
+            if together:
+                with phase("train"):
+                    many.train(model, adapters, plans, tokenizer.pad_token_id,
+                               pass_tokens=many.pass_tokens(run.student.train.pass_tokens,
+                                                            model.device),
+                               max_grad_norm=run.student.train.max_grad_norm)
             items = [(jobs[i][0].title, [(q.question, q.answer) for q in jobs[i][0].questions])
                      for i in group]
-            if run.student.eval_backend == "vllm":
-                scored = score_with_vllm(model, tokenizer, adapters, items, run, generate)
-            else:
-                scored = score_questions_many(model, tokenizer, adapters, items, run.student,
-                                              generate)
+            with phase("answer"):
+                if run.student.eval_backend == "vllm":
+                    scored = score_with_vllm(model, tokenizer, adapters, items, run, generate)
+                else:
+                    scored = score_questions_many(model, tokenizer, adapters, items, run.student,
+                                                  generate)
         for i, job, scores in zip(group, plans, scored, strict=True):
             rows = [dataclasses.asdict(s) for s in scores]
             if judge_model:
@@ -625,7 +660,7 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     # kill loses at most the batch in flight); both callees take either path. ARC batches one
     # task's self-edits, SQuAD batches across passages. A batch recorded in part by a killed
     # run is computed whole again, so that every result has the companions it had
-    size = run.student.train.max_adapters if run.student.train.batched else 1
+    size = run.student.train.max_adapters if batched(run) else 1
     is_arc = run.task.format == "arc"
     groups = ([g for c in by_id for g in batches_to_run([k for k in keys if k[0] == c], size, done)]
               if is_arc else batches_to_run(keys, size, done))

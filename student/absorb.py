@@ -141,6 +141,18 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
     return TrainResult(losses, p.sequences, p.tokens, p.truncated)
 
 
+def train_alone(model, tokenizer, texts: list[str], cfg: StudentConfig,
+                seed: int) -> tuple[dict, TrainResult]:
+    """A fresh LoRA adapter trained alone on `texts` (`train`, PEFT) and taken off the base:
+    ({module name: (A, B)}, what training did), for `student.batched.Adapters.load`."""
+    from student.batched import peft_weights
+
+    with fresh_adapter(model, cfg.lora, seed) as adapted:
+        result = train(adapted, tokenizer, texts, cfg, seed)
+        weights = peft_weights(adapted)
+    return weights, result
+
+
 def optimise(model, batches, opt, sched, max_grad_norm: float | None = None) -> list[float]:
     """One optimiser step per batch (model inputs with labels), its gradient clipped to
     `max_grad_norm` (None: not clipped); the loss of each step. The model is in train mode

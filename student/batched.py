@@ -62,13 +62,14 @@ def _stacked_linear_class():
         """A frozen `nn.Linear` plus k LoRA updates, one per adapter, applied to its own rows."""
 
         def __init__(self, base: nn.Linear, owner: Adapters, a: torch.Tensor, scale: float,
-                     dropout: float):
+                     dropout: float, b: torch.Tensor | None = None):
             super().__init__()
             self.base, self.scale, self.dropout = base, scale, dropout
             self._owner = [owner]  # a list: not registered as a submodule
             self.lora_A = nn.Parameter(a)  # k × r × in
-            self.lora_B = nn.Parameter(torch.zeros(a.shape[0], base.out_features, a.shape[1],
-                                                   dtype=a.dtype, device=a.device))
+            self.lora_B = nn.Parameter(  # k × out × r, zero for fresh adapters
+                torch.zeros(a.shape[0], base.out_features, a.shape[1], dtype=a.dtype,
+                            device=a.device) if b is None else b)
 
         def forward(self, x):
             y = self.base(x)
@@ -97,7 +98,9 @@ def _stacked_linear_class():
 
 
 class Adapters:
-    """k fresh LoRA adapters installed on `model` (a frozen causal LM), one per seed.
+    """k fresh LoRA adapters installed on `model` (a frozen causal LM), one per seed, or k
+    adapters trained elsewhere (`weights`: one `peft_weights` dict each, e.g. trained alone
+    with PEFT by `student.absorb.train_alone`), to be answered together.
 
         with Adapters(model, lora, seeds) as adapters:
             train(model, adapters, jobs, pad_id)  # all k in the same passes
@@ -107,10 +110,13 @@ class Adapters:
         # the base's modules are exactly the originals again
     """
 
-    def __init__(self, model, lora: LoraSettings, seeds: list[int]):
+    def __init__(self, model, lora: LoraSettings, seeds: list[int],
+                 weights: list[dict] | None = None):
         if not seeds:
             raise ValueError("Adapters: no seeds (one per adapter)")
-        self.model, self.lora, self.seeds = model, lora, list(seeds)
+        if weights is not None and len(weights) != len(seeds):
+            raise ValueError(f"Adapters: {len(weights)} adapters' weights for {len(seeds)} seeds")
+        self.model, self.lora, self.seeds, self._weights = model, lora, list(seeds), weights
         self.tokens = None  # the next passes' routing (None: the base alone): see `route`
         self.modules: dict[str, object] = {}  # module name -> StackedLoRALinear
         self._originals: dict[str, object] = {}
@@ -122,13 +128,20 @@ class Adapters:
     def __enter__(self) -> Adapters:
         import torch
 
-        inits = [peft_init(self.model, self.lora, s) for s in self.seeds]
+        if self._weights is None:
+            inits = [{name: (a, None) for name, a in peft_init(self.model, self.lora, s).items()}
+                     for s in self.seeds]
+        else:
+            inits = self._weights
+            if any(w.keys() != inits[0].keys() for w in inits):
+                raise ValueError("Adapters: the adapters' weights name different modules")
         cls = _stacked_linear_class()
         try:
             for name in inits[0]:
                 base = self.model.get_submodule(name)
-                a = torch.stack([init[name] for init in inits])
-                layer = cls(base, self, a, self.lora.alpha / self.lora.r, self.lora.dropout)
+                a = torch.stack([init[name][0] for init in inits])
+                b = None if self._weights is None else torch.stack([w[name][1] for w in inits])
+                layer = cls(base, self, a, self.lora.alpha / self.lora.r, self.lora.dropout, b)
                 self._swap(name, layer)
                 self._originals[name] = base
                 self.modules[name] = layer
@@ -202,17 +215,21 @@ class Adapters:
         tmp.replace(folder / "adapter_model.safetensors")  # atomic: never a half-written file
 
 
+def peft_weights(peft_model) -> dict:
+    """{module name: (A (r × in), B (out × r))} of a PEFT model's default LoRA adapter, copied."""
+    return {name: (module.lora_A["default"].weight.detach().clone(),
+                   module.lora_B["default"].weight.detach().clone())
+            for name, module in peft_model.base_model.model.named_modules()
+            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
+
+
 def peft_init(model, lora: LoraSettings, seed: int) -> dict:
     """{module name: A (r × in)} of the adapter PEFT builds with `seed` (its B is zero): the
     same initial adapter `student.absorb.fresh_adapter(model, lora, seed)` trains."""
     from student.absorb import fresh_adapter
 
-    out = {}
     with fresh_adapter(model, lora, seed) as peft_model:
-        inner = peft_model.base_model.model
-        for name, module in inner.named_modules():
-            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-                out[name] = module.lora_A["default"].weight.detach().clone()
+        out = {name: a for name, (a, _) in peft_weights(peft_model).items()}
     if not out:
         raise ValueError(f"student.lora.targets {list(lora.targets)} match no module of "
                          f"{type(model).__name__}")

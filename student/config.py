@@ -42,9 +42,12 @@ class TrainSettings:
     # a batch's sequences in one row without padding (same loss as a padded batch, less compute)
     packing: bool = True
     method: str = "lora"  # lora: a fresh adapter; full: every weight, restored afterwards
-    # LoRA self-edits are absorbed many at once, sharing every pass over the frozen base
-    # (student/batched.py); false: one adapter at a time with PEFT (the reference path)
-    batched: bool = True
+    # true: LoRA self-edits are trained and answered many at once, sharing every pass over the
+    # frozen base (student/batched.py); false: one adapter at a time with PEFT (the reference
+    # path); auto: true on a GPU, and on a CPU trained one at a time with PEFT, then answered
+    # together (the batched training measured 0.83x one at a time on 2 CPU cores, the batched
+    # answering 1.55x: `python -m loop.bench`). ARC's test-time training takes auto as true.
+    batched: str = "auto"
     max_adapters: int = 8  # adapters trained together; lower it if the inner loop runs out of memory
     # each optimiser step's gradient is clipped to this norm (per adapter), as the reference's
     # Trainer does; null: no clipping
@@ -52,6 +55,17 @@ class TrainSettings:
     # tokens per forward/backward pass within a batched step (gradients accumulated, same
     # result); unset: 512 on a CPU, where small passes stay in cache, all at once on a GPU
     pass_tokens: int | None = None
+
+
+BATCHED = ("auto", "true", "false")
+
+
+def batched_setting(value) -> str:
+    """student.train.batched as one of BATCHED (a YAML or command-line boolean included)."""
+    text = str(value).lower()
+    if text not in BATCHED:
+        raise ValueError(f"student.train.batched must be auto, true or false, got {value!r}")
+    return text
 
 
 @dataclass

@@ -178,7 +178,7 @@ def test_targets_that_match_nothing_are_a_clear_error(tiny_llama):
         pass
 
 
-def test_bench_compares_both_paths_and_ends_with_the_contract_line(tiny_llama, capsys):
+def test_bench_compares_the_paths_and_ends_with_the_contract_line(tiny_llama, capsys):
     import re
 
     from loop.bench import main
@@ -186,30 +186,38 @@ def test_bench_compares_both_paths_and_ends_with_the_contract_line(tiny_llama, c
     main(["--k", "3", "--repeats", "2", f"student.path={tiny_llama}", "student.name=tiny",
           "student.train.epochs=2"])
     lines = capsys.readouterr().out.strip().splitlines()
-    assert sum("one at a time:" in x for x in lines) == sum("batched:" in x and "repeat" in x
-                                                             for x in lines) == 2
+    for path in ("one at a time", "batched", "default (auto)"):  # auto differs on a CPU
+        assert sum(f"{path}:" in x and "repeat" in x for x in lines) == 2
+        row = next(x for x in lines if x.startswith(path) and "repeat" not in x
+                   and "/" not in x)
+        seconds, _, train, train_frac, answer, answer_frac, _ = map(float, row.split()[-7:])
+        assert 0 < train + answer <= seconds + 0.2  # parts of the path's time (medians, rounded)
+        assert 0 < train_frac < 1 and 0 <= answer_frac < 1  # a tiny model answers at ~0
     diff = next(x for x in lines if x.startswith("largest per-question"))
-    assert float(diff.split()[-1]) < 1e-4  # the two paths score the same
+    assert float(diff.split()[-1]) < 1e-4  # the paths score the same
     proxy = next(x for x in lines if x.startswith("the in-context proxy"))
     assert float(re.search(r"absorbing costs ([\d.]+)x", proxy).group(1)) > 1  # it is cheaper
-    last = re.fullmatch(r"speedup=([\d.]+) batched_per_min=([\d.]+) sequential_per_min=([\d.]+)"
+    last = re.fullmatch(r"speedup=([\d.]+) default=alone default_per_min=([\d.]+) "
+                        r"batched_per_min=([\d.]+) sequential_per_min=([\d.]+)"
                         r" peak_fraction=([\d.]+)", lines[-1])
     assert last, lines[-1]
-    speedup, batched, sequential, _ = map(float, last.groups())
-    assert batched > 0 and sequential > 0
-    assert speedup == pytest.approx(batched / sequential, rel=0.02)
+    speedup, default, batched, sequential, _ = map(float, last.groups())
+    assert default > 0 and batched > 0 and sequential > 0
+    assert speedup == pytest.approx(default / sequential, rel=0.02)
 
 
-@pytest.mark.parametrize("pass_tokens", [0, 40])
-def test_the_loop_scores_the_same_with_either_path(tiny_llama, pass_tokens):
+@pytest.mark.parametrize("mode, pass_tokens", [("true", 0), ("true", 40), ("auto", 0)])
+def test_the_loop_scores_the_same_with_either_path(tiny_llama, mode, pass_tokens):
     """What the inner loop records: absorb_and_score_many, batched or not, gives the same
-    scores; passes of a few rows (gradients accumulated) give the same as one pass."""
-    from loop.outer import absorb_and_score_many
+    scores; passes of a few rows (gradients accumulated) give the same as one pass; auto on a
+    CPU (adapters trained alone with PEFT, answered together) trains exactly as one at a time."""
+    from loop.outer import absorb_and_score_many, train_together
     from loop.tasks import Passage, Question
     from tests.conftest import compose_run
 
     run = compose_run(f"student.path={tiny_llama}", "student.name=tiny", "student.train.epochs=3",
-                      "student.eval.max_new_tokens=6", f"student.train.pass_tokens={pass_tokens}")
+                      "student.eval.max_new_tokens=6", f"student.train.pass_tokens={pass_tokens}",
+                      f"student.train.batched={mode}")
     model, tok = load_student(run.student)
     passages = [Passage(f"p{i}", "Crimean War", " ".join(TEXTS[: i + 1]),
                         [Question(q, a) for q, a in QA[: 3 - i]]) for i in range(3)]
@@ -219,8 +227,11 @@ def test_the_loop_scores_the_same_with_either_path(tiny_llama, pass_tokens):
         run.student, train=dataclasses.replace(run.student.train, batched=False)))
     got = absorb_and_score_many(model, tok, jobs, run, None, generate=True)
     want = absorb_and_score_many(model, tok, jobs, sequential, None, generate=True)
+    assert train_together(run, model.device) == (mode == "true")
     for (gs, gl), (ws, wl) in zip(got, want, strict=True):
         assert gl == pytest.approx(wl, abs=1e-5)
+        if mode == "auto":  # the same PEFT training, step for step
+            assert gl == wl
         assert [s["prediction"] for s in gs] == [s["prediction"] for s in ws]
         assert [s["logprob"] for s in gs] == pytest.approx([s["logprob"] for s in ws], abs=1e-4)
 
@@ -242,7 +253,7 @@ def test_bench_input_errors_are_one_message_and_exit_2(argv, message, tmp_path, 
     assert message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("batched", ["true", "false", "auto"])
 def test_degenerate_self_edits_are_scored_not_a_crash(tiny_llama, batched):
     """Teacher output is data: an empty self-edit, one token repeated past the student's
     context, blank lines and chat-template markup are each absorbed (what fits) and scored."""
@@ -291,3 +302,35 @@ def test_each_adapter_is_clipped_as_torch_clips_it_alone():
             assert torch.allclose(p.grad[i], a.grad, atol=1e-7)
     assert torch.stack([p.grad[0].norm() for p in params]).norm() == pytest.approx(0.5)
     assert torch.stack([p.grad[2].norm() for p in params]).norm() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("setting, device, together", [
+    ("auto", "cpu", False), ("auto", "cuda:0", True), ("true", "cpu", True), (True, "cpu", True),
+])
+def test_auto_trains_adapters_together_on_a_gpu_only(setting, device, together):
+    from loop.outer import batched, train_together
+    from tests.conftest import compose_run
+
+    run = compose_run()
+    run = dataclasses.replace(run, student=dataclasses.replace(
+        run.student, train=dataclasses.replace(run.student.train, batched=setting)))
+    assert batched(run)  # answered together either way
+    assert train_together(run, device) == together
+
+
+def test_a_batch_answers_with_the_adapters_it_is_given(tiny_llama):
+    """Adapters trained alone (train_alone, PEFT) go into a batch's slots, weights unchanged."""
+    cfg = job_cfg(tiny_llama, 1e-3, 2)
+    model, tok = load_student(cfg)
+    from student.absorb import train_alone
+
+    weights, result = train_alone(model, tok, TEXTS, cfg, 5)
+    fresh = {name: (a, torch.zeros_like(b)) for name, (a, b) in weights.items()}
+    with many.Adapters(model, cfg.lora, [7, 5], [fresh, weights]) as adapters:
+        got = adapters.state_dict(1)
+        first = adapters.state_dict(0)
+    assert all(not v.any() for k, v in first.items() if "lora_B" in k)
+    for name, (a, b) in weights.items():
+        assert torch.equal(got[f"base_model.model.{name}.lora_A.weight"], a)
+        assert torch.equal(got[f"base_model.model.{name}.lora_B.weight"], b)
+    assert any(b.abs().sum() > 0 for _, b in weights.values())  # B trained away from zero

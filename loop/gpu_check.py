@@ -1,0 +1,219 @@
+"""`python -m loop.gpu_check` (`scripts/gpu_check.sh`): the inner loop's speed on a GPU, one
+adapter at a time against batched adapters, with randomly initialised students of the real
+architectures: no hub, no network, no weights to carry.
+
+    scripts/gpu_check.sh                          # on a GPU machine: bf16, k = 8 and 32
+    python -m loop.gpu_check --tiny --k 2 student.train.epochs=1   # on a CPU, tiny (tests)
+
+Speed does not depend on the weights, so each student is built from its architecture's
+config (`data/architectures/*.json`: SmolLM2-135M, Llama-3.2-1B, Qwen2.5-7B, the numbers of
+their published configs) with random weights, in bf16 on a GPU (float32 on a CPU), with the
+student preset's inner-loop settings (`student=smollm135m`, `llama1b`, `qwen7b`). The
+self-edits are the bench's recorded sample (data/bench/self_edits.json) with their passages'
+questions, cycled to k with distinct seeds, and tokenized by a bundled tokenizer (Qwen2.5's
+for Qwen, SmolLM2's for the Llama architectures: Llama-3.2's is not bundled; its token counts
+differ a little). A random student generates every answer to its token limit, which is
+the slowest case.
+
+For each architecture it prints self-edits per minute one adapter at a time
+(`student.train.batched=false`, PEFT) and batched (`true`, k adapters in shared passes) for
+each k, the speed-up, the batched path's achieved FLOP/s against this device's dense matmul peak
+measured in the same run (FLOPs counted by torch's FlopCounterMode over one batched pass of the
+smallest k, scaled by k), and the peak memory of each path. Work that would run past `--budget-s`
+is skipped and said so. The last line is
+
+    gpu_check: <architectures measured> of <asked> device=<cuda|cpu> dtype=<dtype>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from loop.config import PROJECT_ROOT, ConfigError
+
+ARCHITECTURES = PROJECT_ROOT / "data" / "architectures"
+# architecture -> (the student preset whose inner-loop settings it runs, bundled tokenizer)
+STUDENTS = {"smollm2-135m": ("smollm135m", "smollm135m"),
+            "llama3.2-1b": ("llama1b", "smollm135m"),
+            "qwen2.5-7b": ("qwen7b", "qwen0.5b")}
+TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+
+
+def architecture(name: str, tiny: bool):
+    """The transformers config of `name` (data/architectures/<name>.json); `tiny`: 2 layers of
+    width 64, the real vocabulary."""
+    from transformers import AutoConfig
+
+    path = ARCHITECTURES / f"{name}.json"
+    if not path.exists():
+        raise ConfigError(f"no architecture {name}: choose from {sorted(STUDENTS)}")
+    values = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+    values.pop("architectures", None)
+    if tiny:
+        values.update(TINY)
+    return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+def random_student(config, dtype, device: str):
+    """A frozen student of `config` with random weights, built on `device` in `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(before)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def tokenizer_for(folder: Path):
+    from transformers import AutoTokenizer
+
+    if not (folder / "tokenizer_config.json").exists():
+        raise ConfigError(f"no tokenizer at {folder}: run `make gpu-assets` where the bundled "
+                          "models are (it copies their tokenizers to gpu_assets/), or pass "
+                          "--tokenizers <folder with smollm135m/ and qwen0.5b/>")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.padding_side = "left"  # as student.model.load_student
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def jobs_for(run, tokenizer, k: int):
+    """k (passage, training texts, seed) jobs: the bench's sample cycled, distinct seeds."""
+    from loop.bench import SAMPLE, load_sample
+    from student.data import training_texts
+
+    items = load_sample(SAMPLE, run, len(json.loads(SAMPLE.read_text())["self_edits"]))
+    return [(p, training_texts(text, p.title, p.context, run.student.data), 2000 + n)
+            for n, (p, text) in enumerate(items[n % len(items)] for n in range(k))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m loop.gpu_check", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Other arguments are config overrides applied to every student's preset "
+               "(student.train.epochs=1, ...).")
+    parser.add_argument("--archs", default=",".join(STUDENTS),
+                        help=f"architectures, comma-separated (default: {','.join(STUDENTS)})")
+    parser.add_argument("--k", default="8,32", help="batched adapters per pass (default 8,32)")
+    parser.add_argument("--tiny", action="store_true", help="2 layers of width 64 (a CPU test)")
+    parser.add_argument("--tokenizers", type=Path, default=None,
+                        help="folder with the bundled tokenizers (default: gpu_assets/ if it "
+                             "exists, else the bundled models' cache)")
+    parser.add_argument("--budget-s", type=float, default=450,
+                        help="skip work that would end past this many seconds (default 450)")
+    args, overrides = parser.parse_known_args(argv)
+    if bad := [o for o in overrides if o.startswith("-")]:
+        parser.error(f"unknown option {bad[0]}")
+    try:
+        ks = sorted({int(k) for k in args.k.split(",")})
+        if ks[0] < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--k takes positive integers separated by commas, got {args.k!r}")
+    archs = [a for a in args.archs.split(",") if a]
+    unknown = [a for a in archs if a not in STUDENTS]
+    if unknown or not archs:
+        parser.error(f"unknown architecture {unknown}: choose from {sorted(STUDENTS)}")
+    try:
+        check(archs, ks, args.tiny, args.tokenizers, args.budget_s, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def tokenizer_folder(given: Path | None, name: str) -> Path:
+    if given is not None:
+        return given / name
+    carried = PROJECT_ROOT / "gpu_assets" / "tokenizers" / name
+    if carried.exists():
+        return carried
+    from loop.assets import bundled_model_dir
+
+    return bundled_model_dir(name)
+
+
+def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
+          budget_s: float, overrides: list[str]) -> None:
+    import torch
+
+    from loop.bench import compose, matmul_peak, run_path
+
+    start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peak = matmul_peak(dtype, device, n=8192 if device == "cuda" else 512)
+    print(f"device {name} ({device}), {dtype}, torch {torch.__version__}; dense matmul peak "
+          f"measured here: {peak / 1e3:.3g} TFLOP/s")
+    measured = 0
+    rate: dict[str, float] = {}  # seconds per self-edit and parameter, per path
+    for arch in archs:
+        preset, tok = STUDENTS[arch]
+        run = compose([f"student={preset}", "tracking=none", *overrides])
+        tokenizer = tokenizer_for(tokenizer_folder(tokenizers, tok))
+        t0 = time.perf_counter()
+        model = random_student(architecture(arch, tiny), dtype, device)
+        jobs = jobs_for(run, tokenizer, max(ks))
+        params = sum(p.numel() for p in model.parameters())
+        print(f"\n{arch}{' (tiny)' if tiny else ''}: {params / 1e6:.0f}M parameters, random "
+              f"weights, built in {time.perf_counter() - t0:.1f} s; student={preset}'s inner loop "
+              f"({run.student.train.epochs} epochs, batch {run.student.train.batch_size}, LoRA "
+              f"r={run.student.lora.r}, answers up to {run.student.eval.max_new_tokens} tokens)")
+        run_path(model, tokenizer, jobs[:2], run, "true", device)  # warm-up: kernels, caches
+        rows = []
+        sequential = None
+        for setting, k in [("false", min(ks))] + [("true", k) for k in ks]:
+            # a path's time grows about linearly with k and the parameters (the last one
+            # measured says how fast): skip what would end past the budget
+            guess = rate.get(setting, 0.0) * k * params
+            if time.perf_counter() - start + guess > budget_s:
+                rows.append((setting, k, None))
+                continue
+            seconds, memory, _, _ = run_path(model, tokenizer, jobs[:k], run, setting, device)
+            rate[setting] = seconds / (k * params)
+            per_min = 60 * k / seconds
+            if setting == "false":
+                sequential = per_min
+            rows.append((setting, k, (seconds, per_min, memory)))
+        flops = None
+        if rows[1][2] is not None and time.perf_counter() - start < budget_s:
+            counted = run_path(model, tokenizer, jobs[:min(ks)], run, "true", device,
+                               count=True)[3].flops
+            flops = sum(counted.values())
+        print(f"{'path':<16}{'k':>4}{'s':>9}{'self-edits/min':>16}{'speed-up':>10}"
+              f"{'TFLOP/s':>9}{'of peak':>9}{'peak GiB':>10}")
+        for setting, k, got in rows:
+            label = "one at a time" if setting == "false" else "batched"
+            if got is None:
+                print(f"{label:<16}{k:>4}  skipped: past the {budget_s:.0f} s budget")
+                continue
+            seconds, per_min, memory = got
+            speedup = f"{per_min / sequential:.2f}x" if sequential else "-"
+            achieved = (f"{flops * k / min(ks) / seconds / 1e12:>9.3g}"
+                        f"{flops * k / min(ks) / seconds / 1e9 / peak:>9.2f}"
+                        if flops and setting == "true" else f"{'-':>9}{'-':>9}")
+            print(f"{label:<16}{k:>4}{seconds:>9.2f}{per_min:>16.1f}{speedup:>10}{achieved}"
+                  f"{memory:>10.2f}")
+        measured += all(got is not None for _, _, got in rows)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    print(f"\ngpu_check: {measured} of {len(archs)} measured device={device} "
+          f"dtype={str(dtype).removeprefix('torch.')} seconds={time.perf_counter() - start:.0f}")
+
+
+if __name__ == "__main__":
+    main()

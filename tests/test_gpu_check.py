@@ -1,0 +1,67 @@
+"""scripts/gpu_check.sh, the command for a GPU machine, runs here on the CPU at tiny sizes: the
+same code path, randomly initialised students of the real architectures."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from loop.config import PROJECT_ROOT
+
+FAST = ["student.train.epochs=1", "student.train.batch_size=64", "student.eval.max_new_tokens=4"]
+
+
+def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
+    out = subprocess.run(
+        [str(PROJECT_ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--k", "1,2",
+         "--archs", "smollm2-135m,qwen2.5-7b", *FAST],
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    for arch in ("smollm2-135m (tiny)", "qwen2.5-7b (tiny)"):
+        at = next(i for i, x in enumerate(lines) if x.startswith(arch))
+        rows = lines[at + 2 : at + 5]
+        assert [r.split()[:-7] for r in rows] == [["one", "at", "a", "time"], ["batched"],
+                                                   ["batched"]]
+        for row, k in zip(rows, (1, 1, 2), strict=True):
+            fields = row.split()
+            assert int(fields[-7]) == k
+            seconds, per_min = float(fields[-6]), float(fields[-5])
+            assert per_min == pytest.approx(60 * k / seconds, rel=0.05)  # seconds rounded
+        assert rows[0].split()[-4] == "1.00x"  # speed-ups are against one at a time
+    assert re.fullmatch(r"gpu_check: 2 of 2 measured device=cpu dtype=float32 seconds=\d+",
+                        lines[-1])
+
+
+def test_the_gpu_check_skips_what_would_run_past_its_budget(capsys):
+    from loop.gpu_check import main
+
+    main(["--tiny", "--k", "1", "--archs", "smollm2-135m", "--budget-s", "0", *FAST])
+    out = capsys.readouterr().out
+    assert out.count("skipped: past the 0 s budget") == 2
+    assert "gpu_check: 0 of 1 measured" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--archs", "gpt5"], "unknown architecture"),
+    (["--k", "0"], "positive integers"),
+])
+def test_the_gpu_check_rejects_what_it_cannot_run(argv, message, capsys):
+    from loop.gpu_check import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_gpu_check_says_where_the_tokenizers_come_from(tmp_path, capsys):
+    from loop.gpu_check import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--archs", "smollm2-135m", "--tokenizers", str(tmp_path)])
+    assert exit_.value.code == 2 and "make gpu-assets" in capsys.readouterr().err
