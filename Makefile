@@ -39,13 +39,7 @@ test: setup
 bench: setup
 	$(PY) -m loop.bench
 
-# the bundled tokenizers and the config packages' wheels, for a machine with only torch,
-# transformers and peft (carry gpu_assets/ with the repository; scripts/gpu_check.sh)
+# the bundled tokenizers and the config packages' wheels, for a GPU machine with only torch,
+# transformers and peft: carry gpu_assets/ with the repository, run scripts/gpu_check.sh there
 gpu-assets: setup
-	for m in smollm135m qwen0.5b; do mkdir -p gpu_assets/tokenizers/$$m && \
-	  cp "$$($(PY) -c "from loop.assets import bundled_model_dir as d; print(d('$$m'))")"/{tokenizer.json,tokenizer_config.json,chat_template.jinja} gpu_assets/tokenizers/$$m/; done
-	$(PY) -m pip download --quiet --no-deps -d gpu_assets/wheels hydra-core==1.3.* omegaconf==2.3.* antlr4-python3-runtime==4.9.3 2>&1 | { grep -v 'is ignored' || true; }
-	du -sh gpu_assets
-
-lint: $(VENV)/.installed
-	$(PY) -m ruff check teacher student loop tests
+	$(PY) -m loop.gpu_check --pack gpu_assets

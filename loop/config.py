@@ -18,7 +18,7 @@ from loop.executor import ExecutorConfig
 from loop.reward import RewardConfig
 from loop.tasks import TaskConfig
 from loop.tracking import TrackingConfig
-from student.config import StudentConfig
+from student.config import BATCHED, StudentConfig
 from teacher.config import EndpointConfig, TeacherConfig
 
 
@@ -94,6 +94,9 @@ def to_run_config(cfg) -> RunConfig:
     run = OmegaConf.to_object(cfg)
     assert isinstance(run, RunConfig), type(run)
     _reject_extra_keys(run, "")
+    train = run.student.train  # a boolean given for batched reads "True": one spelling each
+    if str(train.batched).lower() in BATCHED:
+        train.batched = str(train.batched).lower()
     return run
 
 

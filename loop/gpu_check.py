@@ -17,12 +17,14 @@ the slowest case.
 
 For each architecture it prints self-edits per minute one adapter at a time
 (`student.train.batched=false`, PEFT) and batched (`true`, k adapters in shared passes) for
-each k, the speed-up, the batched path's achieved FLOP/s against this device's dense matmul peak
-measured in the same run (FLOPs counted by torch's FlopCounterMode over one batched pass of the
-smallest k, scaled by k), and the peak memory of each path. Work that would run past `--budget-s`
-is skipped and said so. The last line is
+each k, the speed-up and the peak memory of each path, as each row is measured, then the batched
+path's achieved FLOP/s against this device's dense matmul peak measured in the same run (FLOPs
+counted by torch's FlopCounterMode over one batched pass of the smallest k, scaled by k; padding
+included). Work that would run past `--budget-s` is skipped and said so; an architecture that
+fails (out of memory, a config this transformers cannot build) says why and the next one runs.
+The last line is
 
-    gpu_check: <architectures measured> of <asked> device=<cuda|cpu> dtype=<dtype>
+    gpu_check: <architectures measured> of <asked> device=<cuda|cpu> dtype=<dtype> seconds=<s>
 """
 
 from __future__ import annotations
@@ -78,10 +80,6 @@ def random_student(config, dtype, device: str):
 def tokenizer_for(folder: Path):
     from transformers import AutoTokenizer
 
-    if not (folder / "tokenizer_config.json").exists():
-        raise ConfigError(f"no tokenizer at {folder}: run `make gpu-assets` where the bundled "
-                          "models are (it copies their tokenizers to gpu_assets/), or pass "
-                          "--tokenizers <folder with smollm135m/ and qwen0.5b/>")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer.padding_side = "left"  # as student.model.load_student
     if tokenizer.pad_token is None:
@@ -99,6 +97,35 @@ def jobs_for(run, tokenizer, k: int):
             for n, (p, text) in enumerate(items[n % len(items)] for n in range(k))]
 
 
+WHEELS = ("hydra-core==1.3.*", "omegaconf==2.3.*", "antlr4-python3-runtime==4.9.3")
+
+
+def pack(folder: Path) -> None:
+    """What scripts/gpu_check.sh needs on a machine with only torch, transformers and peft:
+    the bundled tokenizers (written so that transformers 4 reads them too: the fast-tokenizer
+    class, the chat template inside the config) and pure-Python wheels of the configs'
+    packages (antlr4's is built here: it is published only as a source archive)."""
+    import shutil
+    import subprocess
+
+    from loop.assets import bundled_model_dir
+
+    for name in sorted({tok for _, tok in STUDENTS.values()}):
+        source, out = bundled_model_dir(name), folder / "tokenizers" / name
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
+        config = json.loads((source / "tokenizer_config.json").read_text())
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if (source / "chat_template.jinja").exists():
+            config["chat_template"] = (source / "chat_template.jinja").read_text()
+        (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--disable-pip-version-check", "-w", str(folder / "wheels"), *WHEELS],
+                   check=True)
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    print(f"wrote {folder}: {size / 2**20:.1f} MiB (carry it with the repository)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m loop.gpu_check", description=__doc__.split("\n\n")[0],
@@ -114,7 +141,13 @@ def main(argv: list[str] | None = None) -> None:
                              "exists, else the bundled models' cache)")
     parser.add_argument("--budget-s", type=float, default=450,
                         help="skip work that would end past this many seconds (default 450)")
+    parser.add_argument("--pack", type=Path, default=None, metavar="FOLDER",
+                        help="write what a GPU machine without network needs to FOLDER "
+                             "(make gpu-assets: gpu_assets/) and stop")
     args, overrides = parser.parse_known_args(argv)
+    if args.pack is not None:
+        pack(args.pack)
+        return
     if bad := [o for o in overrides if o.startswith("-")]:
         parser.error(f"unknown option {bad[0]}")
     try:
@@ -149,70 +182,92 @@ def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
           budget_s: float, overrides: list[str]) -> None:
     import torch
 
-    from loop.bench import compose, matmul_peak, run_path
+    from loop.bench import compose, matmul_peak
 
+    tokenizer_dirs = {arch: tokenizer_folder(tokenizers, STUDENTS[arch][1]) for arch in archs}
+    for folder in tokenizer_dirs.values():  # a user's error: before anything runs
+        if not (folder / "tokenizer_config.json").exists():
+            raise ConfigError(f"no tokenizer at {folder}: run `make gpu-assets` where the "
+                              "bundled models are (it writes their tokenizers to gpu_assets/), "
+                              "or pass --tokenizers <folder with smollm135m/ and qwen0.5b/>")
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = matmul_peak(dtype, device, n=8192 if device == "cuda" else 512)
-    print(f"device {name} ({device}), {dtype}, torch {torch.__version__}; dense matmul peak "
-          f"measured here: {peak / 1e3:.3g} TFLOP/s")
+    print(f"device {name} ({device}), torch {torch.__version__}; dense {dtype} matmul peak "
+          f"measured here: {peak / 1e3:.3g} TFLOP/s", flush=True)
     measured = 0
-    rate: dict[str, float] = {}  # seconds per self-edit and parameter, per path
     for arch in archs:
-        preset, tok = STUDENTS[arch]
-        run = compose([f"student={preset}", "tracking=none", *overrides])
-        tokenizer = tokenizer_for(tokenizer_folder(tokenizers, tok))
-        t0 = time.perf_counter()
-        model = random_student(architecture(arch, tiny), dtype, device)
-        jobs = jobs_for(run, tokenizer, max(ks))
-        params = sum(p.numel() for p in model.parameters())
-        print(f"\n{arch}{' (tiny)' if tiny else ''}: {params / 1e6:.0f}M parameters, random "
-              f"weights, built in {time.perf_counter() - t0:.1f} s; student={preset}'s inner loop "
-              f"({run.student.train.epochs} epochs, batch {run.student.train.batch_size}, LoRA "
-              f"r={run.student.lora.r}, answers up to {run.student.eval.max_new_tokens} tokens)")
-        run_path(model, tokenizer, jobs[:2], run, "true", device)  # warm-up: kernels, caches
-        rows = []
-        sequential = None
-        for setting, k in [("false", min(ks))] + [("true", k) for k in ks]:
-            # a path's time grows about linearly with k and the parameters (the last one
-            # measured says how fast): skip what would end past the budget
-            guess = rate.get(setting, 0.0) * k * params
-            if time.perf_counter() - start + guess > budget_s:
-                rows.append((setting, k, None))
-                continue
-            seconds, memory, _, _ = run_path(model, tokenizer, jobs[:k], run, setting, device)
-            rate[setting] = seconds / (k * params)
-            per_min = 60 * k / seconds
-            if setting == "false":
-                sequential = per_min
-            rows.append((setting, k, (seconds, per_min, memory)))
-        flops = None
-        if rows[1][2] is not None and time.perf_counter() - start < budget_s:
-            counted = run_path(model, tokenizer, jobs[:min(ks)], run, "true", device,
-                               count=True)[3].flops
-            flops = sum(counted.values())
-        print(f"{'path':<16}{'k':>4}{'s':>9}{'self-edits/min':>16}{'speed-up':>10}"
-              f"{'TFLOP/s':>9}{'of peak':>9}{'peak GiB':>10}")
-        for setting, k, got in rows:
-            label = "one at a time" if setting == "false" else "batched"
-            if got is None:
-                print(f"{label:<16}{k:>4}  skipped: past the {budget_s:.0f} s budget")
-                continue
-            seconds, per_min, memory = got
-            speedup = f"{per_min / sequential:.2f}x" if sequential else "-"
-            achieved = (f"{flops * k / min(ks) / seconds / 1e12:>9.3g}"
-                        f"{flops * k / min(ks) / seconds / 1e9 / peak:>9.2f}"
-                        if flops and setting == "true" else f"{'-':>9}{'-':>9}")
-            print(f"{label:<16}{k:>4}{seconds:>9.2f}{per_min:>16.1f}{speedup:>10}{achieved}"
-                  f"{memory:>10.2f}")
-        measured += all(got is not None for _, _, got in rows)
-        del model
+        if time.perf_counter() - start > budget_s:
+            print(f"\n{arch}: skipped: past the {budget_s:.0f} s budget")
+            continue
+        run = compose([f"student={STUDENTS[arch][0]}", "tracking=none", *overrides])
+        try:
+            measured += measure(arch, run, tokenizer_for(tokenizer_dirs[arch]), ks,
+                                tiny, dtype, device, peak, start + budget_s)
+        except (RuntimeError, MemoryError, ValueError) as e:  # out of memory, a config error
+            print(f"{arch}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                  flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
     print(f"\ngpu_check: {measured} of {len(archs)} measured device={device} "
           f"dtype={str(dtype).removeprefix('torch.')} seconds={time.perf_counter() - start:.0f}")
+
+
+def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device: str,
+            peak: float, deadline: float) -> bool:
+    """Print one architecture's rows as they are measured; whether every row was."""
+    import dataclasses
+
+    from loop.bench import run_path
+
+    t0 = time.perf_counter()
+    model = random_student(architecture(arch, tiny), dtype, device)
+    jobs = jobs_for(run, tokenizer, max(ks))
+    params = sum(p.numel() for p in model.parameters())
+    print(f"\n{arch}{' (tiny)' if tiny else ''}: {params / 1e6:.0f}M parameters, random "
+          f"weights ({next(model.parameters()).dtype}), built in {time.perf_counter() - t0:.1f} "
+          f"s; student={run.student.name}'s inner loop ({run.student.train.epochs} epochs, batch "
+          f"{run.student.train.batch_size}, LoRA r={run.student.lora.r}, answers up to "
+          f"{run.student.eval.max_new_tokens} tokens)", flush=True)
+
+    def path(setting: str, k: int, count: bool = False):
+        train = dataclasses.replace(run.student.train, max_adapters=k, method="lora")
+        cfg = dataclasses.replace(run, student=dataclasses.replace(run.student, train=train))
+        return run_path(model, tokenizer, jobs[:k], cfg, setting, device, count)
+
+    t0 = time.perf_counter()
+    path("true", 1)  # warm-up (kernels, caches), and what one self-edit costs here
+    per_edit = time.perf_counter() - t0
+    print(f"{'path':<16}{'k':>4}{'s':>9}{'self-edits/min':>16}{'speed-up':>10}{'peak GiB':>10}")
+    sequential, complete, batched = None, True, {}
+    for setting, k in [("false", min(ks))] + [("true", k) for k in ks]:
+        label = "one at a time" if setting == "false" else "batched"
+        # no path is slower per self-edit than the warm-up's one at a time (batched k=1)
+        if time.perf_counter() + per_edit * k > deadline:
+            print(f"{label:<16}{k:>4}  skipped: past the budget", flush=True)
+            complete = False
+            continue
+        seconds, memory, _, _ = path(setting, k)
+        per_min = 60 * k / seconds
+        sequential = per_min if setting == "false" else sequential
+        if setting == "false":
+            per_edit = max(per_edit, seconds / k)
+        else:
+            batched[k] = seconds
+        speedup = f"{per_min / sequential:.2f}x" if sequential else "-"
+        print(f"{label:<16}{k:>4}{seconds:>9.2f}{per_min:>16.1f}{speedup:>10}{memory:>10.2f}",
+              flush=True)
+    k = min(batched, default=None)  # FLOPs of one batched pass (FlopCounterMode: slower)
+    if k is not None and time.perf_counter() + 2 * batched[k] <= deadline:
+        flops = sum(path("true", k, count=True)[3].flops.values())
+        for k, seconds in batched.items():  # the sample cycles: k's work is k / min's
+            achieved = flops * k / min(batched) / seconds
+            print(f"batched k={k}: {achieved / 1e12:.3g} TFLOP/s = {achieved / 1e9 / peak:.2f} of "
+                  "the measured matmul peak (FLOPs counted over the batched pass, padding "
+                  "included)", flush=True)
+    return complete  # the model goes with this frame
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ from loop.reward import (
 from loop.seeds import derive_seed
 from loop.tasks import Passage, load_contexts, select
 from loop.tracking import flatten
+from student.config import batched_setting
 from teacher.prompts import Prompt
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def validate_backends(run: RunConfig) -> None:
                     "transformers (greedy answers agree across the backends up to float order)")
     if run.student.eval_backend == "vllm" and not batched(run):
         raise ConfigError("student.eval_backend=vllm scores a batch's LoRA adapters in one call: "
-                          "it needs student.train.batched=true and student.train.method=lora")
+                          "it needs student.train.batched=true or auto (the default) and "
+                          "student.train.method=lora")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
         if value not in ("transformers", "vllm"):
@@ -470,8 +472,9 @@ def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: 
         return absorb_and_score_many(model, tokenizer, [(passage, texts, seed)], run,
                                      judge_model, generate, phase)[0]
     phase = phase or (lambda name: contextlib.nullcontext())
-    with absorbing(model, run.student, seed) as adapted:
-        with phase("train"):
+    with contextlib.ExitStack() as stack:
+        with phase("train"):  # the adapter installed and trained
+            adapted = stack.enter_context(absorbing(model, run.student, seed))
             result = train(adapted, tokenizer, texts, run.student, seed)
         with phase("answer"):
             scores = score_context(adapted, tokenizer, passage, run, judge_model, generate)
@@ -481,8 +484,6 @@ def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: 
 def batched(run: RunConfig) -> bool:
     """Whether self-edits go through the many-adapters path (student.train.batched true or
     auto, LoRA only): answered together, and trained together where `train_together` says."""
-    from student.config import batched_setting
-
     return (batched_setting(run.student.train.batched) != "false"
             and run.student.train.method == "lora")
 
@@ -491,8 +492,6 @@ def train_together(run: RunConfig, device) -> bool:
     """Whether a batch's adapters also train in shared passes: student.train.batched=true, or
     auto on a GPU. On a CPU, auto trains them one at a time with PEFT (faster there: one
     self-edit's step already keeps the cores busy) and answers them together."""
-    from student.config import batched_setting
-
     setting = batched_setting(run.student.train.batched)
     return setting == "true" or (setting == "auto" and str(device).startswith("cuda"))
 
@@ -523,21 +522,23 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
     together = train_together(run, model.device)
     for group in many.chunks(todo, run.student.train.max_adapters):
         plans, trained = [], []
-        for i in group:  # the same steps and schedule as the one-at-a-time path, always packed
-            if together:
-                p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2], packing=True)
-                plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
-            else:  # trained alone with PEFT, answered below with the others
-                with phase("train"):
-                    weights, result = train_alone(model, tokenizer, jobs[i][1], run.student,
-                                                  jobs[i][2])
-                trained.append(weights)
-                plans.append(many.Job(jobs[i][2], [], [], result.losses))
-        with many.Adapters(model, run.student.lora, [j.seed for j in plans],
-                           None if together else trained) as adapters, \
-                many.memory_advice(len(group), run.student.train):
-            if together:
-                with phase("train"):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(many.memory_advice(len(group), run.student.train))
+            with phase("train"):  # the adapters installed and trained
+                for i in group:  # the same steps and schedule as one at a time, always packed
+                    if together:
+                        p = plan(model, tokenizer, jobs[i][1], run.student, jobs[i][2],
+                                 packing=True)
+                        plans.append(many.Job(jobs[i][2], p.steps, p.lrs))
+                    else:  # trained alone with PEFT, answered below with the others
+                        weights, result = train_alone(model, tokenizer, jobs[i][1],
+                                                      run.student, jobs[i][2])
+                        trained.append(weights)
+                        plans.append(many.Job(jobs[i][2], [], [], result.losses))
+                adapters = stack.enter_context(many.Adapters(
+                    model, run.student.lora, [j.seed for j in plans],
+                    None if together else trained))
+                if together:
                     many.train(model, adapters, plans, tokenizer.pad_token_id,
                                pass_tokens=many.pass_tokens(run.student.train.pass_tokens,
                                                             model.device),
@@ -660,7 +661,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     # kill loses at most the batch in flight); both callees take either path. ARC batches one
     # task's self-edits, SQuAD batches across passages. A batch recorded in part by a killed
     # run is computed whole again, so that every result has the companions it had
-    size = run.student.train.max_adapters if batched(run) else 1
+    size = (run.student.train.max_adapters
+            if batched_setting(run.student.train.batched) != "false" else 1)
     is_arc = run.task.format == "arc"
     groups = ([g for c in by_id for g in batches_to_run([k for k in keys if k[0] == c], size, done)]
               if is_arc else batches_to_run(keys, size, done))

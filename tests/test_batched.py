@@ -227,10 +227,10 @@ def test_the_loop_scores_the_same_with_either_path(tiny_llama, mode, pass_tokens
         run.student, train=dataclasses.replace(run.student.train, batched=False)))
     got = absorb_and_score_many(model, tok, jobs, run, None, generate=True)
     want = absorb_and_score_many(model, tok, jobs, sequential, None, generate=True)
-    assert train_together(run, model.device) == (mode == "true")
+    assert train_together(run, model.device) == (mode == "true" or model.device.type == "cuda")
     for (gs, gl), (ws, wl) in zip(got, want, strict=True):
         assert gl == pytest.approx(wl, abs=1e-5)
-        if mode == "auto":  # the same PEFT training, step for step
+        if mode == "auto" and model.device.type == "cpu":  # the same PEFT training, step for step
             assert gl == wl
         assert [s["prediction"] for s in gs] == [s["prediction"] for s in ws]
         assert [s["logprob"] for s in gs] == pytest.approx([s["logprob"] for s in ws], abs=1e-4)
@@ -334,3 +334,12 @@ def test_a_batch_answers_with_the_adapters_it_is_given(tiny_llama):
         assert torch.equal(got[f"base_model.model.{name}.lora_A.weight"], a)
         assert torch.equal(got[f"base_model.model.{name}.lora_B.weight"], b)
     assert any(b.abs().sum() > 0 for _, b in weights.values())  # B trained away from zero
+
+
+@pytest.mark.parametrize("given, spelled", [("false", "false"), ("True", "true"), ("auto", "auto")])
+def test_batched_has_one_spelling_in_the_run_config(given, spelled):
+    """A boolean on the command line reads "True" in a string setting: run.json and MLflow
+    record one spelling each."""
+    from tests.conftest import compose_run
+
+    assert compose_run(f"student.train.batched={given}").student.train.batched == spelled

@@ -223,6 +223,7 @@ def test_every_numeric_setting_has_a_rule():
     ("student.lora.dropout=1", r"student.lora.dropout must be a probability in \[0, 1\)"),
     ("student.lora.targets=[]", "student.lora.targets must be a non-empty list"),
     ("student.train.lr=nan", "student.train.lr must be a finite number above 0, got nan"),
+    ("student.train.batched=maybe", "student.train.batched must be auto, true or false, got .maybe."),
     ("student.train.lr=inf", "student.train.lr must be a finite number above 0, got inf"),
     ("student.train.pass_tokens=0", "student.train.pass_tokens must be at least 1, or null"),
     ("student.dtype=fp32", "student.dtype must be auto or float32"),

@@ -22,7 +22,7 @@ def tiny(tiny_llama, tiny_qwen2, tmp_path, *overrides):
 def test_backend_settings_fail_at_launch():
     with pytest.raises(ConfigError, match="unknown teacher.backend 'vlm'"):
         outer.validate(compose_run("teacher.backend=vlm"))
-    with pytest.raises(ConfigError, match="needs student.train.batched=true"):
+    with pytest.raises(ConfigError, match="needs student.train.batched=true or auto"):
         outer.validate(compose_run("student.eval_backend=vllm", "student.train.batched=false"))
 
 

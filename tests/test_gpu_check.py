@@ -17,24 +17,29 @@ FAST = ["student.train.epochs=1", "student.train.batch_size=64", "student.eval.m
 
 def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
     out = subprocess.run(
-        [str(PROJECT_ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--k", "1,2",
-         "--archs", "smollm2-135m,qwen2.5-7b", *FAST],
+        [str(PROJECT_ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--k", "1,2", *FAST],
         env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True,
         timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    for arch in ("smollm2-135m (tiny)", "qwen2.5-7b (tiny)"):
+    for arch in ("smollm2-135m (tiny)", "llama3.2-1b (tiny)", "qwen2.5-7b (tiny)"):
         at = next(i for i, x in enumerate(lines) if x.startswith(arch))
+        assert "random weights (torch.float32)" in lines[at]
         rows = lines[at + 2 : at + 5]
-        assert [r.split()[:-7] for r in rows] == [["one", "at", "a", "time"], ["batched"],
+        assert [r.split()[:-5] for r in rows] == [["one", "at", "a", "time"], ["batched"],
                                                    ["batched"]]
         for row, k in zip(rows, (1, 1, 2), strict=True):
             fields = row.split()
-            assert int(fields[-7]) == k
-            seconds, per_min = float(fields[-6]), float(fields[-5])
+            assert int(fields[-5]) == k
+            seconds, per_min = float(fields[-4]), float(fields[-3])
             assert per_min == pytest.approx(60 * k / seconds, rel=0.05)  # seconds rounded
-        assert rows[0].split()[-4] == "1.00x"  # speed-ups are against one at a time
-    assert re.fullmatch(r"gpu_check: 2 of 2 measured device=cpu dtype=float32 seconds=\d+",
+            assert float(fields[-1]) > 0  # peak memory
+        assert rows[0].split()[-2] == "1.00x"  # speed-ups are against one at a time
+        for k, line in zip((1, 2), lines[at + 5 : at + 7], strict=True):
+            fraction = re.fullmatch(rf"batched k={k}: [\d.e+-]+ TFLOP/s = ([\d.]+) of the "
+                                    r"measured matmul peak .*", line)
+            assert fraction and 0 < float(fraction.group(1)) < 1, line
+    assert re.fullmatch(r"gpu_check: 3 of 3 measured device=cpu dtype=float32 seconds=\d+",
                         lines[-1])
 
 
@@ -43,7 +48,7 @@ def test_the_gpu_check_skips_what_would_run_past_its_budget(capsys):
 
     main(["--tiny", "--k", "1", "--archs", "smollm2-135m", "--budget-s", "0", *FAST])
     out = capsys.readouterr().out
-    assert out.count("skipped: past the 0 s budget") == 2
+    assert "smollm2-135m: skipped: past the 0 s budget" in out
     assert "gpu_check: 0 of 1 measured" in out
 
 
@@ -65,3 +70,17 @@ def test_the_gpu_check_says_where_the_tokenizers_come_from(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--tiny", "--archs", "smollm2-135m", "--tokenizers", str(tmp_path)])
     assert exit_.value.code == 2 and "make gpu-assets" in capsys.readouterr().err
+
+
+def test_the_gpu_assets_hold_tokenizers_any_transformers_reads_and_wheels(tmp_path):
+    import json
+
+    from loop.gpu_check import main
+
+    main(["--pack", str(tmp_path)])
+    for name in ("smollm135m", "qwen0.5b"):
+        config = json.loads((tmp_path / "tokenizers" / name / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"  # transformers 4 and 5
+        assert "chat_template" in config
+    wheels = sorted(f.name.split("-")[0] for f in (tmp_path / "wheels").glob("*.whl"))
+    assert wheels == ["antlr4_python3_runtime", "hydra_core", "omegaconf"]
