@@ -7,7 +7,9 @@ Each repeat absorbs and scores the same k self-edits (each on its passage's ques
 inner loop's reward) on each path of `student.train.batched`: `false`, one adapter at a time
 (PEFT, the reference path); `true`, all k trained and answered in shared passes
 (`student/batched.py`); and the default, `auto`, which is `true` on a GPU and, on a CPU, trains
-each adapter alone with PEFT and answers the k together. The paths are interleaved, rotating
+each adapter alone with PEFT and answers the k together when answers are generated (it is
+`false` there when they are only scored, as with the default `reward.metric=answer_logprob`:
+then it is not run apart). The paths are interleaved, rotating
 which goes first, so machine drift cancels. It prints, per path (median over repeats), the
 self-edits evaluated per minute, the seconds spent training and answering, each phase's
 achieved GFLOP/s as a fraction of this machine's matmul peak (measured here in the student's
@@ -15,11 +17,17 @@ dtype; the phase's floating-point operations counted once by torch's FlopCounter
 one-at-a-time path: the useful work, no padding), each path's peak memory, and the largest
 score difference between the paths. The last line is
 
-    speedup=<one at a time s / default s> default=<true|alone> default_per_min=<x>
+    speedup=<one at a time s / default s> default=<true|alone|false> default_per_min=<x>
     batched_per_min=<y> sequential_per_min=<z> peak_fraction=<default path's training phase>
 
 It also times the in-context proxy (`reward.metric=context_logprob`, `loop.proxy`) on the same
 self-edits, median over repeats, and prints what absorbing costs as a multiple of it.
+
+`python -m loop.bench --sampling` times the teacher's sampling instead (k self-edits with an
+adapter of the M-step's shape merged into the weights for the call, `teacher.sampling.merged`,
+against the same adapter through PEFT's layers, and the base alone as the floor), ending with
+
+    sampling_speedup=<unmerged s / merged s> merged_per_min=<x> unmerged_per_min=<y> base_per_min=<z>
 
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
@@ -230,6 +238,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="sample fresh self-edits from the configured teacher instead")
     parser.add_argument("--save", action="store_true",
                         help="with --from-teacher: write them to --sample")
+    parser.add_argument("--sampling", action="store_true",
+                        help="time the teacher's sampling instead: with a trained-size adapter "
+                             "merged into the weights per call (teacher.sampling.merged, the "
+                             "default) against PEFT's unmerged layers, and the base alone")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
@@ -246,11 +258,78 @@ def main(argv: list[str] | None = None) -> None:
     from student.batched import OutOfMemory
 
     try:
-        bench(args, overrides)
+        bench_sampling(args, overrides) if args.sampling else bench(args, overrides)
     except (AssetError, ConfigError, DataError, OutOfMemory, HydraException,
             OmegaConfBaseException) as e:  # user errors: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def bench_sampling(args, overrides: list[str]) -> None:
+    """The teacher writing k self-edits (the first k passages of task.data, one seed each, in
+    teacher.sampling.batch_size calls) three ways, interleaved over the repeats: the base alone
+    (the floor: an adapter merged into the weights costs what the base costs), base + an
+    adapter merged into the weights for the call, base + the adapter through PEFT's layers."""
+    import tempfile
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from loop.cli import check_models
+    from loop.outer import context_prompt
+    from loop.seeds import derive_seed
+    from loop.tasks import load_squad
+    from teacher.generate import TransformersGenerator
+    from teacher.model import load_teacher
+
+    run = compose(overrides)
+    check_models(run, ("teacher",))
+    passages = load_squad(run.task.data)[: args.k]
+    prompts = [context_prompt(run, p) for p in passages]
+    seeds = [derive_seed(run.seed, "bench", p.id) for p in passages]
+    model, tokenizer = load_teacher(run.teacher)
+    lora = run.teacher.train.lora
+    print(f"teacher {run.teacher.name} ({next(model.parameters()).dtype}, "
+          f"{torch.get_num_threads()} threads); {args.k} self-edits of at most "
+          f"{run.teacher.sampling.max_new_tokens} tokens, {run.teacher.sampling.batch_size} per "
+          f"call; an adapter of the M-step's shape (LoRA r={lora.r} on {len(lora.targets)} "
+          "projections, random A and B)")
+    with tempfile.TemporaryDirectory(prefix="seal-bench-") as tmp:
+        torch.manual_seed(0)
+        peft = get_peft_model(model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets),
+            init_lora_weights=False, task_type="CAUSAL_LM"))
+        peft.save_pretrained(tmp)
+        model = peft.unload()
+        ways = {"base alone": None, "adapter merged": True, "adapter unmerged": False}
+        times: dict[str, list[float]] = {w: [] for w in ways}
+        texts = {}
+        for rep in range(args.repeats):
+            order = list(ways)[rep % 3:] + list(ways)[:rep % 3]
+            for way in order:
+                settings = dataclasses.replace(run.teacher.sampling, merged=bool(ways[way]))
+                gen = TransformersGenerator(model, tokenizer, instruct=run.teacher.instruct,
+                                            settings=settings)
+                gen.use_adapter(None if ways[way] is None else Path(tmp))
+                t0 = time.perf_counter()
+                texts[way] = [s.text for s in gen.sample(prompts, seeds)]
+                times[way].append(time.perf_counter() - t0)
+                gen.use_adapter(None)
+                print(f"  repeat {rep + 1}/{args.repeats} {way}: {times[way][-1]:.1f} s", flush=True)
+    med = {w: statistics.median(t) for w, t in times.items()}
+    print(f"{'way':<18}{'median s':>10}{'self-edits/min':>16}{'of the base speed':>19}")
+    for way in ways:
+        print(f"{way:<18}{med[way]:>10.1f}{60 * args.k / med[way]:>16.2f}"
+              f"{med['base alone'] / med[way]:>19.2f}")
+    same = sum(a == b for a, b in zip(texts["adapter merged"], texts["adapter unmerged"],
+                                      strict=True))
+    print(f"self-edits identical merged and unmerged: {same} of {args.k} (sampling at "
+          f"temperature {run.teacher.sampling.temperature}: a last-bit difference in a logit "
+          "can move a draw, and the rest of the text follows it)")
+    print(f"sampling_speedup={med['adapter unmerged'] / med['adapter merged']:.2f} "
+          f"merged_per_min={60 * args.k / med['adapter merged']:.2f} "
+          f"unmerged_per_min={60 * args.k / med['adapter unmerged']:.2f} "
+          f"base_per_min={60 * args.k / med['base alone']:.2f}")
 
 
 def bench(args, overrides: list[str]) -> None:
@@ -284,9 +363,14 @@ def bench(args, overrides: list[str]) -> None:
 
     from loop.outer import train_together
 
-    # auto here: true (a GPU), or trained alone and answered together (a CPU)
-    auto = "true" if train_together(with_batched(run, "auto"), device) else "alone"
-    paths = ["false", "true"] + ([] if auto == "true" else ["auto"])
+    # what auto is here: true (a GPU), trained alone and answered together (a CPU, answers
+    # generated), or one at a time (a CPU, answers only scored)
+    generate = run.reward.metric != "answer_logprob"
+    auto = ("true" if train_together(with_batched(run, "auto"), device)
+            else "alone" if generate else "false")
+    paths = ["false", "true"] + (["auto"] if auto == "alone" else [])
+    if auto != "alone":
+        print(f"the default (student.train.batched=auto) is {PATHS[auto]} here")
     run_path(model, tokenizer, jobs[:1], run, "true", device)  # warm-up: first-call costs
     times: dict[str, list[float]] = {p: [] for p in paths}
     phase_times: dict[str, list[dict]] = {p: [] for p in paths}
@@ -313,7 +397,7 @@ def bench(args, overrides: list[str]) -> None:
     phase_med = {p: {name: statistics.median(r.get(name, 0.0) for r in rows)
                      for name in ("train", "answer")} for p, rows in phase_times.items()}
     per_min = {p: 60 * args.k / med[p] for p in med}
-    default = "auto" if "auto" in paths else "true"
+    default = "auto" if auto == "alone" else auto
     print(f"training: {counted['train'] / 1e12:.3f} TFLOP, answering "
           f"{counted.get('answer', 0) / 1e12:.3f} TFLOP for the {args.k} self-edits (counted on "
           "the one-at-a-time path); fraction = that work per second / the matmul peak")

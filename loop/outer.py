@@ -227,11 +227,16 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
 # Settings whose default changes what a run computes, with the value that reproduces a run
 # folder started before the setting existed: such a resume must ask for that value.
 BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
-                  "student.arc.max_grad_norm": None}
+                  "student.arc.max_grad_norm": None, "teacher.sampling.merged": False}
 # An ARC run folder whose record lacks this key started before the ARC fixes of issue 21
 # (colour-permuted copies, reordered views, warm-up from 0, the teacher's system message and
 # top-p 1.0), which no setting undoes: it cannot be resumed as it ran.
 ARC_SINCE = "student.arc.permute_colors"
+
+
+def spelled(value) -> str:
+    """A value as a command-line override writes it (null, false, 3e-4)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -273,8 +278,7 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     applies = [k for k in added if run.task.format == "arc" or not k.startswith("student.arc.")]
     changed = [k for k in applies if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
     if changed:
-        fix = " ".join(f"{k}={'null' if BEFORE_THE_KEY[k] is None else BEFORE_THE_KEY[k]}"
-                       for k in changed)
+        fix = " ".join(f"{k}={spelled(BEFORE_THE_KEY[k])}" for k in changed)
         raise ConfigError(f"resume={run.resume} started before {', '.join(changed)} existed, when "
                           f"the run behaved as {fix}; today's default would change what it "
                           f"computes. Resume it with: {record['command']} {fix} resume={run.resume}")
@@ -491,7 +495,9 @@ def batched(run: RunConfig) -> bool:
 def train_together(run: RunConfig, device) -> bool:
     """Whether a batch's adapters also train in shared passes: student.train.batched=true, or
     auto on a GPU. On a CPU, auto trains them one at a time with PEFT (faster there: one
-    self-edit's step already keeps the cores busy) and answers them together."""
+    self-edit's step already keeps the cores busy) and answers them together where answers are
+    generated; where they are only scored (the log-probability metrics) it does everything one
+    at a time (`absorb_and_score_many`). `python -m loop.bench` measures the three paths."""
     setting = batched_setting(run.student.train.batched)
     return setting == "true" or (setting == "auto" and str(device).startswith("cuda"))
 
@@ -510,8 +516,12 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
     from student.absorb import plan, train_alone
     from student.evaluate import score_questions_many
 
-    if not batched(run):
-        return [absorb_and_score(model, tokenizer, passage, texts, run, seed, judge_model,
+    together = train_together(run, model.device)
+    if not batched(run) or not (together or generate):  # auto on a CPU, answers not generated:
+        # teacher-forced scoring of one adapter at a time ran faster there (python -m loop.bench)
+        one = dataclasses.replace(run, student=dataclasses.replace(
+            run.student, train=dataclasses.replace(run.student.train, batched="false")))
+        return [absorb_and_score(model, tokenizer, passage, texts, one, seed, judge_model,
                                  generate, phase) for passage, texts, seed in jobs]
     phase = phase or (lambda name: contextlib.nullcontext())
     out: list = [None] * len(jobs)
@@ -519,7 +529,6 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
         if not texts:  # nothing to absorb: the base is scored
             out[i] = (score_context(model, tokenizer, passage, run, judge_model, generate), [])
     todo = [i for i in range(len(jobs)) if out[i] is None]
-    together = train_together(run, model.device)
     for group in many.chunks(todo, run.student.train.max_adapters):
         plans, trained = [], []
         with contextlib.ExitStack() as stack:

@@ -44,9 +44,11 @@ class TrainSettings:
     method: str = "lora"  # lora: a fresh adapter; full: every weight, restored afterwards
     # true: LoRA self-edits are trained and answered many at once, sharing every pass over the
     # frozen base (student/batched.py); false: one adapter at a time with PEFT (the reference
-    # path); auto: true on a GPU, and on a CPU trained one at a time with PEFT, then answered
-    # together (the batched training measured 0.83x one at a time on 2 CPU cores, the batched
-    # answering 1.55x: `python -m loop.bench`). ARC's test-time training takes auto as true.
+    # path); auto: true on a GPU; on a CPU, trained one at a time with PEFT and then answered
+    # together where answers are generated, all one at a time where they are only scored (on 2
+    # CPU cores batched training ran 0.92x one at a time, batched teacher-forced scoring 0.84x,
+    # batched generation faster: `python -m loop.bench`). ARC's test-time training takes auto
+    # as true.
     batched: str = "auto"
     max_adapters: int = 8  # adapters trained together; lower it if the inner loop runs out of memory
     # each optimiser step's gradient is clipped to this norm (per adapter), as the reference's

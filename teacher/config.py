@@ -24,6 +24,10 @@ class SamplingSettings:
     top_p: float = 0.95
     max_new_tokens: int = 1024  # a self-edit is cut here; longer means slower inner loops too
     batch_size: int = 16  # samples per generate call; more is faster until memory runs out
+    # with a trained adapter (transformers backend): sample from the base weights with the
+    # adapter's update added for each call, put back exactly afterwards, instead of through
+    # PEFT's extra low-rank matmuls (`python -m loop.bench --sampling` times the two)
+    merged: bool = True
 
 
 @dataclass

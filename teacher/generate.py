@@ -9,6 +9,7 @@ samples only the missing self-edits gets the same ones an uninterrupted run woul
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -121,13 +122,43 @@ class TransformersGenerator:
         self.adapter: Path | None = None
 
     def sample(self, prompts: list[Prompt], seeds: list[int]) -> list[Sample]:
-        return sample(self.model, self.tokenizer, prompts, seeds, instruct=self.instruct,
-                      settings=self.settings)
+        with self.merged() as model:
+            return sample(model, self.tokenizer, prompts, seeds, instruct=self.instruct,
+                          settings=self.settings)
+
+    @contextmanager
+    def merged(self):
+        """The model to sample from: with an adapter and `settings.merged`, the base with the
+        adapter's update (PEFT's own `get_delta_weight`) added into its weights and the adapter
+        switched off, for the `with` block only; the base's weights are then copied back from
+        saved ones, bit for bit (a subtraction would not restore them exactly)."""
+        if self.model is self.base or not self.settings.merged:
+            yield self.model
+            return
+        import torch
+
+        name = self.model.active_adapter
+        layers = [m for m in self.model.modules()
+                  if hasattr(m, "get_delta_weight") and name in getattr(m, "lora_A", {})]
+        saved = []
+        try:
+            with torch.no_grad():
+                for m in layers:
+                    weight = m.base_layer.weight
+                    saved.append(weight.detach().clone())
+                    weight += m.get_delta_weight(name).to(weight.dtype)
+            with self.model.disable_adapter():
+                yield self.model
+        finally:
+            with torch.no_grad():
+                for m, weight in zip(layers, saved, strict=False):
+                    m.base_layer.weight.copy_(weight)
 
     def use_adapter(self, path: Path | None) -> None:
         """Sample from base + the adapter at `path` from now on (None: the base alone).
 
-        The adapter is loaded on the shared base; the base weights are never merged or copied.
+        The adapter is loaded on the shared base; its update enters the base's weights only
+        within a sampling call (`merged`), which leaves them exactly as they were.
         """
         from peft import PeftModel
 

@@ -178,16 +178,22 @@ def test_targets_that_match_nothing_are_a_clear_error(tiny_llama):
         pass
 
 
-def test_bench_compares_the_paths_and_ends_with_the_contract_line(tiny_llama, capsys):
+@pytest.mark.parametrize("metric, default", [("answer_logprob", "false"), ("f1", "alone")])
+def test_bench_compares_the_paths_and_ends_with_the_contract_line(tiny_llama, capsys, metric,
+                                                                  default):
+    """On a CPU the default path is one at a time when answers are only scored, and adapters
+    trained alone but answered together when answers are generated: a third path then."""
     import re
 
     from loop.bench import main
 
     main(["--k", "3", "--repeats", "2", f"student.path={tiny_llama}", "student.name=tiny",
-          "student.train.epochs=2"])
+          "student.train.epochs=2", f"reward.metric={metric}", "student.eval.max_new_tokens=4"])
     lines = capsys.readouterr().out.strip().splitlines()
-    for path in ("one at a time", "batched", "default (auto)"):  # auto differs on a CPU
-        assert sum(f"{path}:" in x and "repeat" in x for x in lines) == 2
+    paths = ["one at a time", "batched"] + (["default (auto)"] if default == "alone" else [])
+    for path in ("one at a time", "batched", "default (auto)"):
+        assert sum(f"{path}:" in x and "repeat" in x for x in lines) == 2 * (path in paths)
+    for path in paths:
         row = next(x for x in lines if x.startswith(path) and "repeat" not in x
                    and "/" not in x)
         seconds, _, train, train_frac, answer, answer_frac, _ = map(float, row.split()[-7:])
@@ -197,13 +203,15 @@ def test_bench_compares_the_paths_and_ends_with_the_contract_line(tiny_llama, ca
     assert float(diff.split()[-1]) < 1e-4  # the paths score the same
     proxy = next(x for x in lines if x.startswith("the in-context proxy"))
     assert float(re.search(r"absorbing costs ([\d.]+)x", proxy).group(1)) > 1  # it is cheaper
-    last = re.fullmatch(r"speedup=([\d.]+) default=alone default_per_min=([\d.]+) "
+    last = re.fullmatch(rf"speedup=([\d.]+) default={default} default_per_min=([\d.]+) "
                         r"batched_per_min=([\d.]+) sequential_per_min=([\d.]+)"
                         r" peak_fraction=([\d.]+)", lines[-1])
     assert last, lines[-1]
-    speedup, default, batched, sequential, _ = map(float, last.groups())
-    assert default > 0 and batched > 0 and sequential > 0
-    assert speedup == pytest.approx(default / sequential, rel=0.02)
+    speedup, default_rate, batched, sequential, _ = map(float, last.groups())
+    assert default_rate > 0 and batched > 0 and sequential > 0
+    assert speedup == pytest.approx(default_rate / sequential, rel=0.02)
+    if default == "false":
+        assert speedup == 1.0
 
 
 @pytest.mark.parametrize("mode, pass_tokens", [("true", 0), ("true", 40), ("auto", 0)])
@@ -343,3 +351,22 @@ def test_batched_has_one_spelling_in_the_run_config(given, spelled):
     from tests.conftest import compose_run
 
     assert compose_run(f"student.train.batched={given}").student.train.batched == spelled
+
+
+def test_bench_times_merged_sampling_against_peft_layers(tiny_qwen2, capsys):
+    import re
+
+    from loop.bench import main
+
+    main(["--sampling", "--k", "2", "--repeats", "2", f"teacher.path={tiny_qwen2}",
+          "teacher.name=tiny", "teacher.sampling.max_new_tokens=6", "teacher.train.lora.r=4",
+          "teacher.train.lora.alpha=8"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    for way in ("base alone", "adapter merged", "adapter unmerged"):
+        assert sum(f"{way}:" in x and "repeat" in x for x in lines) == 2
+        assert next(x for x in lines if x.startswith(way) and "repeat" not in x)
+    last = re.fullmatch(r"sampling_speedup=([\d.]+) merged_per_min=([\d.]+) "
+                        r"unmerged_per_min=([\d.]+) base_per_min=([\d.]+)", lines[-1])
+    assert last, lines[-1]
+    speedup, merged, unmerged, _ = map(float, last.groups())
+    assert speedup == pytest.approx(merged / unmerged, rel=0.02)

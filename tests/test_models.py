@@ -73,6 +73,46 @@ def test_a_sample_does_not_depend_on_its_batch(tiny_qwen2):
     assert len(set(together)) == 3 and all(s.text for s in together)
 
 
+def test_sampling_with_the_adapter_merged_leaves_the_base_bit_identical(tiny_qwen2, tmp_path):
+    """teacher.sampling.merged: the adapter's update is added into the base weights for the
+    call only. The base comes back bit for bit, the merged model computes what base + adapter
+    computes (float order aside), and greedy samples are the same texts either way."""
+    from peft import LoraConfig, get_peft_model
+
+    from teacher.generate import TransformersGenerator
+
+    model, tok = load_teacher(TeacherConfig(name="tiny", hub_id="x", path=tiny_qwen2,
+                                            dtype="float32"))
+    torch.manual_seed(0)  # an adapter with a real update: B random too, not PEFT's zeros
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    peft = get_peft_model(model, config)
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    model = peft.unload()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    greedy = dataclasses.replace(SHORT, temperature=0.0)
+    prompts = ["Passage: a cat sat.\nImplications:\n", "Hi"]
+    texts = {}
+    for merged in (True, False):
+        gen = TransformersGenerator(model, tok, instruct=False,
+                                    settings=dataclasses.replace(greedy, merged=merged))
+        gen.use_adapter(tmp_path / "adapter")
+        batch = tok(prompts, return_tensors="pt", padding=True)
+        with gen.merged() as m, torch.no_grad():
+            logits = m(**batch).logits
+            changed = [n for n, v in m.base_model.model.state_dict().items()
+                       if ".base_layer." in n and not torch.equal(
+                           v, before[n.replace(".base_layer", "")])]
+            assert bool(changed) == merged  # merged: the update is in the weights
+        texts[merged] = (gen.sample(prompts, [1, 2]), logits)
+        gen.use_adapter(None)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert texts[True][0] == texts[False][0]
+    torch.testing.assert_close(texts[True][1], texts[False][1], atol=1e-4, rtol=1e-4)
+    base_logits = model(**tok(prompts, return_tensors="pt", padding=True)).logits
+    assert not torch.allclose(base_logits, texts[False][1], atol=1e-3)  # the adapter matters
+
+
 def test_top_p_keeps_only_the_nucleus():
     """Hand-computed: probabilities .5/.3/.15/.05; top_p=.7 keeps the first two tokens only."""
     scores = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]]))

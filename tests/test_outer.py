@@ -166,15 +166,18 @@ def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_
     run = compose_run("experiment=smoke")
     outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     record = json.loads((tmp_path / "run.json").read_text())
-    for key in ("task.split", "student.train.max_grad_norm", "student.arc.max_grad_norm"):
+    for key in ("task.split", "student.train.max_grad_norm", "student.arc.max_grad_norm",
+                "teacher.sampling.merged"):
         del record["config"][key]
     (tmp_path / "run.json").write_text(json.dumps(record))
     # a SQuAD run is not asked for ARC's settings (student.arc.*), which it never reads
     with pytest.raises(ConfigError, match=r"started before student.train.max_grad_norm, task."
-                                          r"split existed.*experiment=smoke student.train."
-                                          r"max_grad_norm=null task.split=all resume="):
+                                          r"split, teacher.sampling.merged existed.*experiment="
+                                          r"smoke student.train.max_grad_norm=null task.split=all "
+                                          r"teacher.sampling.merged=false resume="):
         outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
-    old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null")
+    old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null",
+                      "teacher.sampling.merged=false")
     outer.check_resume(dataclasses.replace(old, resume=str(tmp_path)), tmp_path, "ignored")
 
 
