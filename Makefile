@@ -1,6 +1,6 @@
 # make run    set up (venv + bundled models), then the default job on CPU
 # make test   set up, then the whole test suite
-# make bench  set up, then `python -m loop.bench` (the inner loop's two paths side by side)
+# make bench  set up, then `python -m loop.bench` (the inner loop's paths side by side)
 # make setup  only the set-up; every target is idempotent (the venv and the model cache are reused)
 # make gpu-assets  what scripts/gpu_check.sh needs on a GPU machine without network (gpu_assets/)
 

@@ -27,7 +27,11 @@ self-edits, median over repeats, and prints what absorbing costs as a multiple o
 adapter of the M-step's shape merged into the weights for the call, `teacher.sampling.merged`,
 against the same adapter through PEFT's layers, and the base alone as the floor), ending with
 
-    sampling_speedup=<unmerged s / merged s> merged_per_min=<x> unmerged_per_min=<y> base_per_min=<z>
+    sampling_speedup=<unmerged s / merged s> step_speedup=<the same per decode step>
+    merged_per_min=<x> unmerged_per_min=<y> base_per_min=<z>
+
+(an adapter changes what the teacher writes, so how long it writes: the table also gives
+seconds per decode step, where the base alone is the floor).
 
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
@@ -238,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="sample fresh self-edits from the configured teacher instead")
     parser.add_argument("--save", action="store_true",
                         help="with --from-teacher: write them to --sample")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="with --sampling: a trained teacher adapter folder (default: one of "
+                             "the M-step's shape with random A and a small random B)")
     parser.add_argument("--sampling", action="store_true",
                         help="time the teacher's sampling instead: with a trained-size adapter "
                              "merged into the weights per call (teacher.sampling.merged, the "
@@ -268,8 +275,9 @@ def main(argv: list[str] | None = None) -> None:
 def bench_sampling(args, overrides: list[str]) -> None:
     """The teacher writing k self-edits (the first k passages of task.data, one seed each, in
     teacher.sampling.batch_size calls) three ways, interleaved over the repeats: the base alone
-    (the floor: an adapter merged into the weights costs what the base costs), base + an
-    adapter merged into the weights for the call, base + the adapter through PEFT's layers."""
+    (the floor per decode step: an adapter merged into the weights costs what the base costs,
+    plus the merge), base + an adapter merged into the weights for the call, base + the adapter
+    through PEFT's layers."""
     import tempfile
 
     import torch
@@ -292,41 +300,55 @@ def bench_sampling(args, overrides: list[str]) -> None:
     print(f"teacher {run.teacher.name} ({next(model.parameters()).dtype}, "
           f"{torch.get_num_threads()} threads); {args.k} self-edits of at most "
           f"{run.teacher.sampling.max_new_tokens} tokens, {run.teacher.sampling.batch_size} per "
-          f"call; an adapter of the M-step's shape (LoRA r={lora.r} on {len(lora.targets)} "
-          "projections, random A and B)")
+          "call; " + (f"the adapter {args.adapter}" if args.adapter else
+                      f"an adapter of the M-step's shape (LoRA r={lora.r} on {len(lora.targets)} "
+                      "projections, random A, B random x 0.01)"))
     with tempfile.TemporaryDirectory(prefix="seal-bench-") as tmp:
-        torch.manual_seed(0)
-        peft = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets),
-            init_lora_weights=False, task_type="CAUSAL_LM"))
-        peft.save_pretrained(tmp)
-        model = peft.unload()
+        if args.adapter is None:  # a small update, as a few M-step steps leave: B ~ 1e-2 A's
+            torch.manual_seed(0)
+            peft = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets),
+                init_lora_weights=False, task_type="CAUSAL_LM"))
+            for name, p in peft.named_parameters():
+                if "lora_B" in name:
+                    p.data.mul_(0.01)
+            peft.save_pretrained(tmp)
+            model = peft.unload()
+        adapter = Path(tmp) if args.adapter is None else args.adapter
         ways = {"base alone": None, "adapter merged": True, "adapter unmerged": False}
         times: dict[str, list[float]] = {w: [] for w in ways}
-        texts = {}
+        texts, steps = {}, {}
         for rep in range(args.repeats):
             order = list(ways)[rep % 3:] + list(ways)[:rep % 3]
             for way in order:
                 settings = dataclasses.replace(run.teacher.sampling, merged=bool(ways[way]))
                 gen = TransformersGenerator(model, tokenizer, instruct=run.teacher.instruct,
                                             settings=settings)
-                gen.use_adapter(None if ways[way] is None else Path(tmp))
+                gen.use_adapter(None if ways[way] is None else adapter)
                 t0 = time.perf_counter()
                 texts[way] = [s.text for s in gen.sample(prompts, seeds)]
                 times[way].append(time.perf_counter() - t0)
+                # decode steps: a call runs until its longest sample ends (re-tokenized: ≈)
+                size = max(1, run.teacher.sampling.batch_size)
+                lengths = [len(tokenizer(t)["input_ids"]) for t in texts[way]]
+                steps[way] = sum(max(lengths[i : i + size]) for i in range(0, len(lengths), size))
                 gen.use_adapter(None)
                 print(f"  repeat {rep + 1}/{args.repeats} {way}: {times[way][-1]:.1f} s", flush=True)
     med = {w: statistics.median(t) for w, t in times.items()}
-    print(f"{'way':<18}{'median s':>10}{'self-edits/min':>16}{'of the base speed':>19}")
+    # an adapter changes what is written, so how long: compare seconds per decode step
+    per_step = {w: med[w] / max(1, steps[w]) for w in ways}
+    print(f"{'way':<18}{'median s':>10}{'self-edits/min':>16}{'decode steps':>14}"
+          f"{'s per step':>12}{'of the base speed per step':>28}")
     for way in ways:
-        print(f"{way:<18}{med[way]:>10.1f}{60 * args.k / med[way]:>16.2f}"
-              f"{med['base alone'] / med[way]:>19.2f}")
+        print(f"{way:<18}{med[way]:>10.1f}{60 * args.k / med[way]:>16.2f}{steps[way]:>14}"
+              f"{per_step[way]:>12.3f}{per_step['base alone'] / per_step[way]:>28.2f}")
     same = sum(a == b for a, b in zip(texts["adapter merged"], texts["adapter unmerged"],
                                       strict=True))
     print(f"self-edits identical merged and unmerged: {same} of {args.k} (sampling at "
           f"temperature {run.teacher.sampling.temperature}: a last-bit difference in a logit "
           "can move a draw, and the rest of the text follows it)")
     print(f"sampling_speedup={med['adapter unmerged'] / med['adapter merged']:.2f} "
+          f"step_speedup={per_step['adapter unmerged'] / per_step['adapter merged']:.2f} "
           f"merged_per_min={60 * args.k / med['adapter merged']:.2f} "
           f"unmerged_per_min={60 * args.k / med['adapter unmerged']:.2f} "
           f"base_per_min={60 * args.k / med['base alone']:.2f}")
