@@ -39,6 +39,9 @@ test: setup
 bench: setup
 	$(PY) -m loop.bench
 
+lint: $(VENV)/.installed
+	$(PY) -m ruff check teacher student loop tests
+
 # the bundled tokenizers and the config packages' wheels, for a GPU machine with only torch,
 # transformers and peft: carry gpu_assets/ with the repository, run scripts/gpu_check.sh there
 gpu-assets: setup

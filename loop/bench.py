@@ -51,6 +51,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError, RunConfig, register, to_run_config
+from loop.reward import LOG_PROBABILITIES
 
 SAMPLE = PROJECT_ROOT / "data" / "bench" / "self_edits.json"
 
@@ -204,7 +205,7 @@ def run_path(model, tokenizer, jobs, run: RunConfig, setting: str, device: str, 
     (student.train.batched=`setting`)."""
     from loop.outer import absorb_and_score_many
 
-    generate = run.reward.metric != "answer_logprob"
+    generate = run.reward.metric not in LOG_PROBABILITIES
     phases = Phases(count)
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
@@ -387,7 +388,7 @@ def bench(args, overrides: list[str]) -> None:
 
     # what auto is here: true (a GPU), trained alone and answered together (a CPU, answers
     # generated), or one at a time (a CPU, answers only scored)
-    generate = run.reward.metric != "answer_logprob"
+    generate = run.reward.metric not in LOG_PROBABILITIES
     auto = ("true" if train_together(with_batched(run, "auto"), device)
             else "alone" if generate else "false")
     paths = ["false", "true"] + (["auto"] if auto == "alone" else [])

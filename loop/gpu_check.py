@@ -10,7 +10,8 @@ config (`data/architectures/*.json`: SmolLM2-135M, Llama-3.2-1B, Qwen2.5-7B, the
 their published configs) with random weights, in bf16 on a GPU (float32 on a CPU), with the
 student preset's inner-loop settings (`student=smollm135m`, `llama1b`, `qwen7b`). The
 self-edits are the bench's recorded sample (data/bench/self_edits.json) with their passages'
-questions, cycled to k with distinct seeds, and tokenized by a bundled tokenizer (Qwen2.5's
+questions (answers generated and graded, `reward.metric=f1`), cycled to k with distinct seeds,
+and tokenized by a bundled tokenizer (Qwen2.5's
 for Qwen, SmolLM2's for the Llama architectures: Llama-3.2's is not bundled; its token counts
 differ a little). A random student generates every answer to its token limit, which is
 the slowest case.
@@ -202,7 +203,9 @@ def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
         if time.perf_counter() - start > budget_s:
             print(f"\n{arch}: skipped: past the {budget_s:.0f} s budget")
             continue
-        run = compose([f"student={STUDENTS[arch][0]}", "tracking=none", *overrides])
+        # answers generated (reward.metric=f1, SEAL's kind of reward): where sharing pays most
+        run = compose([f"student={STUDENTS[arch][0]}", "tracking=none", "reward.metric=f1",
+                       *overrides])
         try:
             measured += measure(arch, run, tokenizer_for(tokenizer_dirs[arch]), ks,
                                 tiny, dtype, device, peak, start + budget_s)

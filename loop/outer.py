@@ -22,7 +22,8 @@ back whole; in an unfinished one, recorded self-edits and evaluations are kept.
 
 Departures from SEAL: the teacher is a separate model; rewards are measured against a
 baseline (SEAL's best-of-k ignores it, and is still the default filter); the teacher is
-trained as a LoRA and sampled as base + adapter, with no merge and no reload.
+trained as a LoRA and sampled as base + adapter, the adapter's update added into the weights for
+each sampling call and the weights restored exactly (teacher.sampling.merged), never reloaded.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def validate(run: RunConfig) -> None:
 
 # ---- the run folder ------------------------------------------------------------------------
 
-# How the student's work is batched, not what it computes (the two paths agree up to
+# How the student's work is batched, not what it computes (the paths agree up to
 # floating-point order, tests/test_batched.py): a resume may change them, e.g. after running
 # out of memory.
 EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
@@ -497,7 +498,7 @@ def train_together(run: RunConfig, device) -> bool:
     auto on a GPU. On a CPU, auto trains them one at a time with PEFT (faster there: one
     self-edit's step already keeps the cores busy) and answers them together where answers are
     generated; where they are only scored (the log-probability metrics) it does everything one
-    at a time (`absorb_and_score_many`). `python -m loop.bench` measures the three paths."""
+    at a time (`absorb_and_score_many`). `python -m loop.bench` measures the paths."""
     setting = batched_setting(run.student.train.batched)
     return setting == "true" or (setting == "auto" and str(device).startswith("cuda"))
 
@@ -632,8 +633,8 @@ def inner_round(student, run: RunConfig, r: int, contexts: list[Passage],
     with `absorb` (reward.screen) only those self-edits. With reward.metric=context_logprob
     each self-edit is read in context by the frozen student instead (loop.proxy).
 
-    With student.train.batched (the default) the missing ones are absorbed
-    student.train.max_adapters at a time in shared passes (`absorb_and_score_many`); each is
+    The missing ones are absorbed in batches of student.train.max_adapters (one with
+    student.train.batched=false), each batch on the path `absorb_and_score_many` takes; each is
     written to the ledger as soon as its batch is scored. The batches run on `executor`
     (loop.executor: this process by default, or Ray workers); only this process writes."""
     from tqdm import tqdm

@@ -92,9 +92,9 @@ class Engine:
             seed = random.getrandbits(31)
         elif not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63 - n:
             raise BadRequest("`seed` must be a non-negative integer")
-        with self.lock:
-            samples = sample(self.generator.model, tokenizer, [prompt] * n,
-                             [seed + i for i in range(n)], instruct=chat, settings=settings)
+        with self.lock, self.generator.merged() as model:  # the adapter merged per call
+            samples = sample(model, tokenizer, [prompt] * n, [seed + i for i in range(n)],
+                             instruct=chat, settings=settings)
         rendered = render(tokenizer, prompt, chat)
         prompt_tokens = len(tokenizer(rendered, add_special_tokens=not chat)["input_ids"])
         used = [len(tokenizer(s.text, add_special_tokens=False)["input_ids"]) for s in samples]

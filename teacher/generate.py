@@ -117,42 +117,69 @@ class TransformersGenerator:
     """The teacher's base model, optionally with one LoRA adapter (the latest round's) on top."""
 
     def __init__(self, model, tokenizer, *, instruct: bool, settings: SamplingSettings):
+        import threading
+
         self.base = self.model = model
         self.tokenizer, self.instruct, self.settings = tokenizer, instruct, settings
         self.adapter: Path | None = None
+        self._lock, self._merged_depth = threading.RLock(), 0  # see `merged`
 
     def sample(self, prompts: list[Prompt], seeds: list[int]) -> list[Sample]:
         with self.merged() as model:
             return sample(model, self.tokenizer, prompts, seeds, instruct=self.instruct,
                           settings=self.settings)
 
-    @contextmanager
-    def merged(self):
-        """The model to sample from: with an adapter and `settings.merged`, the base with the
-        adapter's update (PEFT's own `get_delta_weight`) added into its weights and the adapter
-        switched off, for the `with` block only; the base's weights are then copied back from
-        saved ones, bit for bit (a subtraction would not restore them exactly)."""
-        if self.model is self.base or not self.settings.merged:
-            yield self.model
-            return
+    def mergeable(self) -> bool:
+        """Whether the adapter's update can be added into the base's weights exactly as PEFT's
+        layers add it: float32 weights (a bf16 sum would round a small update away) and plain
+        LoRA on Linear layers only (no DoRA, bias, embeddings or modules_to_save)."""
         import torch
 
         name = self.model.active_adapter
-        layers = [m for m in self.model.modules()
-                  if hasattr(m, "get_delta_weight") and name in getattr(m, "lora_A", {})]
-        saved = []
-        try:
-            with torch.no_grad():
-                for m in layers:
-                    weight = m.base_layer.weight
-                    saved.append(weight.detach().clone())
-                    weight += m.get_delta_weight(name).to(weight.dtype)
-            with self.model.disable_adapter():
+        config = self.model.peft_config[name]
+        if (getattr(config, "use_dora", False) or getattr(config, "bias", "none") != "none"
+                or getattr(config, "modules_to_save", None)):
+            return False
+        for module in self.model.modules():
+            if name in getattr(module, "lora_embedding_A", {}):
+                return False
+            if name in getattr(module, "lora_A", {}) and (
+                    not hasattr(module, "get_delta_weight")
+                    or module.base_layer.weight.dtype != torch.float32):
+                return False
+        return True
+
+    @contextmanager
+    def merged(self):
+        """The model to sample from: with an adapter and `settings.merged` (where `mergeable`),
+        the base with the adapter's update (PEFT's own `get_delta_weight`) added into its weights
+        and the adapter switched off, for the `with` block only; the base's weights are then
+        copied back from saved ones, bit for bit (a subtraction would not restore them
+        exactly). One block at a time (a lock); a nested block gets the merged model as is."""
+        with self._lock:
+            if (self.model is self.base or not self.settings.merged or self._merged_depth
+                    or not self.mergeable()):
                 yield self.model
-        finally:
-            with torch.no_grad():
-                for m, weight in zip(layers, saved, strict=False):
-                    m.base_layer.weight.copy_(weight)
+                return
+            import torch
+
+            name = self.model.active_adapter
+            layers = [m for m in self.model.modules() if name in getattr(m, "lora_A", {})]
+            saved = []
+            self._merged_depth += 1
+            try:
+                with torch.no_grad():
+                    for m in layers:
+                        weight = m.base_layer.weight
+                        saved.append(weight.detach().clone())
+                        weight += m.get_delta_weight(name).to(weight.dtype)
+                with self.model.disable_adapter():
+                    yield self.model
+            finally:
+                self._merged_depth -= 1
+                with torch.no_grad():
+                    for m, weight in zip(layers, saved, strict=False):
+                        m.base_layer.weight.copy_(weight)
 
     def use_adapter(self, path: Path | None) -> None:
         """Sample from base + the adapter at `path` from now on (None: the base alone).

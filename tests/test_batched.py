@@ -190,6 +190,7 @@ def test_bench_compares_the_paths_and_ends_with_the_contract_line(tiny_llama, ca
     main(["--k", "3", "--repeats", "2", f"student.path={tiny_llama}", "student.name=tiny",
           "student.train.epochs=2", f"reward.metric={metric}", "student.eval.max_new_tokens=4"])
     lines = capsys.readouterr().out.strip().splitlines()
+    default = "true" if torch.cuda.is_available() else default  # auto is true on a GPU
     paths = ["one at a time", "batched"] + (["default (auto)"] if default == "alone" else [])
     for path in ("one at a time", "batched", "default (auto)"):
         assert sum(f"{path}:" in x and "repeat" in x for x in lines) == 2 * (path in paths)

@@ -35,7 +35,9 @@ CHAIN = [
 def loop_run(tiny_llama, tiny_qwen2, tmp_path, out, *extra: str, fault: str | None = None):
     args = ["experiment=smoke", f"teacher.path={tiny_qwen2}", f"student.path={tiny_llama}",
             "loop.k=3", "loop.contexts_per_round=2", "teacher.sampling.batch_size=2",
-            "student.train.max_adapters=2", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+            # batches of 2 adapters trained together, as on a GPU (auto on a CPU trains alone)
+            "student.train.max_adapters=2", "student.train.batched=true",
+            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
             f"tracking.artifacts={tmp_path}/mlartifacts"]
     env = {k: v for k, v in os.environ.items() if k != "SEAL_FAULT"}
     if fault:

@@ -97,7 +97,7 @@ def test_sampling_with_the_adapter_merged_leaves_the_base_bit_identical(tiny_qwe
         gen = TransformersGenerator(model, tok, instruct=False,
                                     settings=dataclasses.replace(greedy, merged=merged))
         gen.use_adapter(tmp_path / "adapter")
-        batch = tok(prompts, return_tensors="pt", padding=True)
+        batch = tok(prompts, return_tensors="pt", padding=True).to(model.device)
         with gen.merged() as m, torch.no_grad():
             logits = m(**batch).logits
             changed = [n for n, v in m.base_model.model.state_dict().items()
@@ -109,8 +109,36 @@ def test_sampling_with_the_adapter_merged_leaves_the_base_bit_identical(tiny_qwe
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert texts[True][0] == texts[False][0]
     torch.testing.assert_close(texts[True][1], texts[False][1], atol=1e-4, rtol=1e-4)
-    base_logits = model(**tok(prompts, return_tensors="pt", padding=True)).logits
+    base_logits = model(**tok(prompts, return_tensors="pt", padding=True).to(model.device)).logits
     assert not torch.allclose(base_logits, texts[False][1], atol=1e-3)  # the adapter matters
+
+
+@pytest.mark.parametrize("kind", ["dora", "bfloat16"])
+def test_an_adapter_that_cannot_merge_exactly_samples_through_peft(tiny_qwen2, tmp_path, kind):
+    """DoRA's magnitudes are not in get_delta_weight, and a bf16 sum would round a small update
+    away: those are sampled through PEFT's layers, the base untouched."""
+    from peft import LoraConfig, get_peft_model
+
+    from teacher.generate import TransformersGenerator
+
+    model, tok = load_teacher(TeacherConfig(name="tiny", hub_id="x", path=tiny_qwen2,
+                                            dtype="float32"))
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
+                                            use_dora=kind == "dora", init_lora_weights=False,
+                                            task_type="CAUSAL_LM"))
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    model = peft.unload()
+    if kind == "bfloat16":
+        model = model.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = TransformersGenerator(model, tok, instruct=False, settings=SHORT)
+    gen.use_adapter(tmp_path / "adapter")
+    assert not gen.mergeable()
+    with gen.merged() as m:
+        assert m is gen.model
+        assert all(torch.equal(v, before[n.replace(".base_layer", "")])
+                   for n, v in m.base_model.model.state_dict().items() if ".base_layer." in n)
+    assert gen.sample(["Hi"], [1])[0].text is not None
 
 
 def test_top_p_keeps_only_the_nucleus():
