@@ -144,13 +144,19 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
 def train_alone(model, tokenizer, texts: list[str], cfg: StudentConfig,
                 seed: int) -> tuple[dict, TrainResult]:
     """A fresh LoRA adapter trained alone on `texts` (`train`, PEFT) and taken off the base:
-    ({module name: (A, B)}, what training did), for `student.batched.Adapters.load`."""
-    from student.batched import peft_weights
-
+    ({module name: (A, B)}, what training did), for `student.batched.Adapters(weights=)`."""
     with fresh_adapter(model, cfg.lora, seed) as adapted:
         result = train(adapted, tokenizer, texts, cfg, seed)
         weights = peft_weights(adapted)
     return weights, result
+
+
+def peft_weights(peft_model) -> dict:
+    """{module name: (A (r × in), B (out × r))} of a PEFT model's default LoRA adapter, copied."""
+    return {name: (module.lora_A["default"].weight.detach().clone(),
+                   module.lora_B["default"].weight.detach().clone())
+            for name, module in peft_model.base_model.model.named_modules()
+            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
 
 
 def optimise(model, batches, opt, sched, max_grad_norm: float | None = None) -> list[float]:

@@ -99,8 +99,8 @@ def _stacked_linear_class():
 
 class Adapters:
     """k fresh LoRA adapters installed on `model` (a frozen causal LM), one per seed, or k
-    adapters trained elsewhere (`weights`: one `peft_weights` dict each, e.g. trained alone
-    with PEFT by `student.absorb.train_alone`), to be answered together.
+    adapters trained elsewhere (`weights`: one `student.absorb.peft_weights` dict each, e.g.
+    trained alone with PEFT by `student.absorb.train_alone`), to be answered together.
 
         with Adapters(model, lora, seeds) as adapters:
             train(model, adapters, jobs, pad_id)  # all k in the same passes
@@ -215,18 +215,10 @@ class Adapters:
         tmp.replace(folder / "adapter_model.safetensors")  # atomic: never a half-written file
 
 
-def peft_weights(peft_model) -> dict:
-    """{module name: (A (r × in), B (out × r))} of a PEFT model's default LoRA adapter, copied."""
-    return {name: (module.lora_A["default"].weight.detach().clone(),
-                   module.lora_B["default"].weight.detach().clone())
-            for name, module in peft_model.base_model.model.named_modules()
-            if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
-
-
 def peft_init(model, lora: LoraSettings, seed: int) -> dict:
     """{module name: A (r × in)} of the adapter PEFT builds with `seed` (its B is zero): the
     same initial adapter `student.absorb.fresh_adapter(model, lora, seed)` trains."""
-    from student.absorb import fresh_adapter
+    from student.absorb import fresh_adapter, peft_weights
 
     with fresh_adapter(model, lora, seed) as peft_model:
         out = {name: a for name, (a, _) in peft_weights(peft_model).items()}
