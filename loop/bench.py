@@ -33,6 +33,17 @@ against the same adapter through PEFT's layers, and the base alone as the floor)
 (an adapter changes what the teacher writes, so how long it writes: the table also gives
 seconds per decode step, where the base alone is the floor).
 
+`python -m loop.bench --mstep` times the teacher's M-step instead: TRL's SFT of a fresh LoRA on
+one round's kept pairs (`loop.contexts_per_round` (prompt, self-edit) pairs, epochs and batch
+from `teacher.train`) three ways: TRL's own (its fused LM head over every position, the batch
+padded into one pass), the completion-only head on the same padded passes, and the default on a
+CPU (the completion-only head, one pair per pass, gradients accumulated over the batch;
+`teacher/train.py`). It prints seconds per optimiser step, the useful matmul FLOP/s (counted on
+the default path: no padding, no head on prompt tokens) against the matmul peak, and the paths'
+losses, ending with
+
+    mstep_speedup=<TRL's s / default s> step_s=<default s per step> peak_fraction=<default>
+
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
 """
@@ -122,7 +133,7 @@ def matmul_peak(dtype, device: str, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def load_sample(path: Path, run: RunConfig, k: int):
+def load_sample(path: Path, run: RunConfig, k: int, wanted: str = "--k"):
     """k (passage, self-edit) pairs from the recorded sample, passages from its data file."""
     from loop.tasks import load_squad
 
@@ -137,7 +148,7 @@ def load_sample(path: Path, run: RunConfig, k: int):
         raise ConfigError(f"{path} is not a self-edit sample written by `python -m loop.bench "
                           f"--from-teacher --save` ({type(e).__name__}: {e})") from e
     if len(items) < k:
-        raise ConfigError(f"{path} holds {len(items)} self-edits; --k {k} needs as many")
+        raise ConfigError(f"{path} holds {len(items)} self-edits; {wanted}{k} needs as many")
     return items[:k]
 
 
@@ -246,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", type=Path, default=None,
                         help="with --sampling: a trained teacher adapter folder (default: one of "
                              "the M-step's shape with random A and a small random B)")
+    parser.add_argument("--mstep", action="store_true",
+                        help="time the teacher's M-step instead: TRL's fused head on padded "
+                             "batches against the completion-only head, one pair per pass")
     parser.add_argument("--sampling", action="store_true",
                         help="time the teacher's sampling instead: with a trained-size adapter "
                              "merged into the weights per call (teacher.sampling.merged, the "
@@ -266,7 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     from student.batched import OutOfMemory
 
     try:
-        bench_sampling(args, overrides) if args.sampling else bench(args, overrides)
+        if args.sampling and args.mstep:
+            parser.error("--sampling and --mstep are two benches: give one")
+        (bench_sampling if args.sampling else bench_mstep if args.mstep else bench)(args, overrides)
     except (AssetError, ConfigError, DataError, OutOfMemory, HydraException,
             OmegaConfBaseException) as e:  # user errors: a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
@@ -353,6 +369,80 @@ def bench_sampling(args, overrides: list[str]) -> None:
           f"merged_per_min={60 * args.k / med['adapter merged']:.2f} "
           f"unmerged_per_min={60 * args.k / med['adapter unmerged']:.2f} "
           f"base_per_min={60 * args.k / med['base alone']:.2f}")
+
+
+# name: (head, pairs per forward pass (None: the whole batch), label)
+MSTEP_PATHS = {"trl": ("fused", None, "TRL's (fused head, padded batch)"),
+               "padded": ("completion", None, "completion head, padded batch"),
+               "default": ("completion", 1, "default (completion head, 1 pair/pass)")}
+
+
+def bench_mstep(args, overrides: list[str]) -> None:
+    """The M-step on one round's kept pairs, TRL's way and the default way, interleaved."""
+    import tempfile
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from loop.cli import check_models
+    from teacher.model import load_teacher
+    from teacher.train import train_adapter
+
+    run = compose(overrides)
+    check_models(run, ("teacher",))
+    n = run.loop.contexts_per_round
+    items = load_sample(args.sample, run, n, "loop.contexts_per_round=")
+    from loop.outer import context_prompt
+
+    pairs = [(context_prompt(run, p), text) for p, text in items]
+    model, tokenizer = load_teacher(run.teacher)
+    device = next(model.parameters()).device.type
+    dtype = next(model.parameters()).dtype
+    train = run.teacher.train
+    steps = train.epochs * -(-n // train.batch_size)
+    print(f"teacher {run.teacher.name} ({dtype}, {device}, {torch.get_num_threads()} threads); "
+          f"{n} kept pairs (the recorded self-edits, loop.contexts_per_round), {train.epochs} "
+          f"epochs at batch {train.batch_size}: {steps} optimiser steps; LoRA r={train.lora.r} on "
+          f"{len(train.lora.targets)} projections")
+    peak = matmul_peak(dtype, device)
+    print(f"matmul peak ({dtype}, 1024^3, median of 20): {peak:.1f} GFLOP/s")
+
+    def fit(path: str, count: bool = False):
+        head, micro, _ = MSTEP_PATHS[path]
+        counter = FlopCounterMode(display=False) if count else nullcontext()
+        with tempfile.TemporaryDirectory(prefix="seal-bench-") as tmp, counter:
+            t0 = time.perf_counter()
+            stats = train_adapter(model, tokenizer, pairs, run.teacher, Path(tmp) / "adapter",
+                                  seed=run.seed, head=head,
+                                  micro_batch=micro or run.teacher.train.batch_size)
+            seconds = time.perf_counter() - t0
+        return seconds, stats, counter.get_total_flops() if count else 0
+
+    times: dict[str, list[float]] = {p: [] for p in MSTEP_PATHS}
+    losses = {}
+    for rep in range(args.repeats):
+        order = list(MSTEP_PATHS)[rep % 3:] + list(MSTEP_PATHS)[:rep % 3]
+        for path in order:
+            seconds, stats, _ = fit(path)
+            times[path].append(seconds)
+            losses[path] = stats.losses
+            print(f"  repeat {rep + 1}/{args.repeats} {MSTEP_PATHS[path][2]}: {seconds:.1f} s",
+                  flush=True)
+    flops = fit("default", count=True)[2]
+    med = {p: statistics.median(t) for p, t in times.items()}
+    print(f"useful work: {flops / 1e12:.2f} TFLOP of matmuls (counted on the default path: no "
+          "padding, no head on prompt tokens); each time includes the trainer's set-up and saving "
+          "the adapter")
+    print(f"{'path':<38}{'median s':>9}{'s/step':>8}{'GFLOP/s':>9}{'frac':>6}  losses")
+    for p, (_, _, name) in MSTEP_PATHS.items():
+        rate = flops / med[p] / 1e9
+        print(f"{name:<38}{med[p]:>9.1f}{med[p] / steps:>8.1f}{rate:>9.1f}{rate / peak:>6.2f}  "
+              + " ".join(f"{x:.4f}" for x in losses[p]))
+    diff = max(abs(a - b) for p in MSTEP_PATHS
+               for a, b in zip(losses["trl"], losses[p], strict=True))
+    print(f"largest loss difference between the paths: {diff:.1e} (float order)")
+    print(f"mstep_speedup={med['trl'] / med['default']:.2f} step_s={med['default'] / steps:.1f} "
+          f"peak_fraction={flops / med['default'] / 1e9 / peak:.2f}")
 
 
 def bench(args, overrides: list[str]) -> None:

@@ -41,6 +41,74 @@ def _step_callback(fault: Callable[[str], None]):
     return StepFault()
 
 
+def completion_loss(model, inputs: dict, num_items_in_batch=None):
+    """(loss, per-token stats) of a causal LM on `inputs`, with the LM head applied only at the
+    positions whose next token the loss reads (the self-edit's), not at the prompt's or padding.
+
+    The loss is TRL's: the summed token NLL over `num_items_in_batch` (the tokens of the whole
+    accumulated batch) or, without it, over this batch's scored tokens. It is what TRL's fused
+    head computes, up to float order; on a CPU that head runs its vocabulary chunks through torch
+    ops (exp, sub, mul over 151k-wide tiles, recomputed in the backward), and for every prompt
+    token too, which costs as much as the 0.5B teacher's transformer blocks
+    (`python -m loop.bench --mstep` times the two)."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(0).nonzero().flatten()  # positions that predict a scored token
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False,
+                logits_to_keep=keep)
+    logits = out.logits.float()
+    targets = targets[:, keep]
+    summed = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                             reduction="sum")
+    scored = targets != -100
+    count = scored.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = summed / torch.as_tensor(count, device=summed.device).clamp(min=1)
+    with torch.no_grad():
+        logp = logits[scored].log_softmax(-1)
+        stats = {"scored": scored.sum(), "entropy": -(logp.exp() * logp).sum(-1).sum(),
+                 "correct": (logp.argmax(-1) == targets[scored]).sum()}
+    return loss, stats
+
+
+def completion_head_trainer(base):
+    """`base` (TRL's SFTTrainer) computing its loss with `completion_loss`, logging what TRL
+    logs (entropy, token accuracy, tokens seen)."""
+
+    import torch
+
+    class CompletionHeadTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # the trainer then counts the scored tokens of every accumulated micro-batch and
+            # passes them as num_items_in_batch: the loss is the whole batch's token mean
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:  # evaluation with logits: TRL's own path
+                return super().compute_loss(model, inputs, True, num_items_in_batch)
+            loss, stats = completion_loss(model, inputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages: as TRL does
+            gather = self.accelerator.gather_for_metrics
+            mode = "train" if self.model.training else "eval"
+            scored = gather(stats["scored"]).sum()
+            if scored > 0:
+                self._metrics[mode]["entropy"].append((gather(stats["entropy"]).sum() / scored).item())
+                self._metrics[mode]["mean_token_accuracy"].append(
+                    (gather(stats["correct"]).sum() / scored).item())
+            if mode == "train":  # tokens seen, padding excluded (TRL's `num_tokens`)
+                mask = inputs.get("attention_mask")
+                seen = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
+                self._total_train_tokens += gather(seen.to(loss.device)).sum().item()
+                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return CompletionHeadTrainer
+
+
 def checkpointing_key(config_class) -> str:
     import dataclasses
 
@@ -59,12 +127,19 @@ def pair_rows(pairs: list[tuple[Prompt, str]], instruct: bool) -> list[dict]:
 
 def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: TeacherConfig, out: Path,
                   seed: int, start_from: Path | None = None,
-                  fault: Callable[[str], None] | None = None) -> TrainStats:
+                  fault: Callable[[str], None] | None = None, head: str = "auto",
+                  micro_batch: int | None = None) -> TrainStats:
     """Train a LoRA on `model` (left unchanged) and save it at `out`.
 
     `start_from`: an adapter to keep training (cfg.train.from_base=false); None: a fresh one.
     `fault`: loop.faults.point, called after each optimiser step ("train") and between staging
     and renaming the adapter ("save"), for the reliability suite.
+    `head`: "fused", TRL's fused LM head over every position (Triton kernels on a GPU);
+    "completion", the head on the self-edit's positions only (`completion_loss`); "auto": fused
+    on a GPU, completion on a CPU. `micro_batch` (None: 1 on a CPU, the whole batch on a GPU):
+    pairs per forward pass, the gradients accumulated over teacher.train.batch_size pairs; one
+    pair at a time pads nothing, and a CPU gains nothing from a wider matmul. Neither changes
+    the optimiser's steps or the loss beyond float order (tests/test_teacher.py).
     """
     import torch
     from datasets import Dataset
@@ -80,17 +155,26 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     cuda = next(model.parameters()).is_cuda
+    if head not in ("auto", "fused", "completion"):
+        raise ValueError(f"head={head!r}: auto, fused or completion")
+    completion = head == "completion" or (head == "auto" and not cuda)
     # under `accelerate launch` (loop.mstep) each of WORLD_SIZE processes takes an equal share
     # of the global batch: the same steps and, up to float order, the same adapter as one process
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.train.batch_size % world:
         raise ValueError(f"teacher.train.batch_size={cfg.train.batch_size} is the global batch: it "
                          f"must split evenly over {world} processes")
+    per_process = cfg.train.batch_size // world
+    micro = (per_process if cuda else 1) if micro_batch is None else micro_batch
+    if micro < 1 or per_process % micro:
+        raise ValueError(f"micro_batch={micro} must divide the {per_process} pairs of a step "
+                         "on each process")
     with tempfile.TemporaryDirectory(prefix="seal-teacher-") as scratch:
         args = SFTConfig(
             output_dir=scratch, seed=seed, data_seed=seed,
             learning_rate=cfg.train.lr, num_train_epochs=cfg.train.epochs,
-            per_device_train_batch_size=cfg.train.batch_size // world, lr_scheduler_type="linear",
+            per_device_train_batch_size=micro, gradient_accumulation_steps=per_process // micro,
+            lr_scheduler_type="linear",
             logging_steps=1, save_strategy="no", report_to="none",  # MLflow is ours, not the Trainer's
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
             # TRL turns checkpointing on: 40% slower per step on CPU (stack.md); transformers
@@ -98,7 +182,8 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
             **{checkpointing_key(SFTConfig): False},
             # no truncation: a self-edit is already capped by teacher.sampling.max_new_tokens
             completion_only_loss=True, max_length=None)
-        trainer = SFTTrainer(model=peft_model, args=args, processing_class=tokenizer,
+        trainer_class = completion_head_trainer(SFTTrainer) if completion else SFTTrainer
+        trainer = trainer_class(model=peft_model, args=args, processing_class=tokenizer,
                              train_dataset=Dataset.from_list(pair_rows(pairs, cfg.instruct)),
                              callbacks=[_step_callback(fault)] if fault else None)
         trainer.train()
