@@ -43,7 +43,8 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
     args = (model, tokenizer, pairs(task.train), pairs(task.test))
     from student.config import batched_setting
 
-    # auto included: ARC's adapters train together on every device (not measured otherwise)
+    # auto included: ARC's adapters train together on every device (1.05x one at a time on a
+    # 2-core CPU, README)
     if batched_setting(run.student.train.batched) != "false":
         from student.batched import memory_advice
 
