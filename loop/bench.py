@@ -133,7 +133,7 @@ def matmul_peak(dtype, device: str, n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def load_sample(path: Path, run: RunConfig, k: int, wanted: str = "--k"):
+def load_sample(path: Path, run: RunConfig, k: int, wanted: str = "--k "):
     """k (passage, self-edit) pairs from the recorded sample, passages from its data file."""
     from loop.tasks import load_squad
 

@@ -249,6 +249,8 @@ def test_the_loop_scores_the_same_with_either_path(tiny_llama, mode, pass_tokens
     (["student.train.no_such_key=1"], "no_such_key"),
     (["--sample", "{bad}"], "is not a self-edit sample"),
     (["--k", "9"], "holds 8 self-edits; --k 9"),
+    (["--mstep", "loop.contexts_per_round=9"], "loop.contexts_per_round=9 needs as many"),
+    (["--mstep", "--sampling"], "two benches: give one"),
 ])
 def test_bench_input_errors_are_one_message_and_exit_2(argv, message, tmp_path, capsys):
     from loop.bench import main
@@ -371,3 +373,30 @@ def test_bench_times_merged_sampling_against_peft_layers(tiny_qwen2, capsys):
     assert last, lines[-1]
     speedup, _, merged, unmerged, _ = map(float, last.groups())
     assert speedup == pytest.approx(merged / unmerged, rel=0.02)
+
+
+def test_bench_times_the_m_step_against_trls_way(tiny_qwen2, capsys):
+    """`--mstep`: TRL's fused head on padded batches, the completion head on the same batches,
+    and the default (completion head, one pair per pass), the same losses, the contract line."""
+    import re
+
+    from loop.bench import MSTEP_PATHS, main
+
+    main(["--mstep", "--repeats", "2", f"teacher.path={tiny_qwen2}", "teacher.name=tiny",
+          "loop.contexts_per_round=4", "teacher.train.batch_size=2", "teacher.train.epochs=1",
+          "teacher.train.lora.r=4", "teacher.train.lora.alpha=8"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "2 optimiser steps" in lines[0]
+    rows = {}
+    for _, _, name in MSTEP_PATHS.values():
+        assert sum(f"{name}:" in x and "repeat" in x for x in lines) == 2
+        row = next(x for x in lines if x.startswith(name) and "repeat" not in x)
+        rows[name] = [float(v) for v in row[len(name):].split()]
+    losses = [values[-2:] for values in rows.values()]  # each path's two step losses
+    assert all(x == pytest.approx(losses[0], rel=1e-3) for x in losses)
+    last = re.fullmatch(r"mstep_speedup=([\d.]+) step_s=([\d.]+) peak_fraction=([\d.]+)",
+                        lines[-1])
+    assert last, lines[-1]
+    trl, default = (rows[MSTEP_PATHS[p][2]][0] for p in ("trl", "default"))
+    assert float(last.group(1)) == pytest.approx(trl / default, rel=0.05)
+    assert float(last.group(2)) == pytest.approx(default / 2, rel=0.05)
