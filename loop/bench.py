@@ -38,11 +38,13 @@ one round's kept pairs (`loop.contexts_per_round` (prompt, self-edit) pairs, epo
 from `teacher.train`) three ways: TRL's own (its fused LM head over every position, the batch
 padded into one pass), the completion-only head on the same padded passes, and the default on a
 CPU (the completion-only head, one pair per pass, gradients accumulated over the batch;
-`teacher/train.py`). It prints seconds per optimiser step, the useful matmul FLOP/s (counted on
-the default path: no padding, no head on prompt tokens) against the matmul peak, and the paths'
-losses, ending with
+`teacher/train.py`; on a GPU the default is TRL's way). It prints seconds per optimiser step,
+the useful FLOP/s of the linear layers (counted on the CPU default: no padding, no head on
+prompt tokens; attention is not counted) against the matmul peak, and the paths' losses, ending
+with
 
-    mstep_speedup=<TRL's s / default s> step_s=<default s per step> peak_fraction=<default>
+    mstep_speedup=<TRL's s / CPU default s> step_s=<CPU default s per step>
+    peak_fraction=<CPU default>
 
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
@@ -371,10 +373,11 @@ def bench_sampling(args, overrides: list[str]) -> None:
           f"base_per_min={60 * args.k / med['base alone']:.2f}")
 
 
-# name: (head, pairs per forward pass (None: the whole batch), label)
+# name: (head, pairs per forward pass (None: the whole batch), label); on a GPU the default is
+# TRL's way, on a CPU the last
 MSTEP_PATHS = {"trl": ("fused", None, "TRL's (fused head, padded batch)"),
                "padded": ("completion", None, "completion head, padded batch"),
-               "default": ("completion", 1, "default (completion head, 1 pair/pass)")}
+               "default": ("completion", 1, "CPU default (completion head, 1 pair)")}
 
 
 def bench_mstep(args, overrides: list[str]) -> None:
@@ -430,9 +433,9 @@ def bench_mstep(args, overrides: list[str]) -> None:
                   flush=True)
     flops = fit("default", count=True)[2]
     med = {p: statistics.median(t) for p, t in times.items()}
-    print(f"useful work: {flops / 1e12:.2f} TFLOP of matmuls (counted on the default path: no "
-          "padding, no head on prompt tokens); each time includes the trainer's set-up and saving "
-          "the adapter")
+    print(f"useful work: {flops / 1e12:.2f} TFLOP in the linear layers (counted on the CPU "
+          "default: no padding, no head on prompt tokens; attention is not counted); each time "
+          "includes the trainer's set-up and saving the adapter")
     print(f"{'path':<38}{'median s':>9}{'s/step':>8}{'GFLOP/s':>9}{'frac':>6}  losses")
     for p, (_, _, name) in MSTEP_PATHS.items():
         rate = flops / med[p] / 1e9

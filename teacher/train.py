@@ -57,24 +57,23 @@ def completion_loss(model, inputs: dict, num_items_in_batch=None):
     token too, which costs as much as the 0.5B teacher's transformer blocks
     (`python -m loop.bench --mstep` times the two)."""
     import torch
-    import torch.nn.functional as F
 
     labels = inputs["labels"]
     targets = labels[:, 1:]
     keep = (targets != -100).any(0).nonzero().flatten()  # positions that predict a scored token
     out = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False,
                 logits_to_keep=keep)
-    logits = out.logits.float()
     targets = targets[:, keep]
-    summed = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
-                             reduction="sum")
     scored = targets != -100
+    logp = out.logits[scored].float().log_softmax(-1)  # the scored positions, one pass
+    truth = targets[scored]
+    summed = -logp.gather(-1, truth[:, None]).sum()
     count = scored.sum() if num_items_in_batch is None else num_items_in_batch
     loss = summed / torch.as_tensor(count, device=summed.device).clamp(min=1)
     with torch.no_grad():
-        logp = logits[scored].log_softmax(-1)
+        logp = logp.detach()
         stats = {"scored": scored.sum(), "entropy": -(logp.exp() * logp).sum(-1).sum(),
-                 "correct": (logp.argmax(-1) == targets[scored]).sum()}
+                 "correct": (logp.argmax(-1) == truth).sum()}
     return loss, stats
 
 
@@ -92,8 +91,10 @@ def completion_head_trainer(base):
             self.model_accepts_loss_kwargs = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs:  # evaluation with logits: TRL's own path
-                return super().compute_loss(model, inputs, True, num_items_in_batch)
+            if (return_outputs or self.args.loss_type != "nll" or self.compute_loss_func
+                    or self.label_smoother is not None or self.aux_loss_enabled):
+                # logits asked for, another loss, or an MoE's auxiliary loss: TRL's own path
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, stats = completion_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # DDP averages: as TRL does
@@ -144,27 +145,21 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     on a GPU, completion on a CPU. `micro_batch` (None: 1 on a CPU, the whole batch on a GPU):
     pairs per forward pass, the gradients accumulated over teacher.train.batch_size pairs; one
     pair at a time pads nothing, and a CPU gains nothing from a wider matmul. Neither changes
-    the optimiser's steps or the loss beyond float order (tests/test_teacher.py).
+    the optimiser's steps or the loss beyond float order (tests/test_teacher_train.py).
     """
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel, get_peft_model
     from trl import SFTConfig, SFTTrainer
 
-    torch.manual_seed(seed)
-    if start_from is not None:
-        peft_model = PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
-    else:
-        lora = cfg.train.lora
-        peft_model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     cuda = next(model.parameters()).is_cuda
     if head not in ("auto", "fused", "completion"):
         raise ValueError(f"head={head!r}: auto, fused or completion")
     completion = head == "completion" or (head == "auto" and not cuda)
     # under `accelerate launch` (loop.mstep) each of WORLD_SIZE processes takes an equal share
-    # of the global batch: the same steps and, up to float order, the same adapter as one process
+    # of the global batch: the same steps and, up to float order, the same adapter as one
+    # process (when the pairs fill whole global batches: accelerate pads a short last one by
+    # repeating pairs)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.train.batch_size % world:
         raise ValueError(f"teacher.train.batch_size={cfg.train.batch_size} is the global batch: it "
@@ -174,6 +169,14 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     if micro < 1 or per_process % micro:
         raise ValueError(f"micro_batch={micro} must divide the {per_process} pairs of a step "
                          "on each process")
+    torch.manual_seed(seed)
+    if start_from is not None:
+        peft_model = PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
+    else:
+        lora = cfg.train.lora
+        peft_model = get_peft_model(model, LoraConfig(
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.targets), task_type="CAUSAL_LM"))
     with tempfile.TemporaryDirectory(prefix="seal-teacher-") as scratch:
         args = SFTConfig(
             output_dir=scratch, seed=seed, data_seed=seed,
