@@ -397,6 +397,9 @@ def test_bench_times_the_m_step_against_trls_way(tiny_qwen2, capsys):
     last = re.fullmatch(r"mstep_speedup=([\d.]+) step_s=([\d.]+) peak_fraction=([\d.]+)",
                         lines[-1])
     assert last, lines[-1]
+    # the table's seconds are printed to 0.1 s, and a tiny model's M-step takes about a second:
+    # the ratios are checked to what that rounding allows
     trl, default = (rows[MSTEP_PATHS[p][2]][0] for p in ("trl", "default"))
-    assert float(last.group(1)) == pytest.approx(trl / default, rel=0.05)
-    assert float(last.group(2)) == pytest.approx(default / 2, rel=0.05)
+    assert float(last.group(1)) == pytest.approx(trl / default,
+                                                 abs=0.05 * (trl + default) / default**2 + 0.01)
+    assert float(last.group(2)) == pytest.approx(default / 2, abs=0.05 + 0.05)
