@@ -9,7 +9,7 @@ a killed run never leaves half an adapter where a resumed run would load it.
 On a CPU the trainer computes the same loss its own way (`completion_loss`): the LM head only
 at the self-edit's positions, one pair per forward pass, gradients accumulated over the batch.
 TRL's fused head is built for GPUs (Triton); on a CPU it runs as torch ops over every position,
-and costs as much as the transformer blocks (`python -m loop.bench --mstep`: 2.5x faster).
+and costs as much as the transformer blocks (`python -m loop.bench --mstep`: 2.4x faster).
 """
 
 from __future__ import annotations
