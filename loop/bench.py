@@ -381,13 +381,14 @@ MSTEP_PATHS = {"trl": ("fused", None, "TRL's (fused head, padded batch)"),
 
 
 def bench_mstep(args, overrides: list[str]) -> None:
-    """The M-step on one round's kept pairs, TRL's way and the default way, interleaved."""
+    """The M-step on one round's kept pairs, the three ways of MSTEP_PATHS, interleaved."""
     import tempfile
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from loop.cli import check_models
+    from loop.outer import context_prompt
     from teacher.model import load_teacher
     from teacher.train import train_adapter
 
@@ -395,8 +396,6 @@ def bench_mstep(args, overrides: list[str]) -> None:
     check_models(run, ("teacher",))
     n = run.loop.contexts_per_round
     items = load_sample(args.sample, run, n, "loop.contexts_per_round=")
-    from loop.outer import context_prompt
-
     pairs = [(context_prompt(run, p), text) for p, text in items]
     model, tokenizer = load_teacher(run.teacher)
     device = next(model.parameters()).device.type

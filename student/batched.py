@@ -350,7 +350,7 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
     adapter's gradient on its own (None: no clipping)."""
     import torch
 
-    from student.evaluate import head_logits
+    from student.model import head_logits
 
     if len(jobs) != adapters.k:
         raise ValueError(f"train: {len(jobs)} jobs for {adapters.k} adapters")

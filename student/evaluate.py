@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from student.config import StudentConfig
 from student.grade import answer_span, contains, exact_match, f1, judge_prompt, parse_verdict
+from student.model import head_logits
 from student.prompts import answer_prompt, render
 
 
@@ -73,17 +74,6 @@ def context_logprobs(model, tokenizer, title: str, qa: list[tuple[str, str]], co
         out += answer_logprob(model, tokenizer, prompts[i : i + step], golds[i : i + step],
                               instruct=cfg.instruct)
     return out
-
-
-def head_logits(model, hidden):
-    """The causal LM's head on some hidden states: what its forward does after the decoder."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 style
-    if cap:
-        import torch
-
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 @dataclass

@@ -33,3 +33,14 @@ def load_student(cfg: StudentConfig, device: str | None = None):
     log.info("student %s: %s, %.0fM parameters, %s on %s", cfg.name, type(model).__name__,
              model.num_parameters() / 1e6, dtype, device)
     return model.to(device).eval(), tokenizer
+
+
+def head_logits(model, hidden):
+    """The causal LM's head on some hidden states: what its forward does after the decoder."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2 style
+    if cap:
+        import torch
+
+        logits = torch.tanh(logits / cap) * cap
+    return logits
