@@ -34,7 +34,7 @@ run: setup
 
 test: setup
 	$(PY) -m ruff check teacher student loop tests
-	$(PY) -m pytest
+	$(PY) -m pytest -m ""
 
 bench: setup
 	$(PY) -m loop.bench

@@ -137,7 +137,7 @@ def matmul_peak(dtype, device: str, n: int = 1024, repeats: int = 20) -> float:
 
 def load_sample(path: Path, run: RunConfig, k: int, wanted: str = "--k "):
     """k (passage, self-edit) pairs from the recorded sample, passages from its data file."""
-    from loop.tasks import load_squad
+    from loop.tasks.squad.data import load_squad
 
     if not path.exists():
         raise ConfigError(f"no self-edit sample at {path}: write one with "
@@ -157,9 +157,9 @@ def load_sample(path: Path, run: RunConfig, k: int, wanted: str = "--k "):
 def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
     """k fresh self-edits from the configured teacher on the first k passages of task.data."""
     from loop.ledger import write_json_atomic
-    from loop.outer import context_prompt
     from loop.seeds import derive_seed
-    from loop.tasks import load_squad
+    from loop.tasks import squad
+    from loop.tasks.squad.data import load_squad
     from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher
 
@@ -167,7 +167,7 @@ def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
     model, tokenizer = load_teacher(run.teacher)
     gen = TransformersGenerator(model, tokenizer, instruct=run.teacher.instruct,
                                 settings=run.teacher.sampling)
-    texts = [s.text for s in gen.sample([context_prompt(run, p) for p in passages],
+    texts = [s.text for s in gen.sample([squad.prompt(run, p) for p in passages],
                                         [derive_seed(run.seed, "bench", p.id) for p in passages])]
     del model
     if save is not None:
@@ -216,7 +216,7 @@ def with_batched(run: RunConfig, setting: str) -> RunConfig:
 def run_path(model, tokenizer, jobs, run: RunConfig, setting: str, device: str, count=False):
     """(seconds, peak GiB, results, Phases) of absorbing and scoring every job on one path
     (student.train.batched=`setting`)."""
-    from loop.outer import absorb_and_score_many
+    from loop.tasks.squad.absorb import absorb_and_score_many
 
     generate = run.reward.metric not in LOG_PROBABILITIES
     phases = Phases(count)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from loop.assets import AssetError
-    from loop.tasks import DataError
+    from loop.tasks.base import DataError
     from student.batched import OutOfMemory
 
     try:
@@ -303,16 +303,16 @@ def bench_sampling(args, overrides: list[str]) -> None:
     from peft import LoraConfig, get_peft_model
 
     from loop.cli import check_models
-    from loop.outer import context_prompt
     from loop.seeds import derive_seed
-    from loop.tasks import load_squad
+    from loop.tasks import squad
+    from loop.tasks.squad.data import load_squad
     from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher
 
     run = compose(overrides)
     check_models(run, ("teacher",))
     passages = load_squad(run.task.data)[: args.k]
-    prompts = [context_prompt(run, p) for p in passages]
+    prompts = [squad.prompt(run, p) for p in passages]
     seeds = [derive_seed(run.seed, "bench", p.id) for p in passages]
     model, tokenizer = load_teacher(run.teacher)
     lora = run.teacher.train.lora
@@ -388,7 +388,7 @@ def bench_mstep(args, overrides: list[str]) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from loop.cli import check_models
-    from loop.outer import context_prompt
+    from loop.tasks import squad
     from teacher.model import load_teacher
     from teacher.train import train_adapter
 
@@ -396,7 +396,7 @@ def bench_mstep(args, overrides: list[str]) -> None:
     check_models(run, ("teacher",))
     n = run.loop.contexts_per_round
     items = load_sample(args.sample, run, n, "loop.contexts_per_round=")
-    pairs = [(context_prompt(run, p), text) for p, text in items]
+    pairs = [(squad.prompt(run, p), text) for p, text in items]
     model, tokenizer = load_teacher(run.teacher)
     device = next(model.parameters()).device.type
     dtype = next(model.parameters()).dtype
@@ -476,7 +476,7 @@ def bench(args, overrides: list[str]) -> None:
     peak = matmul_peak(dtype, device)
     print(f"matmul peak ({dtype}, 1024^3, median of 20): {peak:.1f} GFLOP/s")
 
-    from loop.outer import train_together
+    from loop.tasks.squad.absorb import train_together
 
     # what auto is here: true (a GPU), trained alone and answered together (a CPU, answers
     # generated), or one at a time (a CPU, answers only scored)

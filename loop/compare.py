@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from loop.errors import ConfigError
-from loop.evaluate import format_table, passage_means, summarise
+from loop.evaluation import format_table, passage_means, summarise
 from loop.ledger import read_jsonl
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data

@@ -16,7 +16,7 @@ from loop import assets
 from loop.errors import CONF_DIR, PROJECT_ROOT, ConfigError  # noqa: F401 (their home for users)
 from loop.executor import ExecutorConfig
 from loop.reward import RewardConfig
-from loop.tasks import TaskConfig
+from loop.tasks.base import TaskConfig
 from loop.tracking import TrackingConfig
 from student.config import BATCHED, StudentConfig
 from teacher.config import EndpointConfig, TeacherConfig
@@ -51,7 +51,7 @@ class ServeConfig:
 
 @dataclass
 class LoopConfig:
-    """The outer loop (loop.outer): rounds of sample -> absorb and score -> filter -> train."""
+    """The outer loop (loop.rounds): rounds of sample -> absorb and score -> filter -> train."""
 
     rounds: int = 2
     contexts_per_round: int = 50  # drawn from task.data, disjoint across rounds while it lasts

@@ -21,8 +21,9 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from loop import faults
 
@@ -41,28 +42,14 @@ class ExecutorConfig:
     max_retries: int = 3  # ray: a batch whose worker died is retried this many times
 
 
-def score_batch(student, run, judge_model, item) -> tuple[list, float]:
-    """One batch of the inner loop: (results, seconds of compute). `item` is ("squad", jobs,
-    generate) with jobs (passage, texts, seed), ("arc", task, self-edit texts, seeds), or
-    ("proxy", [(passage, self-edit text)]) for reward.metric=context_logprob."""
+Score = Callable[[Any, Any, Any, Any], list]  # (student, run, judge, work item) -> results
+
+
+def timed(score: Score, student, run, judge_model, item) -> tuple[list, float]:
+    """One batch of the inner loop, `score(student, run, judge, item)` (the domain's
+    `score_batch`): (results, seconds of compute)."""
     t0 = time.perf_counter()
-    model, tokenizer = student
-    if item[0] == "arc":
-        from loop import arc
-
-        _, task, texts, seeds = item
-        results = arc.score_self_edits(model, tokenizer, task, texts, run, seeds)
-    elif item[0] == "proxy":  # read in context, nothing absorbed (loop.proxy)
-        from loop.proxy import context_rows
-
-        results = [(context_rows(model, tokenizer, passage, text, run.student), [], None)
-                   for passage, text in item[1]]
-    else:
-        from loop.outer import absorb_and_score_many
-
-        _, jobs, generate = item
-        results = [(*res, None) for res in absorb_and_score_many(
-            model, tokenizer, jobs, run, judge_model, generate)]
+    results = score(student, run, judge_model, item)
     return results, time.perf_counter() - t0
 
 
@@ -71,12 +58,12 @@ class LocalExecutor:
 
     retries = 0
 
-    def __init__(self, student, judge_model):
-        self.student, self.judge_model = student, judge_model
+    def __init__(self, student, judge_model, score: Score):
+        self.student, self.judge_model, self.score = student, judge_model, score
 
     def map(self, run, items: list) -> Iterator[tuple[int, tuple[list, float]]]:
         for n, item in enumerate(items):
-            yield n, score_batch(self.student, run, self.judge_model, item)
+            yield n, timed(self.score, self.student, run, self.judge_model, item)
 
     def close(self) -> None:
         pass
@@ -89,11 +76,10 @@ def _worker_class():
     class StudentWorker:
         """A Ray actor holding a loaded student (and the reward judge, when there is one)."""
 
-        def __init__(self, run):
-            from loop.judge import load_judge
+        def __init__(self, run, score: Score, load_judge):
             from student.model import load_student
 
-            self.run = run
+            self.run, self.score = run, score
             self.student = load_student(run.student)
             self.judge = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
 
@@ -102,7 +88,7 @@ def _worker_class():
 
         def score(self, item):
             faults.point("worker")
-            return score_batch(self.student, self.run, self.judge, item)
+            return timed(self.score, self.student, self.run, self.judge, item)
 
     return StudentWorker
 
@@ -110,7 +96,7 @@ def _worker_class():
 class RayExecutor:
     """Batches spread over `num_workers` actors; a dead actor's batch is retried on a new one."""
 
-    def __init__(self, run):
+    def __init__(self, run, score: Score, load_judge):
         import ray
 
         cfg = run.executor
@@ -123,8 +109,8 @@ class RayExecutor:
                      **({"object_store_memory": 256 * 2**20} if local else {}))
         self.worker = _worker_class().options(num_cpus=cfg.cpus_per_worker,
                                               num_gpus=cfg.gpus_per_worker)
-        self.run = run
-        self.actors = [self.worker.remote(run) for _ in range(cfg.num_workers)]
+        self.run, self.args = run, (score, load_judge)
+        self.actors = [self.worker.remote(run, *self.args) for _ in range(cfg.num_workers)]
         log.info("ray: %d workers (%s CPU, %s GPU each) at %s", cfg.num_workers,
                  cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.address or "a local Ray")
 
@@ -157,7 +143,7 @@ class RayExecutor:
                 log.warning("ray: a worker died during a batch (%s); retrying it on a new worker "
                             "(%d/%d)", type(e).__name__, tries[n], self.cfg.max_retries)
                 self.actors.remove(actor)
-                replacement = self.worker.remote(self.run)
+                replacement = self.worker.remote(self.run, *self.args)
                 self.actors.append(replacement)
                 idle.append(replacement)
                 queue.appendleft(n)
@@ -174,9 +160,12 @@ class RayExecutor:
             ray.shutdown()
 
 
-def make(run, student, judge_model):
+def make(run, student, judge_model, score: Score, load_judge: Callable):
+    """The executor `executor.name` names, scoring batches with `score` (the domain's
+    `score_batch`). Ray workers load their own student and, with `reward.judge`, their judge
+    with `load_judge(preset, key)` (loop.judge)."""
     if run.executor.name == "local":
-        return LocalExecutor(student, judge_model)
+        return LocalExecutor(student, judge_model, score)
     if run.executor.name == "ray":
-        return RayExecutor(run)
+        return RayExecutor(run, score, load_judge)
     raise ValueError(f"unknown executor '{run.executor.name}'")

@@ -1,4 +1,4 @@
-"""Fault injection for the reliability suite (tests/test_faults.py).
+"""Fault injection for the reliability suite (tests/loop/test_faults.py).
 
 `SEAL_FAULT=<point>:<n>` makes the process kill itself with SIGKILL, as the OOM killer or a
 preempted node would, the n-th time it passes the named point; several points may be given,

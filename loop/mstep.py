@@ -1,8 +1,10 @@
-"""The M-step on several processes: `accelerate launch -m loop.mstep <job.json>`.
+"""The M-step: the teacher trained on a round's kept (prompt -> self-edit) pairs, in this process
+or on several (`accelerate launch -m loop.mstep <job.json>`).
 
-The loop writes a round's M-step as a job file (`round_<r>/mstep_job.json`: the teacher's
-config, the kept prompt -> self-edit pairs, the seed, the adapter to start from and where to
-save) and, with `teacher.train.processes=N > 1`, runs
+`m_step` trains one LoRA with TRL (`teacher.train`) and saves it staged and renamed into
+`round_<r>/teacher_adapter`. With `teacher.train.processes=N > 1` it writes the round's M-step
+as a job file (`round_<r>/mstep_job.json`: the teacher's config, the kept pairs, the seed, the
+adapter to start from and where to save) and runs
 
     accelerate launch --multi_gpu --num_processes N -m loop.mstep round_<r>/mstep_job.json
 
@@ -20,10 +22,14 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from loop.config import RunConfig
 from loop.ledger import write_json_atomic
+from loop.sampling import SelfEdit
+from loop.seeds import derive_seed
 from teacher.config import TeacherConfig
 from teacher.prompts import Prompt
 
@@ -79,6 +85,43 @@ def run_launched(job: Path, processes: int) -> None:
     if done.returncode != 0:
         raise RuntimeError(f"the M-step under accelerate launch failed (exit {done.returncode}; its "
                            f"output is above); rerun it by hand with: {' '.join(cmd)}")
+
+
+def m_step_text(edit: SelfEdit) -> str:
+    """What the M-step teaches the teacher to write for a kept self-edit: the text as the
+    teacher ended it; for one that max_new_tokens cut, its complete lines only. The teacher
+    should learn to end a self-edit, never to stop mid-line; the lines it completed carry most
+    of what earned the reward, so they are kept rather than the sample dropped. Empty: nothing
+    to train on (such a self-edit is never kept)."""
+    if not edit.cut:
+        return edit.text.strip()
+    return "\n".join(edit.text.strip().splitlines()[:-1]).strip()
+
+
+def m_step(teacher, run: RunConfig, r: int, contexts: list, edits, kept_keys,
+           previous: Path | None, out: Path, prompt: Callable) -> tuple[Path | None, list[float]]:
+    """Train the round's teacher adapter on the kept pairs; `prompt(run, context)`: the
+    domain's teacher prompt."""
+    from loop.faults import point
+    from teacher.train import train_adapter
+
+    model, tokenizer = teacher
+    by_id = {c.id: c for c in contexts}
+    pairs = [(prompt(run, by_id[c]), text) for c, i in sorted(kept_keys)
+             if (text := m_step_text(edits[(c, i)]))]
+    if not pairs:
+        log.warning("round %d: no self-edit passed the filter; the teacher stays as it was", r)
+        return previous, []
+    start = None if run.teacher.train.from_base else previous
+    seed = derive_seed(run.seed, "teacher", r)
+    if run.teacher.train.processes > 1:  # data-parallel, in `accelerate launch` processes
+        job = out.parent / "mstep_job.json"
+        write_job(job, run.teacher, pairs, seed, out, start)
+        run_launched(job, run.teacher.train.processes)
+        return out, json.loads((out / "train_losses.json").read_text())
+    stats = train_adapter(model, tokenizer, pairs, run.teacher, out, seed, start_from=start,
+                          fault=point)
+    return out, stats.losses
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """`python -m loop.run teacher=<preset> student=<preset> [key=value ...]`: the entry point.
 
 Thin on purpose: compose (Hydra) -> typed config -> check the models are reachable ->
-`loop.outer.run` (the rounds; tests call it directly).
+`loop.rounds.run` (the rounds; tests call it directly).
 Only Hydra and the config dataclasses are imported at module level, so `--help` and
 `--cfg job` answer without importing torch.
 """
@@ -19,11 +19,11 @@ register()
 
 
 def execute(run: RunConfig, out_dir: Path) -> None:
-    """Check the models are reachable, then the rounds (loop.outer)."""
-    from loop import outer
+    """Check the models are reachable, then the rounds (loop.rounds)."""
+    from loop import rounds
 
     check_models(run)
-    outer.run(run, out_dir, command=command_line("loop.run"))
+    rounds.run(run, out_dir, command=command_line("loop.run"))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

@@ -46,7 +46,8 @@ class Engine:
     """The loaded teacher and how one request becomes its completions."""
 
     def __init__(self, run: RunConfig):
-        from loop.evaluate import load_generator, resolve_adapter
+        from loop.adapters import resolve_adapter
+        from loop.evaluation import load_generator
 
         self.run, self.serve = run, run.serve
         self.generator = load_generator(run)

@@ -19,11 +19,11 @@ and its own step count; an adapter whose steps are done leaves the batch and sto
 Speed: every pass over the base serves all k adapters. On a GPU that is the point (one
 self-edit's few hundred tokens leave it idle). On a 2-core CPU a single self-edit's step
 already keeps the matmuls busy, and the batched path measured 0.83x the one-at-a-time speed
-there, 1.55x where it only answers questions (README, `python -m loop.bench`).
+there, 1.55x where it only answers questions (docs/batched.md, `python -m loop.bench`).
 
 Equivalence: an adapter trained here equals the same adapter trained alone by `student.absorb`
 (PEFT, torch AdamW) with the same seed, data and steps, up to floating-point reduction order
-(tests/test_batched.py states the tolerance). Each adapter's A starts from PEFT's own seeded
+(tests/student/test_batched.py states the tolerance). Each adapter's A starts from PEFT's own seeded
 initialisation (B starts at zero) and `save` writes the standard PEFT folder, so any self-edit's
 adapter loads with `PeftModel.from_pretrained` or as a vLLM LoRA request.
 """
@@ -408,7 +408,7 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
 
 def pass_tokens(setting: int | None, device) -> int:
     """student.train.pass_tokens resolved: unset means 512 on a CPU, one pass (0) on a GPU.
-    (On the 2-core CPU of the README, passes of 300, 512 and 1024 tokens trained 8 self-edits
+    (On the 2-core CPU of docs/batched.md, passes of 300, 512 and 1024 tokens trained 8 self-edits
     in 64.7-66.3 s, one pass in 69.5 s: its first steps were slower.)"""
     if setting is not None:
         return max(0, setting)

@@ -145,7 +145,7 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     on a GPU, completion on a CPU. `micro_batch` (None: 1 on a CPU, the whole batch on a GPU):
     pairs per forward pass, the gradients accumulated over teacher.train.batch_size pairs; one
     pair at a time pads nothing, and a CPU gains nothing from a wider matmul. Neither changes
-    the optimiser's steps or the loss beyond float order (tests/test_teacher_train.py).
+    the optimiser's steps or the loss beyond float order (tests/teacher/test_train.py).
     """
     import torch
     from datasets import Dataset

@@ -70,11 +70,11 @@ def batches(monkeypatch) -> dict[str, list[list[int]]]:
     scored (`absorb`), in call order: a spy that records and calls the real functions. A resume
     that reproduces an uninterrupted run must form the same batches (results depend on their
     batch companions in the last float bits, which differ between CPUs)."""
-    from loop import outer
+    from loop.tasks.squad import absorb as squad_absorb
     from teacher.generate import TransformersGenerator
 
     seen: dict[str, list[list[int]]] = {"sample": [], "absorb": []}
-    sample, absorb = TransformersGenerator.sample, outer.absorb_and_score_many
+    sample, absorb = TransformersGenerator.sample, squad_absorb.absorb_and_score_many
 
     def spy_sample(self, prompts, seeds):
         seen["sample"].append(list(seeds))
@@ -85,5 +85,5 @@ def batches(monkeypatch) -> dict[str, list[list[int]]]:
         return absorb(model, tokenizer, jobs, *args, **kwargs)
 
     monkeypatch.setattr(TransformersGenerator, "sample", spy_sample)
-    monkeypatch.setattr(outer, "absorb_and_score_many", spy_absorb)
+    monkeypatch.setattr(squad_absorb, "absorb_and_score_many", spy_absorb)
     return seen

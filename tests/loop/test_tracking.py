@@ -260,7 +260,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
             f.path for f in client.list_artifacts(run.info.run_id, "round_0")}
 
     # the trained teacher, as MLflow users load it and as loop.evaluate reads it
-    from loop.evaluate import find_adapter
+    from loop.adapters import find_adapter
     from loop.seeds import derive_seed
     from teacher.config import SamplingSettings
     from teacher.generate import TransformersGenerator

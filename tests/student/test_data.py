@@ -57,7 +57,7 @@ def test_collate_masks_padding_out_of_labels_and_attention():
 
 def test_padding_never_contributes_to_the_loss(tiny_llama):
     from student.model import load_student
-    from tests.test_models import tiny_student
+    from tests.student.test_models import tiny_student
 
     model, tok = load_student(tiny_student(tiny_llama))
     seq = encode(tok, ["Greece played a peripheral role in the war."], 100).input_ids[0]
@@ -79,7 +79,7 @@ def test_pack_restarts_positions_and_never_targets_a_sequence_start():
 def test_packed_batch_equals_padded_batch(fixture, request):
     """Same loss and same gradients as the padded batch: packing only drops the padding."""
     from student.model import load_student
-    from tests.test_models import tiny_student
+    from tests.student.test_models import tiny_student
 
     model, tok = load_student(tiny_student(request.getfixturevalue(fixture)))
     seqs = encode(tok, ["Crimean War\nGreece stayed out.", "Crimean War\n" + "The war ended "

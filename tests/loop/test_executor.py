@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from loop import outer
+from loop import rounds
 from loop.config import ConfigError
 from loop.ledger import read_jsonl
 from tests.conftest import compose_run
@@ -21,16 +21,16 @@ def tiny(tiny_llama, tiny_qwen2, tmp_path, *overrides):
 
 def test_backend_settings_fail_at_launch():
     with pytest.raises(ConfigError, match="unknown teacher.backend 'vlm'"):
-        outer.validate(compose_run("teacher.backend=vlm"))
+        rounds.validate(compose_run("teacher.backend=vlm"))
     with pytest.raises(ConfigError, match="needs student.train.batched=true or auto"):
-        outer.validate(compose_run("student.eval_backend=vllm", "student.train.batched=false"))
+        rounds.validate(compose_run("student.eval_backend=vllm", "student.train.batched=false"))
 
 
 def test_executor_settings_fail_at_launch():
     with pytest.raises(ConfigError, match="unknown executor 'slurm'"):
-        outer.validate(compose_run("executor.name=slurm"))
+        rounds.validate(compose_run("executor.name=slurm"))
     with pytest.raises(ConfigError, match="executor.num_workers must be at least 1"):
-        outer.validate(compose_run("executor=ray", "executor.num_workers=0"))
+        rounds.validate(compose_run("executor=ray", "executor.num_workers=0"))
 
 
 @pytest.mark.slow
@@ -41,12 +41,12 @@ def test_ray_workers_that_die_mid_batch_lose_and_duplicate_nothing(tiny_llama, t
     a fresh worker. The ledger then holds every evaluation exactly once, with the rewards the
     local executor records (to float tolerance: Ray's workers run torch on 1 thread). The
     executor is how, not what: the run then resumes on the local executor."""
-    local = outer.run(tiny(tiny_llama, tiny_qwen2, tmp_path), tmp_path / "local")
+    local = rounds.run(tiny(tiny_llama, tiny_qwen2, tmp_path), tmp_path / "local")
     assert local["executor"] == {"name": "local", "retried_batches": 0}
 
     monkeypatch.setenv("SEAL_FAULT", "worker:3")
     run = tiny(tiny_llama, tiny_qwen2, tmp_path, "executor=ray", "executor.num_workers=2")
-    results = outer.run(run, tmp_path / "ray")
+    results = rounds.run(run, tmp_path / "ray")
     assert results["executor"]["name"] == "ray" and results["executor"]["retried_batches"] >= 1
 
     want = {(e["round"], e["context"], e["sample"], e["inner"]): e
@@ -62,7 +62,7 @@ def test_ray_workers_that_die_mid_batch_lose_and_duplicate_nothing(tiny_llama, t
 
     monkeypatch.delenv("SEAL_FAULT")
     (tmp_path / "ray" / "round_1" / "summary.json").unlink()
-    again = outer.run(dataclasses.replace(
+    again = rounds.run(dataclasses.replace(
         run, resume=str(tmp_path / "ray"),
         executor=dataclasses.replace(run.executor, name="local")), tmp_path / "ignored")
     assert again["rounds"] == results["rounds"][:1] + again["rounds"][1:]

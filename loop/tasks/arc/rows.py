@@ -1,71 +1,13 @@
-"""The ARC domain in the loop: contexts are ARC tasks, a self-edit is a JSON training
-configuration, the score is pass@2 success of the student after test-time training on it.
-
-The loop's machinery is shared with SQuAD (rounds, ledger, filters, M-step, tracking); this
-module holds what differs: loading tasks, the teacher's prompt, and scoring a self-edit.
-A score is a list with one entry, `{"success": 0.0 or 1.0}`, so `reward.metric=success`
-averages it like any other metric (in percent): a reward is 100 for a solved task.
+"""ARC's evaluation rows (`python -m loop.evaluate task=arc`): `base`, `teacher_base`,
+`teacher`, `oracle`, their success rates with task-resampled intervals, and per-family tables
+for 1D-ARC.
 """
 
 from __future__ import annotations
 
 from loop.config import ConfigError, RunConfig
-from loop.tasks import ArcTask
-
-
-def pairs(examples) -> list[tuple]:
-    return [(e.input, e.output) for e in examples]
-
-
-def prompt(task: ArcTask) -> list[dict]:
-    from teacher.prompts import arc_prompt
-
-    return arc_prompt(pairs(task.train))
-
-
-def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
-    """The student as it is, in context only (the paper's ICL row)."""
-    from student.arc.ttt import solve
-
-    result = solve(model, tokenizer, pairs(task.train), pairs(task.test), run.student.arc,
-                   run.student.instruct)
-    return [{"success": float(result.success), "attempts": result.attempts,
-             "answers": result.answers}]
-
-
-def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: RunConfig,
-                     seeds: list[int]) -> list[tuple[list[dict], list[float], str | None]]:
-    """(scores, first and last training loss, why it failed before training) of each
-    self-edit of one task: trained together, student.train.max_adapters at a time, unless
-    student.train.batched=false."""
-    from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
-
-    args = (model, tokenizer, pairs(task.train), pairs(task.test))
-    from student.config import batched_setting
-
-    # auto included: ARC's adapters train together on every device (1.05x one at a time on a
-    # 2-core CPU, README)
-    if batched_setting(run.student.train.batched) != "false":
-        from student.batched import memory_advice
-
-        with memory_advice(min(len(texts), run.student.train.max_adapters), run.student.train):
-            results = absorb_and_solve_many(*args, texts, run.student.arc, run.student.instruct,
-                                            seeds, run.student.train.max_adapters,
-                                            run.student.train.pass_tokens)
-    else:
-        results = [absorb_and_solve(*args, text, run.student.arc, run.student.instruct, seed)
-                   for text, seed in zip(texts, seeds, strict=True)]
-    return [_row(result) for result in results]
-
-
-def _row(result) -> tuple[list[dict], list[float], str | None]:
-    losses = [result.losses[0], result.losses[-1]] if result.losses else []
-    return ([{"success": float(result.success), "attempts": result.attempts,
-              "answers": result.answers, "tasks": result.tasks, "steps": result.steps}],
-            losses, result.failure)
-
-
-CONDITIONS = ("base", "teacher_base", "teacher", "oracle")
+from loop.tasks.arc.solve import score_base, score_self_edits
+from loop.tasks.base import Domain, select
 
 
 def family(task_id: str) -> str | None:
@@ -113,7 +55,7 @@ def summarise(task_ids: list[str], conditions: list[str], n: int, done: dict, se
     one task share its difficulty, so they are averaged first (a task's success rate), and the
     bootstrap resamples tasks, pairing conditions by task. The estimate is the paper's success
     rate over (task, self-edit) units, since every task has `n` of them."""
-    from loop.evaluate import summarise as summarise_units
+    from loop.evaluation import summarise as summarise_units
 
     def rate(tid: str, cond: str) -> float:
         samples = [None] if cond == "base" else range(n)
@@ -135,7 +77,7 @@ def family_table(families: dict[str, dict[str, float]], counts: dict[str, int]) 
     return "\n".join(lines)
 
 
-def evaluate(run: RunConfig, out_dir, command: str) -> dict:
+def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     """loop.evaluate for task=arc: the paper's rows on the evaluation tasks.
 
     - `base`: the student in context only (no training);
@@ -151,20 +93,19 @@ def evaluate(run: RunConfig, out_dir, command: str) -> dict:
     from tqdm import tqdm
 
     from loop import plots
-    from loop.evaluate import format_table, open_evaluation, sample_self_edits
+    from loop.evaluation import format_table, open_evaluation, sample_self_edits
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.outer import dataset_name, start_tracking
+    from loop.runfolder import dataset_name, start_tracking
     from loop.seeds import derive_seed
-    from loop.tasks import load_contexts, select
     from student.model import load_student
 
     conditions = list(run.evaluate.conditions)
     oracle = oracle_text(run) if "oracle" in conditions else None  # a bad setting fails now
-    tasks = select(load_contexts(run.task, held_out=True), run.task.n_contexts, run.seed)
-    out_dir, record, teacher_conditions = open_evaluation(run, out_dir, command, CONDITIONS)
+    tasks = select(domain.load(run.task, held_out=True), run.task.n_contexts, run.seed)
+    out_dir, record, teacher_conditions = open_evaluation(run, out_dir, command, domain.conditions)
     scores_path = out_dir / "scores.jsonl"
     done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
-    self_edits = sample_self_edits(run, tasks, out_dir) if teacher_conditions else {}
+    self_edits = sample_self_edits(run, tasks, out_dir, domain.prompt) if teacher_conditions else {}
     tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
                              {dataset_name(run.task): tasks})
     status = "FAILED"

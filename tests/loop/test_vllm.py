@@ -98,7 +98,7 @@ def test_vllm_teacher_answers_like_transformers_and_swaps_adapters_live(teacher_
 
 
 def test_vllm_student_scores_a_batch_of_adapters_like_transformers(tmp_path):
-    from loop.outer import score_with_vllm
+    from loop.tasks.squad.absorb import score_with_vllm
     from student import batched as many
     from student.absorb import plan
     from student.evaluate import score_questions_many
@@ -127,8 +127,8 @@ def test_vllm_student_scores_a_batch_of_adapters_like_transformers(tmp_path):
         assert [s.logprob for s in g] == [s.logprob for s in w]  # teacher-forced, in process
 
     # the frozen student's answers (the reward's baseline) come from the same engine
-    from loop.outer import score_context
-    from loop.tasks import Passage, Question
+    from loop.tasks.squad.absorb import score_context
+    from loop.tasks.squad.data import Passage, Question
     from student import vllm_eval
 
     passage = Passage("p", "Paris", texts[1][0], [Question(q, a) for q, a in items[1][1]])

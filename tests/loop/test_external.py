@@ -22,7 +22,7 @@ from loop.evaluate import evaluate
 from teacher.config import EndpointConfig, SamplingSettings
 from teacher.external import EndpointError, EndpointGenerator
 from tests.conftest import compose_run
-from tests.test_evaluate import write_passages
+from tests.loop.test_evaluate import write_passages
 
 KEY = "sk-test-secret-4242"
 

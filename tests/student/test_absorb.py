@@ -11,7 +11,7 @@ from student.absorb import fresh_adapter, mean_loss, train
 from student.config import LoraSettings, StudentConfig, TrainSettings
 from student.model import load_student
 from tests.conftest import compose_run
-from tests.test_models import tiny_student
+from tests.student.test_models import tiny_student
 
 TEXTS = ["Crimean War\nKing Otto of Greece saw an opportunity to expand.",
          "Crimean War\nGreece did not declare war on the Ottoman Empire.",
@@ -90,7 +90,7 @@ def test_absorbing_is_seeded(tiny_llama):
 @pytest.mark.slow
 def test_the_bundled_student_absorbs_a_passage():
     from loop.config import PROJECT_ROOT
-    from loop.tasks import load_squad
+    from loop.tasks.squad.data import load_squad
     from student.data import training_texts
 
     run = compose_run("student=smollm135m")

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from loop import outer, proxy
+from loop import proxy, rounds
 from loop.config import ConfigError
 from loop.ledger import read_jsonl
-from loop.tasks import Passage, Question
+from loop.tasks.squad.data import Passage, Question
 from tests.conftest import compose_run
-from tests.test_outer import tiny_run
+from tests.loop.test_rounds import tiny_run
 
 PASSAGE = Passage("p/0", "Paris", "Paris is the capital of France.",
                   [Question("What is the capital of France?", "Paris"),
@@ -25,7 +25,7 @@ def test_the_proxy_reads_the_self_edit_before_each_question(tiny_llama):
     closed-book prompt, recomputed here with a plain forward pass and log_softmax."""
     from student.model import load_student
     from student.prompts import answer_prompt
-    from tests.test_models import tiny_student
+    from tests.student.test_models import tiny_student
 
     cfg = tiny_student(tiny_llama)
     model, tok = load_student(cfg)
@@ -62,14 +62,15 @@ def test_screening_keeps_each_contexts_best_by_the_proxy():
 ])
 def test_proxy_settings_that_cannot_work_fail_at_launch(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        outer.validate(compose_run(*overrides))
+        rounds.validate(compose_run(*overrides))
 
 
+@pytest.mark.slow
 def test_a_round_screened_by_the_proxy_absorbs_only_the_best(tiny_llama, tiny_qwen2, tmp_path):
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "reward.screen=2")
     out = tmp_path / "run"
-    results = outer.run(run, out)
+    results = rounds.run(run, out)
     proxies = {(r["context"], r["sample"]): r["reward"]
                for r in read_jsonl(out / "round_0" / "proxy.jsonl")}
     assert len(proxies) == 2 * 3  # every self-edit read in context
@@ -87,13 +88,14 @@ def test_a_round_screened_by_the_proxy_absorbs_only_the_best(tiny_llama, tiny_qw
     assert results["final_adapter"] == "round_0/teacher_adapter"
 
 
+@pytest.mark.slow
 def test_a_round_on_the_proxy_alone_absorbs_nothing(tiny_llama, tiny_qwen2, tmp_path):
     from loop.reward import context_score
 
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "reward.metric=context_logprob")
     out = tmp_path / "run"
-    results = outer.run(run, out)
+    results = rounds.run(run, out)
     ledger = read_jsonl(out / "ledger.jsonl")
     assert len(ledger) == 2 * 3 and all(e["train_loss"] == [] for e in ledger)  # no training
     bases = {b["context"]: b["scores"] for b in read_jsonl(out / "baseline.jsonl")}

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from loop.config import PROJECT_ROOT
-from loop.tasks import DataError, load_squad
+from loop.tasks.base import DataError
+from loop.tasks.squad.data import load_squad
 
 SQUAD = PROJECT_ROOT / "data" / "squad"
 DEV_HEAD = ["train_pool/0", "train_pool/6", "train_pool/14", "train_pool/16", "train_pool/17"]
@@ -55,7 +56,8 @@ def test_non_utf8_and_missing_files(tmp_path):
 
 
 def test_the_dev_split_is_fixed_disjoint_and_the_loop_never_trains_on_it():
-    from loop.tasks import load_contexts, split
+    from loop.tasks import load_contexts
+    from loop.tasks.base import split
     from tests.conftest import compose_run
 
     run = compose_run()  # the loop's default task

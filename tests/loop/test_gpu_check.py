@@ -15,6 +15,7 @@ from loop.config import PROJECT_ROOT
 FAST = ["student.train.epochs=1", "student.train.batch_size=64", "student.eval.max_new_tokens=4"]
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
     out = subprocess.run(
         [str(PROJECT_ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--k", "1,2", *FAST],

@@ -12,7 +12,8 @@ import re
 import pytest
 
 from loop.config import PROJECT_ROOT
-from loop.tasks import DataError, load_arc
+from loop.tasks.arc.data import load_arc
+from loop.tasks.base import DataError
 from student.arc import augment, grids
 from student.arc.selfedit import TTTConfig, parse, to_json
 from student.config import ArcSettings
@@ -44,8 +45,8 @@ def test_the_papers_task_files_load_with_their_solutions():
 
 
 def test_1d_arc_loads_as_18_families_of_one_row_tasks_with_a_fixed_dev_split():
-    from loop.arc import family
     from loop.tasks import load_contexts
+    from loop.tasks.arc.rows import family
     from tests.conftest import compose_run
 
     run = compose_run("task=arc1d")
@@ -200,7 +201,7 @@ def test_vote_by_hand():
 def test_intervals_resample_tasks_not_self_edits():
     """A task's self-edits share its difficulty: the interval resamples tasks (a task's unit is
     its success rate over its self-edits) and `base` counts each task once, not n times."""
-    from loop.arc import summarise
+    from loop.tasks.arc.rows import summarise
 
     done = {("t1", "base", None): {"success": 0.0}, ("t2", "base", None): {"success": 1.0}}
     for i, (a, b) in enumerate([(1, 1), (0, 1), (1, 1), (0, 1)]):
@@ -219,7 +220,7 @@ def test_intervals_resample_tasks_not_self_edits():
 
 def test_per_family_success_by_hand(tmp_path):
     from loop import plots
-    from loop.arc import family_table, per_family
+    from loop.tasks.arc.rows import family_table, per_family
 
     per_task = {"1d_fill_3": {"base": [0.0], "oracle": [1.0, 0.0]},
                 "1d_fill_10": {"base": [1.0], "oracle": [1.0, 1.0]},
@@ -374,7 +375,7 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
 
     from student.arc.ttt import absorb_and_solve, solve
     from student.model import load_student
-    from tests.test_models import tiny_student
+    from tests.student.test_models import tiny_student
 
     model, tok = load_student(tiny_student(tiny_llama))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -405,7 +406,7 @@ def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llam
 def test_self_edits_trained_together_equal_one_at_a_time(tiny_llama):
     from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
     from student.model import load_student
-    from tests.test_models import tiny_student
+    from tests.student.test_models import tiny_student
 
     model, tok = load_student(tiny_student(tiny_llama))
     settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=48)
@@ -425,8 +426,8 @@ def test_self_edits_trained_together_equal_one_at_a_time(tiny_llama):
 
 
 def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2, tmp_path):
-    from loop.arc import oracle_text
     from loop.config import ConfigError
+    from loop.tasks.arc.rows import oracle_text
 
     run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
     assert parse(oracle_text(run), *LIMITS).config == TTTConfig(
@@ -442,8 +443,8 @@ def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2
 def test_the_teacher_samples_as_the_reference_does_top_p_1_and_its_system_message(tiny_qwen2):
     from transformers import AutoTokenizer
 
-    from loop.arc import prompt
-    from loop.tasks import ArcTask, Example
+    from loop.tasks.arc.data import ArcTask, Example
+    from loop.tasks.arc.solve import prompt
     from teacher.prompts import ARC_SYSTEM, render
     from teacher.train import pair_rows
     from tests.conftest import compose_run
@@ -498,22 +499,23 @@ def arc_run(tiny_llama, tiny_qwen2, tmp_path, *more):
 
 def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
         tiny_llama, tiny_qwen2, tmp_path):
-    from loop import outer
+    from loop import inner, sampling
     from loop.baseline import BaselineCache
     from loop.ledger import Ledger
     from loop.tasks import load_contexts
+    from loop.tasks.arc import Arc
     from student.model import load_student
 
     run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
     [task] = load_contexts(run.task)
     texts = [to_json(TTTConfig(("basic",), "output", 1e-3, 1)), "not json",
              to_json(TTTConfig(("basic", "size"), "all", 1e-3, 9))]  # 9 epochs: over budget
-    edits = {(task.id, i): outer.SelfEdit(task.id, i, i, t, outer.text_hash(t), 0.0)
+    edits = {(task.id, i): sampling.SelfEdit(task.id, i, i, t, sampling.text_hash(t), 0.0)
              for i, t in enumerate(texts)}
     run = dataclasses.replace(run, loop=dataclasses.replace(run.loop, k=3))
     student = load_student(run.student)
     ledger = Ledger(tmp_path / "ledger.jsonl")
-    evals = outer.inner_round(student, run, 0, [task], edits, ledger,
+    evals = inner.inner_round(student, run, Arc(), 0, [task], edits, ledger,
                               BaselineCache(tmp_path / "b.jsonl", "tiny"), None)
     assert [e.failure for e in evals][1:] == ["invalid self-edit: no JSON object",
                                               "over budget: 27 steps > student.arc.max_steps=8"]
@@ -523,8 +525,9 @@ def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
     assert len(Ledger(tmp_path / "ledger.jsonl").done) == 3
 
 
+@pytest.mark.slow
 def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path):
-    from loop import outer
+    from loop import rounds
     from loop.evaluate import evaluate
 
     # top_fraction keeps one self-edit per round whatever its reward (threshold would keep
@@ -532,7 +535,7 @@ def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path
     # random teacher never ends a text: 96 tokens give its cut samples complete lines to keep
     run = arc_run(tiny_llama, tiny_qwen2, tmp_path, "reward.filter=top_fraction",
                   "reward.fraction=0.5", "teacher.sampling.max_new_tokens=96")
-    results = outer.run(run, tmp_path / "run")
+    results = rounds.run(run, tmp_path / "run")
     assert [len(r["rewards"]) for r in results["rounds"]] == [2, 2]
     assert results["final_adapter"] == "round_1/teacher_adapter"
     ledger = [json.loads(x) for x in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from loop.config import PROJECT_ROOT, ConfigError
-from loop.evaluate import evaluate, passage_means
-from loop.tasks import load_squad, select
+from loop.evaluate import evaluate
+from loop.evaluation import passage_means
+from loop.tasks.base import select
+from loop.tasks.squad.data import load_squad
 from tests.conftest import compose_run
 
 PASSAGES = [
@@ -47,7 +49,7 @@ def test_passage_means_in_percent_except_logprob():
 
 
 def test_proxy_correlation_by_hand():
-    from loop.evaluate import proxy_correlations
+    from loop.tasks.squad.rows import proxy_correlations
 
     def row(lp, f1):
         return {"logprob": lp, "f1": f1, "contains": 0.0}
@@ -129,10 +131,10 @@ def test_cli_prints_the_table_on_the_bundled_student(tmp_path):
 
 
 def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama, monkeypatch):
-    from loop.evaluate import add_verdicts
+    from loop.judge import add_verdicts
     from student import evaluate as student_evaluate
     from student.model import load_student
-    from tests.test_models import tiny_student
+    from tests.student.test_models import tiny_student
 
     model, tok = load_student(tiny_student(tiny_llama))
     scores = [{"question": "Capital of France?", "gold": "Paris", "prediction": "Paris",
@@ -151,7 +153,7 @@ def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama, monkeypatch):
 
 
 def test_judge_preset_must_exist():
-    from loop.evaluate import load_judge
+    from loop.judge import load_judge
 
     with pytest.raises(ConfigError, match=r"evaluate.judge=gpt4 is not a model preset"):
         load_judge("gpt4")
@@ -177,7 +179,7 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     the only difference, and every condition is paired with every earlier one."""
     from pathlib import Path
 
-    from loop.evaluate import resolve_adapter
+    from loop.adapters import resolve_adapter
     from teacher.model import load_teacher
     from teacher.train import train_adapter
 
@@ -240,7 +242,7 @@ def test_cpt_absorbs_every_passage_in_one_training_run(tiny_llama, tmp_path, met
     assert len({(q["seed"], q["train_loss_first"], q["train_loss_last"]) for q in passage}) == 1
     assert set(results["summary"]) == {"base", "passage"}
     with pytest.raises(ConfigError, match="setting of loop.evaluate"):
-        from loop.outer import validate
+        from loop.rounds import validate
 
         validate(run)
 
@@ -256,8 +258,8 @@ def test_forgetting_scores_every_earlier_passage_after_each_edit(tiny_llama, tmp
                       "evaluate.resamples=200", "student.train.lr=0.01")
     model, _ = load_student(run.student)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    from loop.evaluate import score_sequential
-    from loop.tasks import load_squad
+    from loop.tasks.squad.data import load_squad
+    from loop.tasks.squad.rows import score_sequential
 
     passages = load_squad(run.task.data)
     last, matrix = score_sequential("passage", passages, model, _, run, None)

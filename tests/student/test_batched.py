@@ -12,7 +12,7 @@ from student import batched as many
 from student.absorb import fresh_adapter, plan, train
 from student.evaluate import score_questions, score_questions_many
 from student.model import load_student
-from tests.test_absorb import TEXTS, cfg_for, snapshot
+from tests.student.test_absorb import TEXTS, cfg_for, snapshot
 
 # Different data, learning rates, schedules and step counts per adapter.
 JOBS = [  # (texts, seed, lr, epochs)
@@ -220,8 +220,8 @@ def test_the_loop_scores_the_same_with_either_path(tiny_llama, mode, pass_tokens
     """What the inner loop records: absorb_and_score_many, batched or not, gives the same
     scores; passes of a few rows (gradients accumulated) give the same as one pass; auto on a
     CPU (adapters trained alone with PEFT, answered together) trains exactly as one at a time."""
-    from loop.outer import absorb_and_score_many, train_together
-    from loop.tasks import Passage, Question
+    from loop.tasks.squad.absorb import absorb_and_score_many, train_together
+    from loop.tasks.squad.data import Passage, Question
     from tests.conftest import compose_run
 
     run = compose_run(f"student.path={tiny_llama}", "student.name=tiny", "student.train.epochs=3",
@@ -270,8 +270,8 @@ def test_degenerate_self_edits_are_scored_not_a_crash(tiny_llama, batched):
     context, blank lines and chat-template markup are each absorbed (what fits) and scored."""
     import math
 
-    from loop.outer import absorb_and_score_many
-    from loop.tasks import Passage, Question
+    from loop.tasks.squad.absorb import absorb_and_score_many
+    from loop.tasks.squad.data import Passage, Question
     from student.data import training_texts
     from tests.conftest import compose_run
 
@@ -319,7 +319,8 @@ def test_each_adapter_is_clipped_as_torch_clips_it_alone():
     ("auto", "cpu", False), ("auto", "cuda:0", True), ("true", "cpu", True), (True, "cpu", True),
 ])
 def test_auto_trains_adapters_together_on_a_gpu_only(setting, device, together):
-    from loop.outer import batched, train_together
+    from loop.checks import batched
+    from loop.tasks.squad.absorb import train_together
     from tests.conftest import compose_run
 
     run = compose_run()
@@ -375,6 +376,7 @@ def test_bench_times_merged_sampling_against_peft_layers(tiny_qwen2, capsys):
     assert speedup == pytest.approx(merged / unmerged, rel=0.02)
 
 
+@pytest.mark.slow
 def test_bench_times_the_m_step_against_trls_way(tiny_qwen2, capsys):
     """`--mstep`: TRL's fused head on padded batches, the completion head on the same batches,
     and the default (completion head, one pair per pass), the same losses, the contract line."""

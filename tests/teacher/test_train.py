@@ -42,6 +42,7 @@ def train(tmp_path, model, tok, run, name, **how):
     return stats, load_file(out / "adapter_model.safetensors")
 
 
+@pytest.mark.slow
 def test_the_cpu_m_step_trains_the_adapter_trl_trains(tiny_qwen2, tmp_path, monkeypatch):
     from teacher import train as train_module
     from teacher.model import load_teacher

@@ -1,0 +1,195 @@
+"""A run folder and its MLflow run, for every entry point that writes one (`loop.run`,
+`loop.evaluate`).
+
+`run.json` records the command and the whole config when a folder is made; `resume=<folder>`
+continues it only with the same config (`check_resume` says which keys differ and the command
+to repeat), so finished work and new work answer the same question. The folder's MLflow run is
+continued by a resume, never duplicated (`start_tracking`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from loop.config import ConfigError, RunConfig
+from loop.ledger import write_json_atomic
+from loop.tracking import flatten
+
+log = logging.getLogger(__name__)
+
+# How the student's work is batched, not what it computes (the paths agree up to
+# floating-point order, tests/student/test_batched.py): a resume may change them, e.g. after running
+# out of memory.
+EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
+                       "student.train.pass_tokens", "student.eval.batch_size", "executor.name",
+                       "executor.address", "executor.num_workers", "executor.cpus_per_worker",
+                       "executor.gpus_per_worker", "executor.max_retries",
+                       "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory",
+                       "teacher.vllm_tensor_parallel", "tracking.system_metrics",
+                       "tracking.system_metrics_interval"})
+
+
+# Settings whose default changes what a run computes, with the value that reproduces a run
+# folder started before the setting existed: such a resume must ask for that value.
+BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
+                  "student.arc.max_grad_norm": None, "teacher.sampling.merged": False}
+
+
+# An ARC run folder whose record lacks this key started before the ARC fixes of issue 21
+# (colour-permuted copies, reordered views, warm-up from 0, the teacher's system message and
+# top-p 1.0), which no setting undoes: it cannot be resumed as it ran.
+ARC_SINCE = "student.arc.permute_colors"
+
+
+def spelled(value) -> str:
+    """A value as a command-line override writes it (null, false, 3e-4)."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_resume(run: RunConfig, out_dir: Path, command: str,
+                 grows: Callable[[dict, dict], set[str]] | None = None,
+                 unread: tuple[str, ...] = ()) -> dict:
+    """The folder's record ({"command", "config", "mlflow_run_id"}), written on a fresh start.
+
+    A resumed run must have the config of the run it continues: otherwise finished rounds and
+    new ones would answer different questions. The error lists the keys that differ. Keys the
+    record lacks (settings added to the tool after the run started) are taken at their current
+    values, with a warning naming them; so are changed `EXECUTION` settings. `grows(old, new)`
+    names keys that may differ because the resume extends the run without changing what is
+    recorded (loop.evaluate: added conditions); the record then takes the new config and command.
+    Keys starting with a prefix in `unread` are settings the command never reads (loop.evaluate:
+    the M-step's `teacher.train.`): they may differ, with a warning.
+    """
+    path = out_dir / "run.json"
+    config = {k: v for k, v in flatten(run).items() if k != "resume"}
+    if run.resume is None:
+        if path.exists():
+            raise ConfigError(f"{out_dir} already holds a run; continue it with resume={out_dir}")
+        record = {"command": command, "config": config, "mlflow_run_id": None}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record)
+        return record
+    if not path.exists():
+        raise ConfigError(f"resume={run.resume}: no run.json there; is it a loop.run folder?")
+    record = json.loads(path.read_text())
+    old = {k: str(v) for k, v in record["config"].items()}
+    new = {k: str(v) for k, v in config.items()}
+    added = sorted(new.keys() - old.keys())
+    if run.task.format == "arc" and ARC_SINCE in added:
+        raise ConfigError(f"resume={run.resume} is an ARC run started before ARC's test-time "
+                          "training and the teacher's prompt changed (issue 21: colour-permuted "
+                          "copies, reordered views, warm-up from 0, the reference's system "
+                          "message and top-p 1.0); no setting restores them, so it cannot be "
+                          "resumed as it ran: start it again in a new folder")
+    # settings of the other domain's student (student.arc.* for SQuAD) never change the run
+    applies = [k for k in added if run.task.format == "arc" or not k.startswith("student.arc.")]
+    changed = [k for k in applies if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
+    if changed:
+        fix = " ".join(f"{k}={spelled(BEFORE_THE_KEY[k])}" for k in changed)
+        raise ConfigError(f"resume={run.resume} started before {', '.join(changed)} existed, when "
+                          f"the run behaved as {fix}; today's default would change what it "
+                          f"computes. Resume it with: {record['command']} {fix} resume={run.resume}")
+    if added:
+        log.warning("resume=%s: settings added since this run started take their current values: "
+                    "%s", run.resume, ", ".join(f"{k}={new[k]}" for k in added))
+    differ = sorted(k for k in old if old.get(k) != new.get(k))
+    how = [k for k in differ if k in EXECUTION]
+    if how:
+        log.warning("resume=%s: execution settings changed (the results do not depend on them): "
+                    "%s", run.resume, ", ".join(f"{k}: {old[k]} -> {new.get(k)}" for k in how))
+        differ = [k for k in differ if k not in EXECUTION]
+    ignored = [k for k in differ if unread and k.startswith(unread)]
+    if ignored:
+        log.warning("resume=%s: settings this command does not read changed (ignored): %s",
+                    run.resume, ", ".join(f"{k}: {old[k]} -> {new.get(k)}" for k in ignored))
+        differ = [k for k in differ if k not in ignored]
+    extended = [k for k in differ if k in (grows(record["config"], config) if grows else ())]
+    differ = [k for k in differ if k not in extended]
+    if differ:
+        lines = "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in differ[:8])
+        raise ConfigError(f"resume={run.resume} was started with another config ({lines}). "
+                          f"Resume it with the same overrides: {record['command']} "
+                          f"resume={run.resume}")
+    if extended:
+        log.warning("resume=%s extends the run (%s); what is recorded is kept", run.resume,
+                    "; ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in extended))
+        record = {**record, "command": command, "config": config}
+        write_json_atomic(path, record)
+        # a finished run's results (its final adapter) are no longer final: written again at
+        # the end, so a stopped extension is not mistaken for a finished run
+        (out_dir / "results.json").unlink(missing_ok=True)
+    return record
+
+
+def check_tracking(run: RunConfig) -> None:
+    """A tracking server that cannot be reached fails at launch, before any run folder."""
+    from loop import tracking
+
+    if run.tracking.enabled:
+        tracking.check_reachable(run.tracking.uri)
+
+
+def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str,
+                   datasets: dict[str, list] | None = None):
+    """The run folder's MLflow run: the one in `record` continued (a resume), or a new one whose
+    id is then written to run.json. `datasets`: name -> the contexts the run trains on
+    (`loop.run`'s rounds) or is scored on (`loop.evaluate`), logged as MLflow dataset inputs at
+    every start (MLflow keeps one input per dataset name and digest, so a resume adds none)."""
+    from loop import tracking
+
+    tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
+                             tags={"entry": entry, "teacher": run.teacher.name,
+                                   "student": run.student.name, "task": run.task.name},
+                             run_id=record["mlflow_run_id"], pending=out_dir / tracking.PENDING,
+                             description=run_description(run, entry, record["command"]))
+    if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
+        write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
+    for name, contexts in (datasets or {}).items():  # again on a resume: MLflow keeps one
+        tracker.log_dataset(name, run.task.data, [c.id for c in contexts],  # per name and digest
+                            "training" if entry == "loop.run" else "evaluation")
+    return tracker
+
+
+def dataset_name(task) -> str:
+    """How MLflow's Dataset column names a task's contexts: the file's stem, and its split."""
+    return Path(task.data).stem + ("" if task.split == "all" else f" ({task.split})")
+
+
+def run_description(run: RunConfig, entry: str, command: str) -> str:
+    """The MLflow run's description (Markdown): the command, the pairing, the data, and what
+    the numbers mean."""
+    from loop.reward import LOG_PROBABILITIES
+
+    def model(m) -> str:
+        adapter = getattr(m, "adapter", None)
+        return f"**{m.name}** (`{m.hub_id}`" + (f", adapter `{adapter}`)" if adapter else ")")
+
+    data = Path(run.task.data).name
+    lines = [f"`{command}`", "",
+             f"Teacher {model(run.teacher)}, student {model(run.student)}, task **{run.task.name}** "
+             f"(`{data}`, split `{run.task.split}`), seed {run.seed}.", ""]
+    unit = "nats per gold-answer token" if run.reward.metric in LOG_PROBABILITIES else "points"
+    if entry == "loop.run":
+        base = {"student": "the frozen student's", "passage": "the student's after absorbing the "
+                "passage alone", "none": "0"}.get(run.reward.baseline, run.reward.baseline)
+        prompt = "" if run.task.format == "arc" else f" (prompt `{run.teacher.sampling.prompt}`)"
+        how = ("with it in its prompt (nothing absorbed)" if run.reward.metric == "context_logprob"
+               else "after absorbing it through a fresh LoRA")
+        lines.append(
+            f"{run.loop.rounds} ReST-EM rounds of {run.loop.contexts_per_round} contexts x "
+            f"{run.loop.k} self-edits{prompt}. A self-edit's reward (`reward/*`) is the "
+            f"student's `{run.reward.metric}` {how}, minus {base} ({unit}); the teacher is "
+            f"trained on the `{run.reward.filter}` self-edits. `round_<r>/self_edits.json` "
+            "lists every one.")
+    else:
+        what = ("`success` is the percent of tasks solved (pass@2)" if run.task.format == "arc"
+                else "EM, F1 and contains are percents of questions, logprob is nats per "
+                "gold-answer token")
+        lines.append(
+            f"Rows `{', '.join(run.evaluate.conditions)}`, scored on the same contexts: "
+            f"`<row>/<metric>` is the mean over contexts; {what}. `results.json` and "
+            f"`results.png` have the 95 % intervals and the paired differences.")
+    return "\n".join(lines)

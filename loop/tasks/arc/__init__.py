@@ -1,0 +1,80 @@
+"""The ARC domain: a context is an ARC task; a self-edit is a JSON training configuration
+(augmentations, loss, learning rate, epochs); the score is pass@2 success of the student after
+test-time training on the task's demonstrations as configured.
+
+    loop/tasks/arc/data.py   ArcTask, load_arc (Kaggle's challenges and solutions files)
+    loop/tasks/arc/solve.py  test-time training on a self-edit, pass@2; the in-context base
+    loop/tasks/arc/rows.py   loop.evaluate's rows (base, teacher_base, teacher, oracle) and the
+                             per-family table of 1D-ARC
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loop.config import ConfigError, RunConfig
+from loop.tasks.arc.data import ArcTask, load_arc
+from loop.tasks.arc.solve import ArcBatch, prompt, score_base, score_self_edits
+from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
+from teacher.prompts import Prompt
+
+
+def load(task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
+    return pick(load_arc(task.data, task.solutions), task, held_out)
+
+
+class Arc(Domain):
+    name = "arc"
+    conditions = ("base", "teacher_base", "teacher", "oracle")
+    logs_teacher_model = False  # its teacher writes JSON configurations, not self-edits to share
+
+    def load(self, task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
+        return load(task, held_out)
+
+    def check(self, run: RunConfig) -> None:
+        if run.reward.metric != "success" or run.reward.baseline == "passage":
+            raise ConfigError("task=arc scores self-edits by reward.metric=success, against "
+                              "reward.baseline=none (the paper's) or student; got "
+                              f"reward.metric={run.reward.metric} "
+                              f"reward.baseline={run.reward.baseline}")
+        if run.reward.screen:
+            raise ConfigError("reward.metric=context_logprob and reward.screen are SQuAD's (the "
+                              "proxy reads a self-edit's text before the questions)")
+
+    def prompt(self, run: RunConfig, context: ArcTask) -> Prompt:
+        return prompt(context)
+
+    def baseline(self, student, run: RunConfig, context: ArcTask, cache,
+                 judge_model) -> list[list[dict]]:
+        if run.reward.baseline == "none":
+            return []
+        return [cache.get(context.id, lambda: score_base(*student, context, run))]
+
+    def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
+        from loop.ledger import batches_to_run
+
+        ids = dict.fromkeys(cid for cid, _, _ in keys)  # one task's self-edits per batch
+        return [g for c in ids for g in batches_to_run([k for k in keys if k[0] == c], size, done)]
+
+    def batch(self, run: RunConfig, group: list[Key], contexts: dict, texts: dict,
+              seeds: dict[Key, int]) -> ArcBatch:
+        return ArcBatch(contexts[group[0][0]], [texts[(cid, i)] for cid, i, _ in group],
+                        [seeds[k] for k in group])
+
+    def score_batch(self, student, run: RunConfig, judge_model,
+                    item: ArcBatch) -> list[Absorbed]:
+        return score_self_edits(*student, item.task, item.texts, run, item.seeds)
+
+    def round_metrics(self, evals: list) -> dict[str, float]:
+        """The fractions of a round's self-edits that failed before training, invalid or over
+        the step budget (`student.arc.max_steps`): what the teacher's M-step should bring down."""
+        if not evals:
+            return {}
+        why = [e.failure or "" for e in evals]
+        return {"student/invalid_frac": sum(w.startswith("invalid") for w in why) / len(why),
+                "student/over_budget_frac": sum(w.startswith("over budget") for w in why) / len(why)}
+
+    def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
+        from loop.tasks.arc.rows import evaluate
+
+        return evaluate(run, out_dir, command, self)

@@ -1,0 +1,175 @@
+"""What every domain shares: the task settings, the data errors, the dev split and the seeded
+subset, and the small interface (`Domain`) through which the rounds, the executor and
+`loop.evaluate` use a domain without knowing which one it is.
+
+The domains (`loop.tasks.squad`, `loop.tasks.arc`) each own their data format, the teacher's
+prompt, the student's baseline, the scoring of a batch of self-edits and their evaluation rows;
+`loop.tasks.domain(task)` returns the one a task names (`task.format`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from omegaconf import MISSING
+
+if TYPE_CHECKING:  # annotations only: the domains import the config, not the other way round
+    from loop.config import RunConfig
+    from teacher.prompts import Prompt
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING  # the task's name; also the MLflow experiment's name
+    format: str = "squad"  # squad (passages and questions) or arc (few-shot grid tasks)
+    data: str = MISSING  # a JSON file in the shared format; relative paths are from the cwd
+    n_contexts: int | None = None  # a seeded subset of this many contexts (None: all of them)
+    # loop.evaluate: `single`, one fresh student per passage (the paper's main setting);
+    # `together`, all passages (and their self-edits) absorbed in one training run, then every
+    # question asked (the paper's continued-pretraining setting, task=squad_cpt)
+    absorb: str = "single"
+    # arc: the solutions file; None: the challenges file's name with "challenges" -> "solutions"
+    solutions: str | None = None
+    ids: list[str] | None = None  # only these contexts (ARC task ids; SQuAD "<file>/<index>")
+    # what loop.evaluate reads by default (the held-out set): its data file and ids
+    eval_data: str | None = None
+    eval_ids: list[str] | None = None
+    # a development part of task.data, the same for every run and seed: `train` leaves its
+    # `dev_size` passages out (what the loop trains the teacher on), `dev` keeps only them
+    # (where every choice is made, so the evaluation set is touched once), `all` keeps all
+    split: str = "all"
+    dev_size: int = 50
+
+
+class DataError(ValueError):
+    """A dataset file that does not match the format; the message names the file and entry."""
+
+
+# the dev split's own seed: never a run's seed, so that no run, whatever its seed, moves a
+# passage between the teacher's training passages and the dev passages
+DEV_SEED = 20_261_130
+
+
+def split(contexts: list, which: str, dev_size: int) -> list:
+    """`task.split` of a file's contexts, in file order: the seeded `dev_size` dev contexts,
+    the rest (`train`), or all of them."""
+    if which == "all":
+        return contexts
+    if which not in ("train", "dev"):
+        raise DataError(f"unknown task.split '{which}'; choose all, train or dev")
+    if dev_size >= len(contexts):
+        raise DataError(f"task.split={which} with task.dev_size={dev_size}: the file has only "
+                        f"{len(contexts)} contexts; set task.split=all to use every one of them "
+                        "(or a smaller task.dev_size)")
+    dev = set(random.Random(DEV_SEED).sample(range(len(contexts)), dev_size))
+    return [c for i, c in enumerate(contexts) if (i in dev) == (which == "dev")]
+
+
+def select(contexts: list, n: int | None, seed: int) -> list:
+    """A seeded subset of n contexts in file order (all of them when n is None or too large)."""
+    if n is None or n >= len(contexts):
+        return contexts
+    if n < 1:
+        raise DataError(f"task.n_contexts must be at least 1, got {n}")
+    keep = sorted(random.Random(seed).sample(range(len(contexts)), n))
+    return [contexts[i] for i in keep]
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file ({what})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+
+
+def pick(contexts: list, task: TaskConfig, held_out: bool) -> list:
+    """`task.split` of a file's contexts, then only `task.ids` when set, else (`held_out`,
+    loop.evaluate) only `task.eval_ids` when set."""
+    contexts = split(contexts, task.split, task.dev_size)
+    ids, key = (task.ids, "task.ids") if task.ids is not None or not held_out else (
+        task.eval_ids, "task.eval_ids")
+    if ids is None:
+        return contexts
+    by_id = {c.id: c for c in contexts}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise DataError(f"{task.data}: no context with id {missing[0]} ({key}); it has "
+                        f"{', '.join(list(by_id)[:12])}{' ...' if len(by_id) > 12 else ''}")
+    return [by_id[i] for i in ids]
+
+
+class Absorbed(NamedTuple):
+    """One (self-edit, inner seed) after the student absorbed it: per-question (SQuAD) or
+    per-task (ARC: one entry, `{"success": 0.0 or 1.0, ...}`) score rows, the first and last
+    training losses (empty when nothing was trained), and why it failed before training (ARC:
+    invalid or over budget; None otherwise)."""
+
+    scores: list[dict]
+    losses: list[float]
+    failure: str | None = None
+
+
+Key = tuple[str, int, int]  # (context id, sample, inner seed): one evaluation of a round
+
+
+class Domain:
+    """What the rounds (`loop.rounds`, `loop.inner`), the executor and `loop.evaluate` ask of a
+    domain. One stateless instance per domain, from `loop.tasks.domain(task)`; Ray workers get
+    it with their batches (it pickles by reference to its class).
+
+    A context is the domain's unit (a SQuAD `Passage`, an `ArcTask`): it has an `id`. A work
+    item is what `batch` builds for `score_batch`: the unit the executor ships to a worker."""
+
+    name: str
+    conditions: tuple[str, ...]  # loop.evaluate's rows for this domain
+    logs_teacher_model = False  # whether the final teacher adapter is logged as an MLflow model
+
+    def load(self, task: TaskConfig, held_out: bool = False) -> list:
+        """The contexts of `task.data` (`loop.tasks.base.pick` says which), validated: a bad
+        entry is a DataError naming its file and entry."""
+        raise NotImplementedError
+
+    def check(self, run: RunConfig) -> None:
+        """The launch checks of `loop.run` that only this domain needs (ConfigError)."""
+
+    def prompt(self, run: RunConfig, context) -> Prompt:
+        """What the teacher reads for a context."""
+        raise NotImplementedError
+
+    def baseline(self, student, run: RunConfig, context, cache, judge_model) -> list[list[dict]]:
+        """The score rows rewards are measured against (`reward.baseline`), through `cache`."""
+        raise NotImplementedError
+
+    def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
+        """The round's missing evaluations cut into batches of at most `size`."""
+        raise NotImplementedError
+
+    def batch(self, run: RunConfig, group: list[Key], contexts: dict, texts: dict,
+              seeds: dict[Key, int]) -> Any:
+        """The work item of one batch: `texts` maps (context id, sample) to a self-edit."""
+        raise NotImplementedError
+
+    def score_batch(self, student, run: RunConfig, judge_model, item) -> list[Absorbed]:
+        """One batch absorbed and scored on the student; runs on an executor's worker."""
+        raise NotImplementedError
+
+    def proxies(self, student, run: RunConfig, contexts: list, edits: dict, cache,
+                path: Path) -> tuple[dict, set | None]:
+        """The round's cheap rewards by (context id, sample), and the self-edits to absorb (None:
+        all of them). Only SQuAD has a proxy."""
+        return {}, None
+
+    def round_metrics(self, evals: list) -> dict[str, float]:
+        """Domain-specific metrics of a round's evaluations (ARC: failure fractions)."""
+        return {}
+
+    def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
+        """`python -m loop.evaluate` on this domain: its rows, intervals, table and plots."""
+        raise NotImplementedError

@@ -1,0 +1,96 @@
+"""The SQuAD domain: a context is a passage with questions; a self-edit is text the student
+absorbs through a fresh LoRA; the score is the student's answers to the questions, closed book.
+
+    loop/tasks/squad/data.py    Passage, Question, load_squad (the file format)
+    loop/tasks/squad/absorb.py  absorbing self-edits and scoring the questions; the baselines
+    loop/tasks/squad/rows.py    loop.evaluate's rows (base, passage, teacher_base, teacher,
+                                external) in the single, together and sequential settings
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import loop.tasks.squad.absorb as absorb
+from loop.config import ConfigError, RunConfig
+from loop.reward import LOG_PROBABILITIES
+from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
+from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
+from loop.tasks.squad.data import Passage, load_squad
+from teacher.prompts import Prompt
+
+
+def prompt(run: RunConfig, passage: Passage) -> Prompt:
+    """What the teacher reads for a passage: the prompt `teacher.sampling.prompt` names."""
+    from teacher.prompts import self_edit_prompt
+
+    return self_edit_prompt(run.teacher.sampling.prompt, passage.title, passage.context)
+
+
+def load(task: TaskConfig, held_out: bool = False) -> list[Passage]:
+    return pick(load_squad(task.data), task, held_out)
+
+
+class Squad(Domain):
+    name = "squad"
+    conditions = ("base", "passage", "teacher_base", "teacher", "external")
+    logs_teacher_model = True  # its teacher writes self-edits: a model others can sample
+
+    def load(self, task: TaskConfig, held_out: bool = False) -> list[Passage]:
+        return load(task, held_out)
+
+    def check(self, run: RunConfig) -> None:
+        if run.reward.metric == "success":
+            raise ConfigError("reward.metric=success is ARC's; pick another metric for "
+                              f"task={run.task.name}")
+
+    def prompt(self, run: RunConfig, context: Passage) -> Prompt:
+        return prompt(run, context)
+
+    def baseline(self, student, run: RunConfig, context: Passage, cache,
+                 judge_model) -> list[list[dict]]:
+        return baseline_scores(*student, context, run, cache, judge_model)
+
+    def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
+        from loop.ledger import batches_to_run
+
+        return batches_to_run(keys, size, done)  # across passages
+
+    def batch(self, run: RunConfig, group: list[Key], contexts: dict, texts: dict,
+              seeds: dict[Key, int]) -> SquadBatch | ProxyBatch:
+        from student.data import training_texts
+
+        if run.reward.metric == "context_logprob":
+            return ProxyBatch([(contexts[cid], texts[(cid, i)]) for cid, i, _ in group])
+        return SquadBatch([(contexts[cid], training_texts(texts[(cid, i)], contexts[cid].title,
+                                                          contexts[cid].context, run.student.data),
+                            seeds[(cid, i, j)]) for cid, i, j in group],
+                          run.reward.metric not in LOG_PROBABILITIES)
+
+    def score_batch(self, student, run: RunConfig, judge_model,
+                    item: SquadBatch | ProxyBatch) -> list[Absorbed]:
+        model, tokenizer = student
+        if isinstance(item, ProxyBatch):  # read in context, nothing absorbed (loop.proxy)
+            from loop.proxy import context_rows
+
+            return [Absorbed(context_rows(model, tokenizer, passage, text, run.student), [])
+                    for passage, text in item.pairs]
+        return [Absorbed(*res) for res in absorb.absorb_and_score_many(
+            model, tokenizer, item.jobs, run, judge_model, item.generate)]
+
+    def proxies(self, student, run: RunConfig, contexts: list, edits: dict, cache,
+                path: Path) -> tuple[dict, set | None]:
+        """The proxy of every self-edit: the screen (reward.screen) and its honesty check."""
+        from loop import proxy
+
+        if run.reward.metric == "context_logprob":
+            return {}, None
+        proxies = proxy.round_proxies(student, run, contexts, edits, cache, path)
+        screened = (proxy.screened(proxies, contexts, run.loop.k, run.reward.screen)
+                    if run.reward.screen else None)
+        return proxies, screened
+
+    def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
+        from loop.tasks.squad.rows import evaluate
+
+        return evaluate(run, out_dir, command, self)
