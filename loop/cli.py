@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loop.config import ConfigError, RunConfig, to_run_config
@@ -28,11 +29,12 @@ def command_line(entry: str) -> str:
     return " ".join([f"python -m {entry}", *overrides])
 
 
-def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) -> None:
-    """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
-    import warnings
-
-    from hydra.core.hydra_config import HydraConfig
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix: a setting, a data file, a model that cannot be
+    loaded, an endpoint, memory, a tracking server. Every entry point reports them the same way
+    (`reported`); anything else is a bug and keeps its traceback."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from loop.assets import AssetError
     from loop.tasks.base import DataError
@@ -40,22 +42,43 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
     from student.batched import OutOfMemory
     from teacher.external import EndpointError
 
+    return (AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError,
+            HydraException, OmegaConfBaseException)
+
+
+@contextlib.contextmanager
+def reported(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """A user error in the body prints one line, `error: <message>`, runs `cleanup` and exits 2."""
+    try:
+        yield
+    except user_errors() as e:  # evaluated when an exception arrives: no import before
+        print(f"error: {e}", file=sys.stderr)
+        if cleanup is not None:
+            cleanup()
+        sys.exit(2)
+
+
+def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) -> None:
+    """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
+    import warnings
+
+    from hydra.core.hydra_config import HydraConfig
+
     # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if folder:
         print(f"run folder: {out_dir}")
-    try:
-        run = to_run_config(cfg)
-        check_overrides(run, HydraConfig.get().overrides.task)
-        body(run, out_dir)
-    # a message, not a traceback
-    except (AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError) as e:
-        print(f"error: {e}", file=sys.stderr)
+
+    def clean_up() -> None:
         hydra = HydraConfig.get()
         if folder and only_hydra_records(out_dir, hydra.output_subdir, f"{hydra.job.name}.log"):
             shutil.rmtree(out_dir)  # stopped at launch: no empty run folder left behind
-        sys.exit(2)
+
+    with reported(clean_up):
+        run = to_run_config(cfg)
+        check_overrides(run, HydraConfig.get().overrides.task)
+        body(run, out_dir)
 
 
 def check_overrides(run: RunConfig, overrides: list[str]) -> None:

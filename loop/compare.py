@@ -23,8 +23,9 @@ import json
 import sys
 from pathlib import Path
 
+from loop.cli import user_errors
 from loop.errors import ConfigError
-from loop.evaluation import format_table, passage_means, summarise
+from loop.evaluation import condition_table, passage_means, summarise
 from loop.ledger import read_jsonl
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
@@ -173,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             print(rewards_report(args.rows))
             return 0
         summary, n, differ = compare(args.rows, args.seed)
-    except ConfigError as e:
+    except user_errors() as e:  # a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(format_table(summary, n, 0, footer=f"{n} passages; mean over passages [95% bootstrap "
+    print(condition_table(summary, n, 0, footer=f"{n} passages; mean over passages [95% bootstrap "
                                              "interval]; differences are paired by passage"))
     if differ:
         print("the folders' settings differ in: " + ", ".join(differ))

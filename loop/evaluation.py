@@ -25,7 +25,7 @@ TEACHER_CONDITIONS = ("teacher_base", "teacher")  # sampled from the local teach
 SELF_EDIT_CONDITIONS = (*TEACHER_CONDITIONS, "external")
 
 
-METRICS = ("exact_match", "f1", "contains", "logprob")  # per question; EM/F1/contains in percent
+QUESTION_METRICS = ("exact_match", "f1", "contains", "logprob")  # per question; EM/F1/contains in percent
 
 
 def passage_means(question_scores: list[dict]) -> dict[str, float | None]:
@@ -36,7 +36,7 @@ def passage_means(question_scores: list[dict]) -> dict[str, float | None]:
     """
     n = len(question_scores)
     out: dict[str, float | None] = {}
-    for m in METRICS:
+    for m in QUESTION_METRICS:
         mean = sum(q[m] for q in question_scores) / n
         out[m] = mean if m == "logprob" else 100 * mean
     if "judge" in question_scores[0]:
@@ -51,11 +51,10 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     """What every evaluation checks before working, so a mistake fails at launch: the
     conditions, the models, `teacher.adapter`; then its run folder (a new one, or the one
     `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
-    from loop.checks import validate_backends, validate_student
+    from loop.checks import validate_backends
     from loop.runfolder import check_resume, check_tracking
 
     check_settings(run)
-    validate_student(run)
     validate_backends(run)
     check_tracking(run)
     unknown = sorted(set(run.evaluate.conditions) - set(allowed))
@@ -151,7 +150,7 @@ def load_generator(run: RunConfig):
 
 
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resamples: int,
-              metrics: tuple[str, ...] = METRICS) -> dict[str, dict]:
+              metrics: tuple[str, ...] = QUESTION_METRICS) -> dict[str, dict]:
     """Per condition and metric: mean with interval, and the paired difference from every
     condition before it (`vs_<other>`). Rows are paired units (passages; ARC: tasks, see
     `loop.tasks.arc.rows.summarise`)."""
@@ -177,10 +176,11 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resampl
     return summary
 
 
-def format_table(summary: dict[str, dict], n_passages: int, n_questions: int,
-                 footer: str | None = None) -> str:
+def condition_table(summary: dict[str, dict], n_passages: int, n_questions: int,
+                    footer: str | None = None) -> str:
     """Means with 95% intervals per condition, then paired differences from `base`."""
-    metrics = [m for m in (*METRICS, "judge", "success") if any(m in s for s in summary.values())]
+    metrics = [m for m in (*QUESTION_METRICS, "judge", "success")
+               if any(m in s for s in summary.values())]
     names = {"exact_match": "EM %", "f1": "F1 %", "contains": "contains %", "logprob": "logprob",
              "judge": "judge %", "success": "success %"}
 

@@ -35,13 +35,13 @@ import time
 from pathlib import Path
 
 from loop import executor as executors
-from loop.checks import check_settings, validate_backends, validate_executor, validate_student
+from loop.checks import check_settings, validate_backends
 from loop.config import ConfigError, RunConfig
 from loop.inner import inner_round, self_edit_rows
 from loop.ledger import Ledger, write_json_atomic
 from loop.mstep import m_step, m_step_text
-from loop.reward import BASELINES, FILTERS, METRICS, Scored, keep
-from loop.runfolder import check_resume, check_tracking, dataset_name, start_tracking
+from loop.reward import Scored, keep
+from loop.runfolder import check_resume, check_tracking, dataset_name, tracked
 from loop.sampling import make_generator, sample_round
 from loop.seeds import derive_seed
 from loop.tasks import domain as domain_of
@@ -50,19 +50,12 @@ from loop.tasks.base import Domain, select
 log = logging.getLogger(__name__)
 
 def validate(run: RunConfig) -> None:
-    """Everything `loop.run` checks at launch, before a folder is made or a model loads."""
+    """Everything `loop.run` checks at launch, before a folder is made or a model loads: every
+    setting (`loop.checks`), then the settings that must go together."""
     check_settings(run)
-    validate_student(run)
-    if run.reward.metric not in METRICS:
-        raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose from {list(METRICS)}")
-    if run.reward.filter not in FILTERS:
-        raise ConfigError(f"unknown reward.filter '{run.reward.filter}'; choose from {list(FILTERS)}")
     if run.task.absorb != "single":
         raise ConfigError(f"task={run.task.name} (task.absorb={run.task.absorb}) is a setting of "
                           "loop.evaluate; the loop trains the teacher on single passages")
-    if run.reward.baseline not in BASELINES:
-        raise ConfigError(f"unknown reward.baseline '{run.reward.baseline}'; choose from "
-                          f"{list(BASELINES)}")
     domain_of(run.task).check(run)  # what only the task's domain needs
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
@@ -76,7 +69,6 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"reward.screen={run.reward.screen} absorbs the best of loop.k="
                           f"{run.loop.k} self-edits by the proxy: it must be at most loop.k, with "
                           "a reward.metric that absorbs (not context_logprob)")
-    validate_executor(run)
     validate_backends(run)
     t = run.teacher.train
     if t.batch_size % t.processes:
@@ -128,49 +120,46 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
     schedule = round_contexts(pool, run.loop.contexts_per_round, run.loop.rounds, run.seed)
     record = check_resume(run, out_dir, command, grows=more_rounds)
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
-    tracker = start_tracking(run, out_dir, record, "loop.run",
-                             f"{run.teacher.name} -> {run.student.name}",
-                             {f"{dataset_name(run.task)} round {r}": c
-                              for r, c in enumerate(schedule)})
-    status, executor = "FAILED", None
-    try:
-        teacher = load_teacher(run.teacher)
-        generator = make_generator(run, teacher)
-        student = load_student(run.student)
-        judge_model = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
-        executor = executors.make(run, student, judge_model, domain.score_batch, load_judge)
-        baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
-        ledger = Ledger(out_dir / "ledger.jsonl")
-        summaries, adapter = [], None
-        for r, contexts in enumerate(schedule):
-            summary, adapter = one_round(run, domain, r, contexts, out_dir, generator, teacher,
-                                         student, ledger, baseline, judge_model, adapter, tracker,
-                                         executor)
-            summaries.append(summary)
-        results = {"teacher": run.teacher.name, "student": run.student.name,
-                   "task": run.task.name, "metric": run.reward.metric,
-                   "final_adapter": str(adapter.relative_to(out_dir)) if adapter else None,
-                   "executor": {"name": run.executor.name, "retried_batches": executor.retries},
-                   "rounds": summaries}
-        write_json_atomic(out_dir / "results.json", results)
-        tracker.log_artifact(out_dir / "results.json")
-        if adapter and domain.logs_teacher_model and tracker.run_id:
-            from loop.teacher_model import model_config
+    with tracked(run, out_dir, record, "loop.run", f"{run.teacher.name} -> {run.student.name}",
+                 {f"{dataset_name(run.task)} round {r}": c
+                  for r, c in enumerate(schedule)}) as tracker:
+        executor = None
+        try:
+            teacher = load_teacher(run.teacher)
+            generator = make_generator(run, teacher)
+            student = load_student(run.student)
+            judge_model = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
+            executor = executors.make(run, student, judge_model, domain.score_batch, load_judge)
+            baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
+            ledger = Ledger(out_dir / "ledger.jsonl")
+            summaries, adapter = [], None
+            for r, contexts in enumerate(schedule):
+                summary, adapter = one_round(run, domain, r, contexts, out_dir, generator, teacher,
+                                             student, ledger, baseline, judge_model, adapter, tracker,
+                                             executor)
+                summaries.append(summary)
+            results = {"teacher": run.teacher.name, "student": run.student.name,
+                       "task": run.task.name, "metric": run.reward.metric,
+                       "final_adapter": str(adapter.relative_to(out_dir)) if adapter else None,
+                       "executor": {"name": run.executor.name, "retried_batches": executor.retries},
+                       "rounds": summaries}
+            write_json_atomic(out_dir / "results.json", results)
+            tracker.log_artifact(out_dir / "results.json")
+            if adapter and domain.logs_teacher_model and tracker.run_id:
+                from loop.teacher_model import model_config
 
-            tracker.log_model(adapter, model_config(run.teacher), step=len(summaries) - 1)
-        print(format_table(summaries, run.reward.metric, run.reward.baseline))
-        if adapter:
-            print(f"trained teacher adapter: {adapter}")
-        status = "FINISHED"
-        return results
-    finally:
-        if executor is not None:
-            executor.close()
-        if "vllm" in (run.teacher.backend, run.student.eval_backend):
-            from loop import vllm
+                tracker.log_model(adapter, model_config(run.teacher), step=len(summaries) - 1)
+            print(round_table(summaries, run.reward.metric, run.reward.baseline))
+            if adapter:
+                print(f"trained teacher adapter: {adapter}")
+            return results
+        finally:
+            if executor is not None:
+                executor.close()
+            if "vllm" in (run.teacher.backend, run.student.eval_backend):
+                from loop import vllm
 
-            vllm.close()
-        tracker.close(status)
+                vllm.close()
 
 
 def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: Path, generator,
@@ -269,7 +258,7 @@ def mean(values) -> float:
     return sum(present) / len(present) if present else float("nan")
 
 
-def format_table(summaries: list[dict], metric: str, baseline: str = "student") -> str:
+def round_table(summaries: list[dict], metric: str, baseline: str = "student") -> str:
     """The rounds as text; the proxy columns only where a proxy was computed (SQuAD), the
     failure columns only where self-edits can fail before training (ARC)."""
     nan = float("nan")

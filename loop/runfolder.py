@@ -9,9 +9,10 @@ continued by a resume, never duplicated (`start_tracking`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loop.config import ConfigError, RunConfig
@@ -151,6 +152,21 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
         tracker.log_dataset(name, run.task.data, [c.id for c in contexts],  # per name and digest
                             "training" if entry == "loop.run" else "evaluation")
     return tracker
+
+
+@contextlib.contextmanager
+def tracked(run: RunConfig, out_dir: Path, record: dict, entry: str, run_name: str,
+            datasets: dict[str, list] | None = None) -> Iterator:
+    """The run folder's MLflow run around the body (`start_tracking`): closed as FINISHED when
+    the body returns, FAILED when it raises. Every entry point that writes a run folder works
+    inside one: `with tracked(...) as tracker:`."""
+    tracker = start_tracking(run, out_dir, record, entry, run_name, datasets)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
 
 
 def dataset_name(task) -> str:

@@ -101,12 +101,12 @@ def test_the_round_table_shows_what_each_domain_computes():
               "throughput/self_edits_per_min": 4.0}
     arc_rows = [{"round": 0, "self_edits": 4, "metrics": {**common, "proxy/spearman": nan,
                                                           "proxy/pearson": nan, **fractions}}]
-    table = rounds.format_table(arc_rows, "success", "none")
+    table = rounds.round_table(arc_rows, "success", "none")
     assert "proxy" not in table and "invalid / over" in table
     assert table.splitlines()[-1].split()[8:10] == ["0.25", "0.50"]
     squad_rows = [{"round": 0, "self_edits": 4, "metrics": {**common, "proxy/spearman": 0.5,
                                                             "proxy/pearson": 0.25}}]
-    table = rounds.format_table(squad_rows, "answer_logprob")
+    table = rounds.round_table(squad_rows, "answer_logprob")
     assert "proxy rho" in table and "invalid" not in table
     assert table.splitlines()[-1].split()[8:10] == ["0.50", "0.25"]
 

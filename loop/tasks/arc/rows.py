@@ -93,9 +93,9 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     from tqdm import tqdm
 
     from loop import plots
-    from loop.evaluation import format_table, open_evaluation, sample_self_edits
+    from loop.evaluation import condition_table, open_evaluation, sample_self_edits
     from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.runfolder import dataset_name, start_tracking
+    from loop.runfolder import dataset_name, tracked
     from loop.seeds import derive_seed
     from student.model import load_student
 
@@ -106,10 +106,8 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     scores_path = out_dir / "scores.jsonl"
     done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
     self_edits = sample_self_edits(run, tasks, out_dir, domain.prompt) if teacher_conditions else {}
-    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
-                             {dataset_name(run.task): tasks})
-    status = "FAILED"
-    try:
+    with tracked(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
+                 {dataset_name(run.task): tasks}) as tracker:
         model, tokenizer = load_student(run.student)
         n = run.evaluate.samples
         jobs = [(t, c, i) for t in tasks for c in conditions
@@ -165,7 +163,7 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
                   "tasks]; differences paired by task\n"
                   "self-edits that failed before training (invalid or over budget): "
                   + ", ".join(f"{c} {k}" for c, k in failures.items() if c != "base"))
-        print(format_table(summary, len(tasks), 0, footer=footer))
+        print(condition_table(summary, len(tasks), 0, footer=footer))
         if families:
             print(family_table(families, counts))
         tracker.log_metrics({f"{c}/success": s["success"]["estimate"]["mean"]
@@ -179,7 +177,4 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
             tracker.log_artifact(plots.family_bars(
                 families, counts, out_dir / "families.png",
                 f"{run.student.name} on {run.task.name}: success per task family"))
-        status = "FINISHED"
         return results
-    finally:
-        tracker.close(status)

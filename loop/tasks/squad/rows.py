@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
-from loop.config import ConfigError, RunConfig
+from loop.config import RunConfig
 from loop.evaluation import passage_means
 from loop.judge import add_verdicts, load_judge
 from loop.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
@@ -179,16 +179,10 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
 
     from loop import plots
     from loop.baseline import BaselineCache
-    from loop.evaluation import format_table, open_evaluation, sample_self_edits, summarise
-    from loop.runfolder import dataset_name, start_tracking
+    from loop.evaluation import condition_table, open_evaluation, sample_self_edits, summarise
+    from loop.runfolder import dataset_name, tracked
     from student.model import load_student
 
-    if run.task.absorb not in ("single", "together", "sequential"):
-        raise ConfigError(f"unknown task.absorb '{run.task.absorb}'; choose single, together or "
-                          "sequential")
-    if run.evaluate.forgetting not in ("grow", "merge"):
-        raise ConfigError(f"unknown evaluate.forgetting '{run.evaluate.forgetting}'; choose grow "
-                          "or merge")
     passages = select(domain.load(run.task, held_out=True), run.task.n_contexts, run.seed)
     by_id = {p.id: p for p in passages}
     out_dir, record, teacher_conditions = open_evaluation(run, out_dir, command, domain.conditions)
@@ -201,18 +195,16 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
     self_edits = (sample_self_edits(run, passages, out_dir, domain.prompt)
                   if teacher_conditions else {})
     judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
-    tracker = start_tracking(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
-                             {dataset_name(run.task): passages})
-    model, tokenizer = load_student(run.student)
-    baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
-    together: dict[str, dict[str, list[dict]]] = {}
-    per_passage: dict[str, list[dict[str, float]]] = {c: [] for c in run.evaluate.conditions}
-    seconds: dict[str, float] = dict.fromkeys(run.evaluate.conditions, 0.0)
-    for r in recorded:  # time spent before a resume
-        if r["condition"] in seconds:
-            seconds[r["condition"]] += r.get("seconds", 0.0)
-    status = "FAILED"
-    try:
+    with tracked(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
+                 {dataset_name(run.task): passages}) as tracker:
+        model, tokenizer = load_student(run.student)
+        baseline = BaselineCache(out_dir / "baseline.jsonl", run.student.name)
+        together: dict[str, dict[str, list[dict]]] = {}
+        per_passage: dict[str, list[dict[str, float]]] = {c: [] for c in run.evaluate.conditions}
+        seconds: dict[str, float] = dict.fromkeys(run.evaluate.conditions, 0.0)
+        for r in recorded:  # time spent before a resume
+            if r["condition"] in seconds:
+                seconds[r["condition"]] += r.get("seconds", 0.0)
         forgetting: dict[str, list[list[dict]]] = {}
         for cond in [c for c in run.evaluate.conditions if c != "base"]:
             t0 = time.perf_counter()
@@ -293,7 +285,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
         if forgetting:
             results["forgetting"] = {"mode": run.evaluate.forgetting, "matrix": forgetting}
         write_json_atomic(out_dir / "results.json", results)  # never half a results.json
-        print(format_table(summary, len(passages), n_questions))
+        print(condition_table(summary, len(passages), n_questions))
         if proxy:
             print("the cheap reward (log-prob gain over base) vs the other gains, Pearson r "
                   "across passages: " + "; ".join(
@@ -317,7 +309,4 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
         if forgetting:
             tracker.log_artifact(plots.forgetting(forgetting, out_dir / "forgetting.png",
                                                   run.evaluate.forgetting))
-        status = "FINISHED"
         return results
-    finally:
-        tracker.close(status)
