@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loop import tracking
+from loop import mlflow_run, tracking
 from loop.config import PROJECT_ROOT
 from loop.ledger import read_jsonl
 from loop.tracking import TrackingConfig, TrackingError
@@ -226,7 +226,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
     assert a.info.experiment_id == b.info.experiment_id
     experiment = client.get_experiment(a.info.experiment_id)
     assert experiment.name == "squad"
-    assert experiment.tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    assert experiment.tags[mlflow_run.EXPERIMENT_KIND] == "custom_model_development"
     assert "loop.run" in experiment.tags["mlflow.note.content"]
     for name, run in runs.items():
         url = (f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
@@ -234,7 +234,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
         assert printed[name].count(url) == 2  # at the start and at the end
         tags = run.data.tags
         assert tags["mlflow.source.name"] == "loop.run" and tags["mlflow.user"]
-        assert tags["mlflow.source.git.commit"] == tracking.git_commit(full=True)
+        assert tags["mlflow.source.git.commit"] == mlflow_run.git_commit(full=True)
         assert tags["mlflow.note.content"].startswith("`python -m loop.run experiment=smoke")
         teacher, student = ("qwen0.5b", "smollm135m") if name == "a" else ("smollm135m", "qwen0.5b")
         assert f"Teacher **{teacher}**" in tags["mlflow.note.content"]

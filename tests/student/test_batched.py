@@ -382,7 +382,8 @@ def test_bench_times_the_m_step_against_trls_way(tiny_qwen2, capsys):
     and the default (completion head, one pair per pass), the same losses, the contract line."""
     import re
 
-    from loop.bench import MSTEP_PATHS, main
+    from loop.bench import main
+    from loop.bench_teacher import MSTEP_PATHS
 
     main(["--mstep", "--repeats", "2", f"teacher.path={tiny_qwen2}", "teacher.name=tiny",
           "loop.contexts_per_round=4", "teacher.train.batch_size=2", "teacher.train.epochs=1",
