@@ -90,13 +90,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--k and --repeats must be at least 1")
     if args.save and not args.from_teacher:
         parser.error("--save writes the self-edits --from-teacher samples; give both")
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from loop.bench_inner import bench
     from loop.bench_teacher import bench_mstep, bench_sampling
     from loop.cli import reported
 
     if args.sampling and args.mstep:
         parser.error("--sampling and --mstep are two benches: give one")
-    with reported():  # a user error: a message, not a traceback
+    # a user error: a message, not a traceback (the bench composes its config itself)
+    with reported(also=(HydraException, OmegaConfBaseException)):
         (bench_sampling if args.sampling else bench_mstep if args.mstep else bench)(args, overrides)
 
 

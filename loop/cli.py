@@ -33,25 +33,23 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The errors that are the user's to fix: a setting, a data file, a model that cannot be
     loaded, an endpoint, memory, a tracking server. Every entry point reports them the same way
     (`reported`); anything else is a bug and keeps its traceback."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     from loop.assets import AssetError
     from loop.tasks.base import DataError
     from loop.tracking import TrackingError
     from student.batched import OutOfMemory
     from teacher.external import EndpointError
 
-    return (AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError,
-            HydraException, OmegaConfBaseException)
+    return AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError
 
 
 @contextlib.contextmanager
-def reported(cleanup: Callable[[], None] | None = None) -> Iterator[None]:
-    """A user error in the body prints one line, `error: <message>`, runs `cleanup` and exits 2."""
+def reported(cleanup: Callable[[], None] | None = None,
+             also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """A user error in the body (`user_errors`, and `also`) prints one line, `error: <message>`,
+    runs `cleanup` and exits 2."""
     try:
         yield
-    except user_errors() as e:  # evaluated when an exception arrives: no import before
+    except (*user_errors(), *also) as e:  # evaluated when an exception arrives: no import before
         print(f"error: {e}", file=sys.stderr)
         if cleanup is not None:
             cleanup()

@@ -79,7 +79,7 @@ def _worker_class():
         def __init__(self, run, score: Score, load_judge):
             from student.model import load_student
 
-            self.run, self.score = run, score
+            self.run, self.score_fn = run, score
             self.student = load_student(run.student)
             self.judge = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
 
@@ -88,7 +88,7 @@ def _worker_class():
 
         def score(self, item):
             faults.point("worker")
-            return timed(self.score, self.student, self.run, self.judge, item)
+            return timed(self.score_fn, self.student, self.run, self.judge, item)
 
     return StudentWorker
 

@@ -25,13 +25,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from loop.config import RunConfig
 from loop.ledger import write_json_atomic
-from loop.sampling import SelfEdit
 from loop.seeds import derive_seed
 from teacher.config import TeacherConfig
 from teacher.prompts import Prompt
+
+if TYPE_CHECKING:  # annotations only: a launched M-step process needs neither
+    from loop.config import RunConfig
+    from loop.sampling import SelfEdit
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ each sampling call and the weights restored exactly (teacher.sampling.merged), n
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import random
@@ -49,6 +50,7 @@ from loop.tasks.base import Domain, select
 
 log = logging.getLogger(__name__)
 
+
 def validate(run: RunConfig) -> None:
     """Everything `loop.run` checks at launch, before a folder is made or a model loads: every
     setting (`loop.checks`), then the settings that must go together."""
@@ -69,6 +71,8 @@ def validate(run: RunConfig) -> None:
         raise ConfigError(f"reward.screen={run.reward.screen} absorbs the best of loop.k="
                           f"{run.loop.k} self-edits by the proxy: it must be at most loop.k, with "
                           "a reward.metric that absorbs (not context_logprob)")
+    if run.executor.name == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor=ray needs Ray: pip install -e '.[distributed]'")
     validate_backends(run)
     t = run.teacher.train
     if t.batch_size % t.processes:

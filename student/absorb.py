@@ -144,7 +144,7 @@ def train(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int) -> 
 def train_alone(model, tokenizer, texts: list[str], cfg: StudentConfig,
                 seed: int) -> tuple[dict, TrainResult]:
     """A fresh LoRA adapter trained alone on `texts` (`train`, PEFT) and taken off the base:
-    ({module name: (A, B)}, what training did), for `student.batched.Adapters(weights=)`."""
+    ({module name: (A, B)}, what training did), for `student.adapters.Adapters(weights=)`."""
     with fresh_adapter(model, cfg.lora, seed) as adapted:
         result = train(adapted, tokenizer, texts, cfg, seed)
         weights = peft_weights(adapted)

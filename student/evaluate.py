@@ -119,7 +119,7 @@ def score_questions(model, tokenizer, title: str, qa: list[tuple[str, str]],
 
 def score_questions_many(model, tokenizer, adapters, items: list[tuple[str, list[tuple[str, str]]]],
                          cfg: StudentConfig, generate: bool = True) -> list[list[QuestionScore]]:
-    """`score_questions` for adapter i of `adapters` (student.batched.Adapters) on items[i] =
+    """`score_questions` for adapter i of `adapters` (student.adapters.Adapters) on items[i] =
     (title, [(question, gold), ...]), many adapters per call: the rows of every (adapter,
     question) in adapter order, each adapter's rows routed to it, whole adapters up to
     student.eval.batch_size rows per call."""

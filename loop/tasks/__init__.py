@@ -1,30 +1,33 @@
-"""The domains: one module per domain, each behind the small interface of `loop.tasks.base`.
+"""The domains: one package per domain, each behind the small interface of `loop.tasks.base`.
 
     loop/tasks/base.py    TaskConfig, the dev split, the seeded subset, Domain, Absorbed
     loop/tasks/squad/     SQuAD passages: data, absorbing and scoring, loop.evaluate's rows
     loop/tasks/arc/       ARC tasks: data, test-time training and pass@2, loop.evaluate's rows
 
-A third domain is one package with a `Domain` subclass in its `__init__`, two lines in `domain` below, and a
-`conf/task/<name>.yaml` with `format: <its name>` (and its name in `loop.checks`'s rule for
-`task.format`).
+`task.format` names the package. A third domain is one package, `loop/tasks/<name>/`, whose
+`__init__` defines `DOMAIN` (an instance of a `Domain` subclass), and one
+`conf/task/<name>.yaml` with `format: <name>`; nothing else names the domains.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from pathlib import Path
+
 from loop.tasks.base import DataError, Domain, TaskConfig
 
 
+def formats() -> list[str]:
+    """The domains there are: the packages in this folder."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.ispkg)
+
+
 def domain(task: TaskConfig) -> Domain:
-    """The domain `task.format` names (its module imported on first use)."""
-    if task.format == "squad":
-        from loop.tasks.squad import Squad
-
-        return Squad()
-    if task.format == "arc":
-        from loop.tasks.arc import Arc
-
-        return Arc()
-    raise DataError(f"unknown task.format '{task.format}'; choose squad or arc")
+    """The domain `task.format` names (its package imported on first use)."""
+    if task.format not in formats():
+        raise DataError(f"unknown task.format '{task.format}'; choose {' or '.join(formats())}")
+    return importlib.import_module(f"loop.tasks.{task.format}").DOMAIN
 
 
 def load_contexts(task: TaskConfig, held_out: bool = False) -> list:

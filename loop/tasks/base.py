@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # annotations only: the domains import the config, not the ot
     from loop.config import RunConfig
     from teacher.prompts import Prompt
 
+
 @dataclass
 class TaskConfig:
     name: str = MISSING  # the task's name; also the MLflow experiment's name
@@ -121,8 +122,8 @@ Key = tuple[str, int, int]  # (context id, sample, inner seed): one evaluation o
 
 class Domain:
     """What the rounds (`loop.rounds`, `loop.inner`), the executor and `loop.evaluate` ask of a
-    domain. One stateless instance per domain, from `loop.tasks.domain(task)`; Ray workers get
-    it with their batches (it pickles by reference to its class).
+    domain. One stateless instance per domain, from `loop.tasks.domain(task)`; each Ray worker
+    gets its `score_batch` once, when it starts (it pickles by reference to its class).
 
     A context is the domain's unit (a SQuAD `Passage`, an `ArcTask`): it has an `id`. A work
     item is what `batch` builds for `score_batch`: the unit the executor ships to a worker."""

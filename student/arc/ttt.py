@@ -275,7 +275,7 @@ def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings:
 
 def predict_many(model, tokenizer, adapters, demos: Sequence[Pair], test_input: Grid,
                  settings: ArcSettings, instruct: bool) -> list[tuple[list[Grid], list[str]]]:
-    """`predict` for every adapter of `adapters` (student.batched.Adapters) in one generate
+    """`predict` for every adapter of `adapters` (student.adapters.Adapters) in one generate
     call: the same view prompts, one block of rows per adapter."""
     views, prompts, max_new = view_prompts(tokenizer, demos, test_input, settings, instruct)
     if not prompts:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from loop.config import PROJECT_ROOT
-from loop.tasks.base import DataError
+from loop.tasks.base import DataError, TaskConfig
 from loop.tasks.squad.data import load_squad
 
 SQUAD = PROJECT_ROOT / "data" / "squad"
@@ -72,3 +72,17 @@ def test_the_dev_split_is_fixed_disjoint_and_the_loop_never_trains_on_it():
     assert [p.id for p in dev[:5]] == DEV_HEAD
     with pytest.raises(DataError, match="set task.split=all"):
         split(whole[:10], "train", 50)
+
+
+def test_every_package_in_loop_tasks_is_a_domain_that_task_format_names():
+    """A domain is found by its package name alone (a third domain: one package, one config
+    file); an unknown format names the ones there are."""
+    from loop.tasks import domain, formats
+    from loop.tasks.base import Domain
+
+    assert formats() == ["arc", "squad"]
+    for name in formats():
+        d = domain(TaskConfig(name="t", format=name, data="x"))
+        assert isinstance(d, Domain) and d.name == name and "base" in d.conditions
+    with pytest.raises(DataError, match="unknown task.format 'csv'; choose arc or squad"):
+        domain(TaskConfig(name="t", format="csv", data="x"))

@@ -78,3 +78,6 @@ class Arc(Domain):
         from loop.tasks.arc.rows import evaluate
 
         return evaluate(run, out_dir, command, self)
+
+
+DOMAIN = Arc()

@@ -94,3 +94,6 @@ class Squad(Domain):
         from loop.tasks.squad.rows import evaluate
 
         return evaluate(run, out_dir, command, self)
+
+
+DOMAIN = Squad()

@@ -23,6 +23,7 @@ from loop.tasks.squad.absorb import passage_texts, score_context
 
 log = logging.getLogger(__name__)
 
+
 def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
                     self_edits: list[str] | None = None) -> list[dict]:
     """Per-question scores of one condition on one passage, as plain dicts (JSON-ready).
