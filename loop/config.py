@@ -16,7 +16,7 @@ from loop import assets
 from loop.errors import CONF_DIR, PROJECT_ROOT, ConfigError  # noqa: F401 (their home for users)
 from loop.executor import ExecutorConfig
 from loop.reward import RewardConfig
-from loop.tasks.base import TaskConfig
+from loop.tasks.config import TaskConfig
 from loop.tracking import TrackingConfig
 from student.config import BATCHED, StudentConfig
 from teacher.config import EndpointConfig, TeacherConfig

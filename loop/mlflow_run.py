@@ -10,13 +10,22 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from loop.tracking import TrackingConfig
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True  # false: nothing is sent anywhere (the run folder still has everything)
+    uri: str = "sqlite:///mlflow.db"  # a SQLite file, or http://host:port for an MLflow server
+    artifacts: str = "mlartifacts"  # where a new experiment on a local store keeps its artifacts
+    # MLflow's own sampler of CPU, memory, disk, network (and GPU with nvidia-ml-py) into the
+    # run's `system/*` metrics, every `system_metrics_interval` seconds
+    system_metrics: bool = True
+    system_metrics_interval: float = 10.0
 
 
 def run_params(flat: dict[str, Any], entry: str, project_root: Path,

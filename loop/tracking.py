@@ -9,7 +9,7 @@ in the MLflow UI (and, for a local store, the `mlflow ui` command that serves it
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,23 +17,13 @@ from loop.mlflow_run import (  # noqa: F401 (their home for users: loop.tracking
     OUTAGE,
     PENDING,
     MlflowTracker,
+    TrackingConfig,
     TrackingError,
     check_reachable,
     run_params,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrackingConfig:
-    enabled: bool = True  # false: nothing is sent anywhere (the run folder still has everything)
-    uri: str = "sqlite:///mlflow.db"  # a SQLite file, or http://host:port for an MLflow server
-    artifacts: str = "mlartifacts"  # where a new experiment on a local store keeps its artifacts
-    # MLflow's own sampler of CPU, memory, disk, network (and GPU with nvidia-ml-py) into the
-    # run's `system/*` metrics, every `system_metrics_interval` seconds
-    system_metrics: bool = True
-    system_metrics_interval: float = 10.0
 
 
 class Tracker(Protocol):

@@ -1,6 +1,7 @@
 """The domains: one package per domain, each behind the small interface of `loop.tasks.base`.
 
-    loop/tasks/base.py    TaskConfig, the dev split, the seeded subset, Domain, Absorbed
+    loop/tasks/config.py  TaskConfig (the `task` config group)
+    loop/tasks/base.py    the dev split, the seeded subset, Domain, Absorbed
     loop/tasks/squad/     SQuAD passages: data, absorbing and scoring, loop.evaluate's rows
     loop/tasks/arc/       ARC tasks: data, test-time training and pass@2, loop.evaluate's rows
 
