@@ -20,7 +20,7 @@ score difference between the paths. The last line is
     speedup=<one at a time s / default s> default=<true|alone|false> default_per_min=<x>
     batched_per_min=<y> sequential_per_min=<z> peak_fraction=<default path's training phase>
 
-It also times the in-context proxy (`reward.metric=context_logprob`, `loop.proxy`) on the same
+It also times the in-context proxy (`reward.metric=context_logprob`, `loop.core.proxy`) on the same
 self-edits, median over repeats, and prints what absorbing costs as a multiple of it.
 
 `python -m loop.bench --sampling` times the teacher's sampling instead (k self-edits with an
@@ -55,7 +55,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loop.bench_inner import SAMPLE
+from loop.core.bench_inner import SAMPLE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from loop.bench_inner import bench
-    from loop.bench_teacher import bench_mstep, bench_sampling
-    from loop.cli import reported
+    from loop.core.bench_inner import bench
+    from loop.core.bench_teacher import bench_mstep, bench_sampling
+    from loop.core.cli import reported
 
     if args.sampling and args.mstep:
         parser.error("--sampling and --mstep are two benches: give one")

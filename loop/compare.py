@@ -23,10 +23,10 @@ import json
 import sys
 from pathlib import Path
 
-from loop.cli import user_errors
-from loop.errors import ConfigError
-from loop.evaluation import condition_table, passage_means, summarise
-from loop.ledger import read_jsonl
+from loop.core.cli import user_errors
+from loop.core.errors import ConfigError
+from loop.core.evaluation import condition_table, passage_means, summarise
+from loop.core.ledger import read_jsonl
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
 # (not student.path: a bundled model's path is the machine's cache folder)

@@ -8,7 +8,7 @@
         teacher.adapter=outputs/<a loop.run folder>       # did training the teacher help?
 
 Conditions (rows):
-- `base`: the frozen student, no adaptation (cached once per context: loop.baseline);
+- `base`: the frozen student, no adaptation (cached once per context: loop.core.baseline);
 - `passage`: a fresh LoRA trained on the passage alone (the title-prefixed passage as one
   sequence), then discarded;
 - `teacher`: a fresh LoRA trained on self-edits of the teacher (`evaluate.samples` per
@@ -35,7 +35,7 @@ teacher is compared with the rows of an evaluation that ran while it trained.
 Each domain owns its rows: SQuAD's in `loop.tasks.squad.rows`; with `task=arc` the rows are
 ARC's (base, teacher_base, teacher, oracle), in `loop.tasks.arc.rows`. What every evaluation
 shares (launch checks, the run folder, sampling the self-edits, intervals, the table) is in
-`loop.evaluation`.
+`loop.core.evaluation`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import hydra
 
-from loop.cli import command_line, launch
-from loop.config import CONF_DIR, RunConfig, register
+from loop.core.cli import command_line, launch
+from loop.core.config import CONF_DIR, RunConfig, register
 
 register()
 

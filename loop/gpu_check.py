@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from loop.config import PROJECT_ROOT, ConfigError
+from loop.core.config import PROJECT_ROOT, ConfigError
 
 ARCHITECTURES = PROJECT_ROOT / "data" / "architectures"
 # architecture -> (the student preset whose inner-loop settings it runs, bundled tokenizer)
@@ -90,7 +90,7 @@ def tokenizer_for(folder: Path):
 
 def jobs_for(run, tokenizer, k: int):
     """k (passage, training texts, seed) jobs: the bench's sample cycled, distinct seeds."""
-    from loop.bench_inner import SAMPLE, load_sample
+    from loop.core.bench_inner import SAMPLE, load_sample
     from student.data import training_texts
 
     items = load_sample(SAMPLE, run, len(json.loads(SAMPLE.read_text())["self_edits"]))
@@ -109,7 +109,7 @@ def pack(folder: Path) -> None:
     import shutil
     import subprocess
 
-    from loop.assets import bundled_model_dir
+    from loop.core.assets import bundled_model_dir
 
     for name in sorted({tok for _, tok in STUDENTS.values()}):
         source, out = bundled_model_dir(name), folder / "tokenizers" / name
@@ -174,7 +174,7 @@ def tokenizer_folder(given: Path | None, name: str) -> Path:
     carried = PROJECT_ROOT / "gpu_assets" / "tokenizers" / name
     if carried.exists():
         return carried
-    from loop.assets import bundled_model_dir
+    from loop.core.assets import bundled_model_dir
 
     return bundled_model_dir(name)
 
@@ -183,7 +183,7 @@ def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
           budget_s: float, overrides: list[str]) -> None:
     import torch
 
-    from loop.bench_inner import compose, matmul_peak
+    from loop.core.bench_inner import compose, matmul_peak
 
     tokenizer_dirs = {arch: tokenizer_folder(tokenizers, STUDENTS[arch][1]) for arch in archs}
     for folder in tokenizer_dirs.values():  # a user's error: before anything runs
@@ -223,7 +223,7 @@ def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device:
     """Print one architecture's rows as they are measured; whether every row was."""
     import dataclasses
 
-    from loop.bench_inner import run_path
+    from loop.core.bench_inner import run_path
 
     t0 = time.perf_counter()
     model = random_student(architecture(arch, tiny), dtype, device)

@@ -1,7 +1,7 @@
 """`python -m loop.run teacher=<preset> student=<preset> [key=value ...]`: the entry point.
 
 Thin on purpose: compose (Hydra) -> typed config -> check the models are reachable ->
-`loop.rounds.run` (the rounds; tests call it directly).
+`loop.core.rounds.run` (the rounds; tests call it directly).
 Only Hydra and the config dataclasses are imported at module level, so `--help` and
 `--cfg job` answer without importing torch.
 """
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import hydra
 
-from loop.cli import check_models, command_line, launch
-from loop.config import CONF_DIR, RunConfig, register
+from loop.core.cli import check_models, command_line, launch
+from loop.core.config import CONF_DIR, RunConfig, register
 
 register()
 
 
 def execute(run: RunConfig, out_dir: Path) -> None:
-    """Check the models are reachable, then the rounds (loop.rounds)."""
-    from loop import rounds
+    """Check the models are reachable, then the rounds (loop.core.rounds)."""
+    from loop.core import rounds
 
     check_models(run)
     rounds.run(run, out_dir, command=command_line("loop.run"))

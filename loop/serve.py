@@ -30,9 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import hydra
 
-from loop.checks import check_settings
-from loop.cli import check_models, launch
-from loop.config import CONF_DIR, ConfigError, RunConfig, register
+from loop.core.checks import check_settings
+from loop.core.cli import check_models, launch
+from loop.core.config import CONF_DIR, ConfigError, RunConfig, register
 
 log = logging.getLogger(__name__)
 register()
@@ -46,8 +46,8 @@ class Engine:
     """The loaded teacher and how one request becomes its completions."""
 
     def __init__(self, run: RunConfig):
-        from loop.adapters import resolve_adapter
-        from loop.evaluation import load_generator
+        from loop.core.adapters import resolve_adapter
+        from loop.core.evaluation import load_generator
 
         self.run, self.serve = run, run.serve
         self.generator = load_generator(run)

@@ -62,7 +62,7 @@ class SelfEditWriter(mlflow.pyfunc.PythonModel):
         self.generator.use_adapter(Path(context.artifacts["adapter"]))
 
     def predict(self, context, model_input, params=None) -> list[str]:
-        from loop.seeds import derive_seed
+        from loop.core.seeds import derive_seed
         from teacher.prompts import self_edit_prompt
 
         rows = (model_input.to_dict("records") if hasattr(model_input, "to_dict")

@@ -138,7 +138,7 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     """Train a LoRA on `model` (left unchanged) and save it at `out`.
 
     `start_from`: an adapter to keep training (cfg.train.from_base=false); None: a fresh one.
-    `fault`: loop.faults.point, called after each optimiser step ("train") and between staging
+    `fault`: loop.core.faults.point, called after each optimiser step ("train") and between staging
     and renaming the adapter ("save"), for the reliability suite.
     `head`: "fused", TRL's fused LM head over every position (Triton kernels on a GPU);
     "completion", the head on the self-edit's positions only (`completion_loss`); "auto": fused

@@ -1,7 +1,7 @@
 """The vLLM backend of the teacher (`teacher.backend=vllm`): base + the current round's adapter
 as a LoRA request, so a new round's adapter is used without restarting the engine or merging.
 
-    gen = VLLMGenerator(loop.vllm.teacher_engine(run), cfg, settings)   # one engine per run
+    gen = VLLMGenerator(loop.core.vllm.teacher_engine(run), cfg, settings)   # one engine per run
     gen.use_adapter(Path("round_0/teacher_adapter"))
     texts = gen.sample(prompts, seeds)
 
@@ -30,7 +30,7 @@ class VLLMGenerator:
     """The `Generator` interface on a vLLM engine."""
 
     def __init__(self, llm, cfg: TeacherConfig, settings: SamplingSettings):
-        """`llm`: a vLLM engine of the teacher's base with LoRA enabled (loop.vllm.engine)."""
+        """`llm`: a vLLM engine of the teacher's base with LoRA enabled (loop.core.vllm.engine)."""
         self.cfg, self.settings, self.instruct = cfg, settings, cfg.instruct
         self.llm = llm
         self.tokenizer = self.llm.get_tokenizer()

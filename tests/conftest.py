@@ -13,8 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test ever waits on a model hu
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from loop import assets  # noqa: E402
-from loop.config import CONF_DIR, RunConfig, register, to_run_config  # noqa: E402
+from loop.core import assets  # noqa: E402
+from loop.core.config import CONF_DIR, RunConfig, register, to_run_config  # noqa: E402
 
 register()
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))

@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from loop.config import PROJECT_ROOT
+from loop.core.config import PROJECT_ROOT
 
 FORBIDDEN = {"teacher": {"student", "loop"}, "student": {"teacher", "loop"}}
 
@@ -33,7 +33,7 @@ def test_role_packages_do_not_import_each_other_or_loop(package):
 
 def test_the_walker_sees_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import loop.assets as a\nfrom student.model import load_student\nfrom . import x\n")
+    f.write_text("import loop.core.assets as a\nfrom student.model import load_student\nfrom . import x\n")
     assert imported_packages(f) == {"loop", "student"}
 
 
@@ -120,3 +120,20 @@ def test_the_import_reader_sees_imports_for_annotations_too(tmp_path):
 def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_entry_points_sit_on_top_of_the_library():
+    """loop/'s top level holds the `python -m` entry points, plus the MLflow model module that
+    every logged teacher imports by name; the library below them (loop/core, loop/tasks) never
+    imports an entry point."""
+    loop_dir = PROJECT_ROOT / "loop"
+    top = {f.stem for f in loop_dir.glob("*.py")} - {"__init__"}
+    entries = {m for m in top if 'if __name__ == "__main__":' in (loop_dir / f"{m}.py").read_text()}
+    assert top - entries == {"teacher_model", "teacher_model_code"}
+    assert {"run", "evaluate", "bench", "serve", "compare", "assets", "tracking", "mstep"} <= entries
+    library = sorted(f for d in ("core", "tasks") for f in (loop_dir / d).rglob("*.py"))
+    assert len(library) > 30
+    for f in library:
+        bad = {n for n in module_imports(f, {"loop"})
+               if n.count(".") >= 1 and n.split(".")[1] in entries}
+        assert not bad, f"{f.relative_to(PROJECT_ROOT)} imports the entry point(s) {sorted(bad)}"

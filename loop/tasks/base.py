@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from loop.tasks.config import TaskConfig
 
 if TYPE_CHECKING:  # annotations only: the domains import the config, not the other way round
-    from loop.config import RunConfig
+    from loop.core.config import RunConfig
     from teacher.prompts import Prompt
 
 
@@ -97,7 +97,7 @@ Key = tuple[str, int, int]  # (context id, sample, inner seed): one evaluation o
 
 
 class Domain:
-    """What the rounds (`loop.rounds`, `loop.inner`), the executor and `loop.evaluate` ask of a
+    """What the rounds (`loop.core.rounds`, `loop.core.inner`), the executor and `loop.evaluate` ask of a
     domain. One stateless instance per domain, from `loop.tasks.domain(task)`; each Ray worker
     gets its `score_batch` once, when it starts (it pickles by reference to its class).
 
@@ -107,11 +107,20 @@ class Domain:
     name: str
     conditions: tuple[str, ...]  # loop.evaluate's rows for this domain
     logs_teacher_model = False  # whether the final teacher adapter is logged as an MLflow model
+    unread_settings: tuple[str, ...] = ()  # prefixes of settings this domain never reads
+    metrics_note = ""  # what loop.evaluate's metrics mean (the MLflow run's description)
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list:
         """The contexts of `task.data` (`loop.tasks.base.pick` says which), validated: a bad
         entry is a DataError naming its file and entry."""
         raise NotImplementedError
+
+    def check_settings(self, run: RunConfig) -> None:
+        """The settings only this domain reads, checked by every entry point (ConfigError)."""
+
+    def check_overrides(self, run: RunConfig, overrides: list[str]) -> None:
+        """Command-line settings (`key=value`) this domain never reads, refused with the key to
+        use (ConfigError)."""
 
     def check(self, run: RunConfig) -> None:
         """The launch checks of `loop.run` that only this domain needs (ConfigError)."""
@@ -146,6 +155,15 @@ class Domain:
     def round_metrics(self, evals: list) -> dict[str, float]:
         """Domain-specific metrics of a round's evaluations (ARC: failure fractions)."""
         return {}
+
+    def prompt_note(self, run: RunConfig) -> str:
+        """Which teacher prompt a loop.run uses, for the MLflow run's description."""
+        return ""
+
+    def resume_refusal(self, run: RunConfig, added: list[str]) -> str | None:
+        """Why a run folder whose record lacks the keys `added` (settings newer than the run)
+        cannot be resumed as it ran, when no setting restores what it computed; else None."""
+        return None
 
     def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
         """`python -m loop.evaluate` on this domain: its rows, intervals, table and plots."""

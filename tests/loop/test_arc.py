@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from loop.config import PROJECT_ROOT
+from loop.core.config import PROJECT_ROOT
 from loop.tasks.arc.data import load_arc
 from loop.tasks.base import DataError
 from student.arc import augment, grids
@@ -188,7 +188,7 @@ def test_deeply_nested_json_within_the_cap_is_a_reason_not_a_crash():
 # ---- voting ---------------------------------------------------------------------------------
 
 def test_vote_by_hand():
-    from student.arc.ttt import vote
+    from student.arc.predict import vote
 
     a, b, c = [[1]], [[2]], [[3]]
     assert vote([a, b, a, None, c, b, a]) == [a, b]
@@ -219,7 +219,7 @@ def test_intervals_resample_tasks_not_self_edits():
 
 
 def test_per_family_success_by_hand(tmp_path):
-    from loop import plots
+    from loop.core import plots
     from loop.tasks.arc.rows import family_table, per_family
 
     per_task = {"1d_fill_3": {"base": [0.0], "oracle": [1.0, 0.0]},
@@ -323,7 +323,7 @@ def test_views_are_the_named_ones_then_reordered_demonstrations_and_never_repeat
         tiny_llama):
     from transformers import AutoTokenizer
 
-    from student.arc.ttt import OtherOrders, view_prompts, views
+    from student.arc.predict import OtherOrders, view_prompts, views
 
     named = ["identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180"]
     got = views(ArcSettings(), 3)
@@ -355,7 +355,7 @@ def test_views_are_the_named_ones_then_reordered_demonstrations_and_never_repeat
 def test_output_only_loss_masks_everything_before_the_answer_grid(tiny_llama):
     from transformers import AutoTokenizer
 
-    from student.arc.ttt import Query, encode
+    from student.arc.query import Query, encode
     from student.data import IGNORE
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
@@ -373,7 +373,8 @@ def test_output_only_loss_masks_everything_before_the_answer_grid(tiny_llama):
 def test_absorb_and_solve_trains_answers_and_leaves_the_base_as_it_was(tiny_llama):
     import torch
 
-    from student.arc.ttt import absorb_and_solve, solve
+    from student.arc.predict import solve
+    from student.arc.ttt import absorb_and_solve
     from student.model import load_student
     from tests.student.test_models import tiny_student
 
@@ -426,7 +427,7 @@ def test_self_edits_trained_together_equal_one_at_a_time(tiny_llama):
 
 
 def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2, tmp_path):
-    from loop.config import ConfigError
+    from loop.core.config import ConfigError
     from loop.tasks.arc.rows import oracle_text
 
     run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
@@ -470,8 +471,8 @@ def test_student_lora_with_task_arc_fails_at_launch_naming_the_key_to_use(tmp_pa
     import subprocess
     import sys
 
-    from loop.cli import check_overrides
-    from loop.config import ConfigError
+    from loop.core.cli import check_overrides
+    from loop.core.config import ConfigError
     from tests.conftest import compose_run
 
     with pytest.raises(ConfigError, match=r"student.lora.r=8: task=arc does not read student.lora"
@@ -499,9 +500,9 @@ def arc_run(tiny_llama, tiny_qwen2, tmp_path, *more):
 
 def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
         tiny_llama, tiny_qwen2, tmp_path):
-    from loop import inner, sampling
-    from loop.baseline import BaselineCache
-    from loop.ledger import Ledger
+    from loop.core import inner, sampling
+    from loop.core.baseline import BaselineCache
+    from loop.core.ledger import Ledger
     from loop.tasks import load_contexts
     from loop.tasks.arc import Arc
     from student.model import load_student
@@ -527,7 +528,7 @@ def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
 
 @pytest.mark.slow
 def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path):
-    from loop import rounds
+    from loop.core import rounds
     from loop.evaluate import evaluate
 
     # top_fraction keeps one self-edit per round whatever its reward (threshold would keep

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loop import assets
-from loop.config import PROJECT_ROOT
+from loop.core import assets
+from loop.core.config import PROJECT_ROOT
 from tests.conftest import bundled_dir
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loop.baseline import BaselineCache
+from loop.core.baseline import BaselineCache
 
 
 def test_computed_once_then_read_back(tmp_path):

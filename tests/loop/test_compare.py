@@ -5,7 +5,7 @@ import json
 import pytest
 
 from loop.compare import compare, main, parse_row, reward_agreement, rewards_report, sample_means
-from loop.errors import ConfigError
+from loop.core.errors import ConfigError
 
 
 def q(logprob, contains, f1=0.0, sample=0):

@@ -10,9 +10,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from loop import assets
-from loop.checks import RULES, check_settings
-from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError
+from loop.core import assets
+from loop.core.checks import RULES, check_settings
+from loop.core.config import CONF_DIR, PROJECT_ROOT, ConfigError
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
 from tests.conftest import PRESETS, compose_run
@@ -169,7 +169,7 @@ def test_arc1d_cpu_keeps_the_m_step_it_was_measured_with():
 def test_evaluate_reads_the_tasks_held_out_set():
     from hydra import compose, initialize_config_dir
 
-    from loop.config import to_run_config
+    from loop.core.config import to_run_config
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         squad = to_run_config(compose("evaluate"))
@@ -198,7 +198,7 @@ def test_every_numeric_setting_has_a_rule():
     """A numeric setting added to a schema without a launch check fails here."""
     from dataclasses import fields, is_dataclass
 
-    from loop.config import RunConfig
+    from loop.core.config import RunConfig
 
     def numeric(node, prefix=""):
         for f in fields(node):

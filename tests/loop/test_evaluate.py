@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from loop.config import PROJECT_ROOT, ConfigError
+from loop.core.config import PROJECT_ROOT, ConfigError
+from loop.core.evaluation import passage_means
 from loop.evaluate import evaluate
-from loop.evaluation import passage_means
 from loop.tasks.base import select
 from loop.tasks.squad.data import load_squad
 from tests.conftest import compose_run
@@ -131,7 +131,7 @@ def test_cli_prints_the_table_on_the_bundled_student(tmp_path):
 
 
 def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama, monkeypatch):
-    from loop.judge import add_verdicts
+    from loop.core.judge import add_verdicts
     from student import evaluate as student_evaluate
     from student.model import load_student
     from tests.student.test_models import tiny_student
@@ -153,7 +153,7 @@ def test_judge_errors_are_counted_apart_never_as_wrong(tiny_llama, monkeypatch):
 
 
 def test_judge_preset_must_exist():
-    from loop.judge import load_judge
+    from loop.core.judge import load_judge
 
     with pytest.raises(ConfigError, match=r"evaluate.judge=gpt4 is not a model preset"):
         load_judge("gpt4")
@@ -179,7 +179,7 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     the only difference, and every condition is paired with every earlier one."""
     from pathlib import Path
 
-    from loop.adapters import resolve_adapter
+    from loop.core.adapters import resolve_adapter
     from teacher.model import load_teacher
     from teacher.train import train_adapter
 
@@ -227,6 +227,18 @@ def test_teacher_conditions_pair_trained_and_untrained_teacher(tiny_llama, tiny_
     assert all(len(x["questions"]) == 2 * len(QUESTIONS[x["context"]]) for x in teacher_rows)
     assert Path(out / "results.json").exists()
 
+    # the adapter gone (another machine, a later session): a folder whose `teacher` row is
+    # sampled still resumes, reading its self-edits back; a new folder fails at launch
+    trained = dataclasses.replace(run, teacher=dataclasses.replace(run.teacher, adapter=str(adapter)))
+    adapter.rename(tmp_path / "moved")
+    again = evaluate(dataclasses.replace(trained, resume=str(out)), out)
+    assert again["summary"] == summary
+    assert (out / "self_edits.jsonl").read_text().count("\n") == len(edits)
+    elsewhere = dataclasses.replace(trained, tracking=dataclasses.replace(
+        trained.tracking, uri=f"sqlite:///{tmp_path}/m.db"))
+    with pytest.raises(ConfigError, match="teacher.adapter=.*no such folder"):
+        evaluate(elsewhere, tmp_path / "fresh")
+
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_cpt_absorbs_every_passage_in_one_training_run(tiny_llama, tmp_path, method):
@@ -242,7 +254,7 @@ def test_cpt_absorbs_every_passage_in_one_training_run(tiny_llama, tmp_path, met
     assert len({(q["seed"], q["train_loss_first"], q["train_loss_last"]) for q in passage}) == 1
     assert set(results["summary"]) == {"base", "passage"}
     with pytest.raises(ConfigError, match="setting of loop.evaluate"):
-        from loop.rounds import validate
+        from loop.core.rounds import validate
 
         validate(run)
 

@@ -1,5 +1,5 @@
 """The Ray executor for real: a local Ray, actors that each load the student, workers that die
-mid-batch (SIGKILL through loop.faults), and a ledger equal to the local executor's."""
+mid-batch (SIGKILL through loop.core.faults), and a ledger equal to the local executor's."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from loop import rounds
-from loop.config import ConfigError
-from loop.ledger import read_jsonl
+from loop.core import rounds
+from loop.core.config import ConfigError
+from loop.core.ledger import read_jsonl
 from tests.conftest import compose_run
 
 

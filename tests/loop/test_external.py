@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from loop.config import PROJECT_ROOT, ConfigError
+from loop.core.config import PROJECT_ROOT, ConfigError
 from loop.evaluate import evaluate
 from teacher.config import EndpointConfig, SamplingSettings
 from teacher.external import EndpointError, EndpointGenerator

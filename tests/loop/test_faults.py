@@ -1,7 +1,7 @@
 """Fault injection: a real `python -m loop.run` killed with SIGKILL at every phase, resumed
 after each kill, ends exactly where an uninterrupted run with the same seeds ends.
 
-One run is killed seven times in a row (`SEAL_FAULT`, loop.faults): while sampling, in the inner
+One run is killed seven times in a row (`SEAL_FAULT`, loop.core.faults): while sampling, in the inner
 loop, mid M-step, with the teacher adapter staged but not renamed, before a tracking call, with
 a round summary written to its temporary name, and while sampling round 1. After each kill
 nothing half-written is in place; after the last resume the ledger holds every evaluation
@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from loop.config import PROJECT_ROOT
-from loop.ledger import read_jsonl
+from loop.core.config import PROJECT_ROOT
+from loop.core.ledger import read_jsonl
 
 # (fault, what the folder holds after it): each resume goes one phase further
 CHAIN = [

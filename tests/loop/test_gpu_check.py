@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from loop.config import PROJECT_ROOT
+from loop.core.config import PROJECT_ROOT
 
 FAST = ["student.train.epochs=1", "student.train.batch_size=64", "student.eval.max_new_tokens=4"]
 

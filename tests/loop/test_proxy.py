@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from loop import proxy, rounds
-from loop.config import ConfigError
-from loop.ledger import read_jsonl
+from loop.core import proxy, rounds
+from loop.core.config import ConfigError
+from loop.core.ledger import read_jsonl
 from loop.tasks.squad.data import Passage, Question
 from tests.conftest import compose_run
 from tests.loop.test_rounds import tiny_run
@@ -90,7 +90,7 @@ def test_a_round_screened_by_the_proxy_absorbs_only_the_best(tiny_llama, tiny_qw
 
 @pytest.mark.slow
 def test_a_round_on_the_proxy_alone_absorbs_nothing(tiny_llama, tiny_qwen2, tmp_path):
-    from loop.reward import context_score
+    from loop.core.reward import context_score
 
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "reward.metric=context_logprob")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.reward import Scored, best_of_k, reward, threshold, top_fraction
+from loop.core.reward import Scored, best_of_k, reward, threshold, top_fraction
 
 # two contexts, three samples each; rewards by hand: after - baseline
 SAMPLES = [Scored("a", 0, reward(0.30, 0.10)), Scored("a", 1, reward(0.50, 0.10)),
@@ -43,7 +43,7 @@ def test_top_fraction_ranks_the_whole_round():
 def test_no_filter_keeps_a_self_edit_with_nothing_to_train_on(name):
     """An empty self-edit that scored best (it often does: the passage alone is absorbed) is
     passed over for the best one with text; a context with only empty ones keeps none."""
-    from loop.reward import RewardConfig, keep
+    from loop.core.reward import RewardConfig, keep
 
     samples = [Scored("a", 0, 0.9, trainable=False), Scored("a", 1, 0.4),
                Scored("b", 0, 0.7, trainable=False)]
@@ -52,7 +52,7 @@ def test_no_filter_keeps_a_self_edit_with_nothing_to_train_on(name):
 
 
 def test_paired_gain_by_hand():
-    from loop.reward import paired_gain
+    from loop.core.reward import paired_gain
 
     # a judge with no verdict on a question leaves it out of both sides: only question 0 is
     # compared (100 - 0); unpaired means would give 100 - 50
@@ -70,7 +70,7 @@ def test_paired_gain_by_hand():
 def test_the_proxy_reward_by_hand():
     """context_logprob: the log-prob with the self-edit in the prompt minus the frozen student's
     closed-book log-prob, per question, paired: (-1 + -2) / 2 - (-3 + -2.5) / 2 = 1.25."""
-    from loop.reward import paired_gain
+    from loop.core.reward import paired_gain
 
     read = [{"context_logprob": -1.0}, {"context_logprob": -2.0}]
     closed = [{"logprob": -3.0}, {"logprob": -2.5}]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from loop import mstep, rounds, runfolder, sampling
-from loop.config import PROJECT_ROOT, ConfigError
-from loop.ledger import read_jsonl
+from loop.core import mstep, rounds, runfolder, sampling
+from loop.core.config import PROJECT_ROOT, ConfigError
+from loop.core.ledger import read_jsonl
 from loop.tasks.squad.data import Passage, Question
 from tests.conftest import compose_run
 
@@ -82,7 +82,7 @@ def test_an_evaluation_resume_ignores_the_m_step_it_never_reads(tmp_path, caplog
 
 
 def test_the_round_table_shows_what_each_domain_computes():
-    from loop.ledger import Evaluation
+    from loop.core.ledger import Evaluation
     from loop.tasks.arc import Arc
     from loop.tasks.squad import Squad
 
@@ -382,7 +382,7 @@ def test_judge_rewards_with_a_local_preset(tiny_llama, tiny_qwen2, tmp_path):
 
 @pytest.mark.slow
 def test_a_passage_baseline_measures_what_the_self_edit_adds(tiny_llama, tiny_qwen2, tmp_path):
-    from loop.reward import context_score
+    from loop.core.reward import context_score
 
     run = tiny_run(tiny_llama, tiny_qwen2, tmp_path, "tracking.enabled=false", "loop.rounds=1",
                    "loop.contexts_per_round=1", "reward.baseline=passage", "reward.inner_seeds=2")

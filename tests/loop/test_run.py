@@ -9,7 +9,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from loop.config import PROJECT_ROOT
+from loop.core.config import PROJECT_ROOT
 
 
 @pytest.mark.slow

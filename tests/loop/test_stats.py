@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.stats import bootstrap, paired_difference, pearson
+from loop.core.stats import bootstrap, paired_difference, pearson
 
 
 def test_constant_values_have_a_zero_width_interval():
@@ -37,7 +37,7 @@ def test_pearson_by_hand():
 
 
 def test_spearman_by_hand():
-    from loop.stats import ranks, spearman
+    from loop.core.stats import ranks, spearman
 
     assert ranks([10.0, 30.0, 20.0, 20.0]) == [1.0, 4.0, 2.5, 2.5]  # ties share their mean rank
     assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 1000.0]) == pytest.approx(1.0)

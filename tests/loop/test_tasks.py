@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loop.config import PROJECT_ROOT
+from loop.core.config import PROJECT_ROOT
 from loop.tasks.base import DataError, TaskConfig
 from loop.tasks.squad.data import load_squad
 

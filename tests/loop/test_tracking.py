@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from loop import mlflow_run, tracking
-from loop.config import PROJECT_ROOT
-from loop.ledger import read_jsonl
-from loop.tracking import TrackingConfig, TrackingError
+from loop.core import mlflow_params, tracking
+from loop.core.config import PROJECT_ROOT
+from loop.core.ledger import read_jsonl
+from loop.core.tracking import TrackingConfig, TrackingError
 
 
 def free_port() -> int:
@@ -148,6 +148,10 @@ def test_a_whole_run_outlives_its_server_and_syncs_afterwards(tiny_llama, tiny_q
 def test_params_are_the_settings_that_apply_without_machine_paths(tmp_path):
     """What MLflow's compare view shows: no unset values, no cache folders or tracking URIs,
     no settings of the other domain, of an unused backend or of the other entry point."""
+    from loop.tasks.arc import Arc
+    from loop.tasks.squad import Squad
+
+    squad, arc_unread = Squad.unread_settings, Arc.unread_settings  # what each domain never reads
     project, cache = tmp_path / "project", tmp_path / "cache"
     flat = {"teacher.name": "qwen0.5b", "teacher.path": str(cache / "models" / "qwen0.5b"),
             "teacher.revision": None, "teacher.backend": "transformers",
@@ -161,33 +165,33 @@ def test_params_are_the_settings_that_apply_without_machine_paths(tmp_path):
             "evaluate.forgetting": "grow", "tracking.uri": "sqlite:////x/mlflow.db",
             "serve.port": 8000, "executor.name": "local", "executor.num_workers": 2,
             "resume": None, "seed": 0}
-    assert tracking.run_params(flat, "loop.run", project, cache) == {
+    assert tracking.run_params(flat, "loop.run", project, cache, squad) == {
         "teacher.name": "qwen0.5b", "teacher.backend": "transformers", "teacher.train.lr": 3e-4,
         "student.path": "/data/my_model", "student.lora.r": 32, "student.data.split_lines": True,
         "student.eval_backend": "transformers", "task.format": "squad",
         "task.data": "data/squad/train_pool.json", "loop.k": 4, "executor.name": "local",
         "seed": 0}
-    evaluation = tracking.run_params(flat, "loop.evaluate", project, cache)
+    evaluation = tracking.run_params(flat, "loop.evaluate", project, cache, squad)
     assert {"evaluate.samples", "evaluate.conditions"} <= set(evaluation)
     assert not {"loop.k", "teacher.train.lr", "evaluate.external.chat",
                 "evaluate.forgetting"} & set(evaluation)
     external = {**flat, "evaluate.conditions": ["base", "external"], "task.absorb": "sequential"}
-    evaluation = tracking.run_params(external, "loop.evaluate", project, cache)
+    evaluation = tracking.run_params(external, "loop.evaluate", project, cache, squad)
     assert evaluation["evaluate.external.chat"] is True and "evaluate.external.url" not in evaluation
     assert evaluation["evaluate.forgetting"] == "grow"
     arc = tracking.run_params({**flat, "task.format": "arc", "teacher.backend": "vllm",
-                               "executor.name": "ray"}, "loop.run", project, cache)
+                               "executor.name": "ray"}, "loop.run", project, cache, arc_unread)
     assert arc["student.arc.lora.r"] == 128 and arc["teacher.vllm_memory"] == 0.3
     assert arc["executor.num_workers"] == 2
     assert not {"student.lora.r", "student.data.split_lines", "student.vllm_memory"} & set(arc)
 
     # the composed defaults, as a fresh `loop.run` logs them
-    from loop.assets import cache_dir
-    from loop.config import PROJECT_ROOT
+    from loop.core.assets import cache_dir
+    from loop.core.config import PROJECT_ROOT
     from tests.conftest import compose_run
 
     params = tracking.run_params(tracking.flatten(compose_run()), "loop.run", PROJECT_ROOT,
-                                 cache_dir())
+                                 cache_dir(), squad)
     assert params["teacher.name"] == "qwen0.5b" and params["task.data"] == "data/squad/train_pool.json"
     assert all(v is not None and str(cache_dir()) not in str(v) and str(PROJECT_ROOT) not in str(v)
                for v in params.values())
@@ -226,7 +230,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
     assert a.info.experiment_id == b.info.experiment_id
     experiment = client.get_experiment(a.info.experiment_id)
     assert experiment.name == "squad"
-    assert experiment.tags[mlflow_run.EXPERIMENT_KIND] == "custom_model_development"
+    assert experiment.tags[mlflow_params.EXPERIMENT_KIND] == "custom_model_development"
     assert "loop.run" in experiment.tags["mlflow.note.content"]
     for name, run in runs.items():
         url = (f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
@@ -234,7 +238,7 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
         assert printed[name].count(url) == 2  # at the start and at the end
         tags = run.data.tags
         assert tags["mlflow.source.name"] == "loop.run" and tags["mlflow.user"]
-        assert tags["mlflow.source.git.commit"] == mlflow_run.git_commit(full=True)
+        assert tags["mlflow.source.git.commit"] == mlflow_params.git_commit(full=True)
         assert tags["mlflow.note.content"].startswith("`python -m loop.run experiment=smoke")
         teacher, student = ("qwen0.5b", "smollm135m") if name == "a" else ("smollm135m", "qwen0.5b")
         assert f"Teacher **{teacher}**" in tags["mlflow.note.content"]
@@ -260,8 +264,8 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
             f.path for f in client.list_artifacts(run.info.run_id, "round_0")}
 
     # the trained teacher, as MLflow users load it and as loop.evaluate reads it
-    from loop.adapters import find_adapter
-    from loop.seeds import derive_seed
+    from loop.core.adapters import find_adapter
+    from loop.core.seeds import derive_seed
     from teacher.config import SamplingSettings
     from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from loop.config import PROJECT_ROOT
-from loop.ledger import read_jsonl
+from loop.core.config import PROJECT_ROOT
+from loop.core.ledger import read_jsonl
 from tests.conftest import compose_run
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ vllm = pytest.importorskip(
 def _engines_closed():
     """Each test's engines stop with it: the smoke run's processes need the memory (24 GB here)."""
     yield
-    from loop import vllm as engines
+    from loop.core import vllm as engines
 
     engines.close()
 
@@ -67,7 +67,7 @@ def teacher_run(tmp_path_factory):
 
 
 def test_vllm_teacher_answers_like_transformers_and_swaps_adapters_live(teacher_run, tmp_path):
-    from loop.vllm import teacher_engine
+    from loop.core.vllm import teacher_engine
     from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher
     from teacher.train import train_adapter

@@ -89,7 +89,7 @@ def test_absorbing_is_seeded(tiny_llama):
 
 @pytest.mark.slow
 def test_the_bundled_student_absorbs_a_passage():
-    from loop.config import PROJECT_ROOT
+    from loop.core.config import PROJECT_ROOT
     from loop.tasks.squad.data import load_squad
     from student.data import training_texts
 

@@ -319,7 +319,7 @@ def test_each_adapter_is_clipped_as_torch_clips_it_alone():
     ("auto", "cpu", False), ("auto", "cuda:0", True), ("true", "cpu", True), (True, "cpu", True),
 ])
 def test_auto_trains_adapters_together_on_a_gpu_only(setting, device, together):
-    from loop.checks import batched
+    from loop.core.checks import batched
     from loop.tasks.squad.absorb import train_together
     from tests.conftest import compose_run
 
@@ -383,7 +383,7 @@ def test_bench_times_the_m_step_against_trls_way(tiny_qwen2, capsys):
     import re
 
     from loop.bench import main
-    from loop.bench_teacher import MSTEP_PATHS
+    from loop.core.bench_teacher import MSTEP_PATHS
 
     main(["--mstep", "--repeats", "2", f"teacher.path={tiny_qwen2}", "teacher.name=tiny",
           "loop.contexts_per_round=4", "teacher.train.batch_size=2", "teacher.train.epochs=1",

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.config import ConfigError, RunConfig
+from loop.core.config import ConfigError, RunConfig
 from loop.tasks.arc.data import ArcTask, load_arc
 from loop.tasks.arc.solve import ArcBatch, prompt, score_base, score_self_edits
 from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
 from teacher.prompts import Prompt
+
+# An ARC run folder whose record lacks this key started before the ARC fixes of issue 21, which
+# no setting undoes.
+SINCE = "student.arc.permute_colors"
 
 
 def load(task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
@@ -27,6 +31,27 @@ class Arc(Domain):
     name = "arc"
     conditions = ("base", "teacher_base", "teacher", "oracle")
     logs_teacher_model = False  # its teacher writes JSON configurations, not self-edits to share
+    unread_settings = ("student.lora.", "student.data.")  # SQuAD's; ARC has student.arc.*
+    metrics_note = "`success` is the percent of tasks solved (pass@2)"
+
+    def check_overrides(self, run: RunConfig, overrides: list[str]) -> None:
+        # ARC's test-time training has its own LoRA (student.arc.lora)
+        for override in overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key == "student.lora" or key.startswith("student.lora."):
+                use = "student.arc.lora" + key.removeprefix("student.lora")
+                raise ConfigError(f"{override}: task={run.task.name} does not read student.lora "
+                                  "(the SQuAD student's adapter); ARC's test-time training "
+                                  f"adapter is student.arc.lora: set {use}=... instead")
+
+    def resume_refusal(self, run: RunConfig, added: list[str]) -> str | None:
+        if SINCE not in added:
+            return None
+        return (f"resume={run.resume} is an ARC run started before ARC's test-time training and "
+                "the teacher's prompt changed (issue 21: colour-permuted copies, reordered "
+                "views, warm-up from 0, the reference's system message and top-p 1.0); no "
+                "setting restores them, so it cannot be resumed as it ran: start it again in a "
+                "new folder")
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
         return load(task, held_out)
@@ -51,7 +76,7 @@ class Arc(Domain):
         return [cache.get(context.id, lambda: score_base(*student, context, run))]
 
     def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
-        from loop.ledger import batches_to_run
+        from loop.core.ledger import batches_to_run
 
         ids = dict.fromkeys(cid for cid, _, _ in keys)  # one task's self-edits per batch
         return [g for c in ids for g in batches_to_run([k for k in keys if k[0] == c], size, done)]

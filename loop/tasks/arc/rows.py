@@ -5,7 +5,7 @@ for 1D-ARC.
 
 from __future__ import annotations
 
-from loop.config import ConfigError, RunConfig
+from loop.core.config import ConfigError, RunConfig
 from loop.tasks.arc.solve import score_base, score_self_edits
 from loop.tasks.base import Domain, select
 
@@ -55,7 +55,7 @@ def summarise(task_ids: list[str], conditions: list[str], n: int, done: dict, se
     one task share its difficulty, so they are averaged first (a task's success rate), and the
     bootstrap resamples tasks, pairing conditions by task. The estimate is the paper's success
     rate over (task, self-edit) units, since every task has `n` of them."""
-    from loop.evaluation import summarise as summarise_units
+    from loop.core.evaluation import summarise as summarise_units
 
     def rate(tid: str, cond: str) -> float:
         samples = [None] if cond == "base" else range(n)
@@ -92,11 +92,11 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
 
     from tqdm import tqdm
 
-    from loop import plots
-    from loop.evaluation import condition_table, open_evaluation, sample_self_edits
-    from loop.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.runfolder import dataset_name, tracked
-    from loop.seeds import derive_seed
+    from loop.core import plots
+    from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits
+    from loop.core.ledger import append_jsonl, read_jsonl, write_json_atomic
+    from loop.core.runfolder import dataset_name, tracked
+    from loop.core.seeds import derive_seed
     from student.model import load_student
 
     conditions = list(run.evaluate.conditions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loop.config import RunConfig
+from loop.core.config import RunConfig
 from loop.tasks.arc.data import ArcTask
 from loop.tasks.base import Absorbed
 
@@ -26,7 +26,7 @@ def prompt(task: ArcTask) -> list[dict]:
 
 def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
     """The student as it is, in context only (the paper's ICL row)."""
-    from student.arc.ttt import solve
+    from student.arc.predict import solve
 
     result = solve(model, tokenizer, pairs(task.train), pairs(task.test), run.student.arc,
                    run.student.instruct)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
-from loop.config import ConfigError, RunConfig
-from loop.reward import LOG_PROBABILITIES
+from loop.core.config import ConfigError, RunConfig
+from loop.core.reward import LOG_PROBABILITIES
 from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
 from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
 from loop.tasks.squad.data import Passage, load_squad
@@ -35,6 +35,19 @@ class Squad(Domain):
     name = "squad"
     conditions = ("base", "passage", "teacher_base", "teacher", "external")
     logs_teacher_model = True  # its teacher writes self-edits: a model others can sample
+    unread_settings = ("student.arc.",)  # ARC's student settings
+    metrics_note = ("EM, F1 and contains are percents of questions, logprob is nats per "
+                    "gold-answer token")
+
+    def check_settings(self, run: RunConfig) -> None:
+        from teacher.prompts import PROMPTS
+
+        if run.teacher.sampling.prompt not in PROMPTS:
+            raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
+                              f"{run.teacher.sampling.prompt!r}")
+
+    def prompt_note(self, run: RunConfig) -> str:
+        return f" (prompt `{run.teacher.sampling.prompt}`)"
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list[Passage]:
         return load(task, held_out)
@@ -52,7 +65,7 @@ class Squad(Domain):
         return baseline_scores(*student, context, run, cache, judge_model)
 
     def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
-        from loop.ledger import batches_to_run
+        from loop.core.ledger import batches_to_run
 
         return batches_to_run(keys, size, done)  # across passages
 
@@ -70,8 +83,8 @@ class Squad(Domain):
     def score_batch(self, student, run: RunConfig, judge_model,
                     item: SquadBatch | ProxyBatch) -> list[Absorbed]:
         model, tokenizer = student
-        if isinstance(item, ProxyBatch):  # read in context, nothing absorbed (loop.proxy)
-            from loop.proxy import context_rows
+        if isinstance(item, ProxyBatch):  # read in context, nothing absorbed (loop.core.proxy)
+            from loop.core.proxy import context_rows
 
             return [Absorbed(context_rows(model, tokenizer, passage, text, run.student), [])
                     for passage, text in item.pairs]
@@ -81,7 +94,7 @@ class Squad(Domain):
     def proxies(self, student, run: RunConfig, contexts: list, edits: dict, cache,
                 path: Path) -> tuple[dict, set | None]:
         """The proxy of every self-edit: the screen (reward.screen) and its honesty check."""
-        from loop import proxy
+        from loop.core import proxy
 
         if run.reward.metric == "context_logprob":
             return {}, None

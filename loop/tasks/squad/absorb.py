@@ -10,10 +10,10 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop.checks import batched
-from loop.config import RunConfig
-from loop.reward import LOG_PROBABILITIES
-from loop.seeds import derive_seed
+from loop.core.checks import batched
+from loop.core.config import RunConfig
+from loop.core.reward import LOG_PROBABILITIES
+from loop.core.seeds import derive_seed
 from loop.tasks.squad.data import Passage
 from student.config import batched_setting
 
@@ -32,7 +32,7 @@ class SquadBatch:
 @dataclass
 class ProxyBatch:
     """Self-edits read in context by the frozen student, nothing absorbed
-    (`reward.metric=context_logprob`, loop.proxy)."""
+    (`reward.metric=context_logprob`, loop.core.proxy)."""
 
     pairs: list[tuple[Passage, str]]
 
@@ -46,7 +46,7 @@ def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_mode
     baselines alone did not fit a 24 GB machine (measured: the smoke run's Ray worker was
     OOM-killed at 98 % of memory); the baselines then answer on transformers (a launch warning
     says so)."""
-    from loop.judge import add_verdicts
+    from loop.core.judge import add_verdicts
     from student.evaluate import score_questions
 
     qa = [(q.question, q.answer) for q in passage.questions]
@@ -54,7 +54,7 @@ def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_mode
     scored = score_questions(model, tokenizer, passage.title, qa, run.student,
                              generate=generate and not on_vllm)
     if on_vllm:
-        from loop.vllm import student_engine
+        from loop.core.vllm import student_engine
         from student import vllm_eval
 
         items = [(passage.title, qa)]
@@ -115,7 +115,7 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
     batches. Same results as one at a time, up to floating-point reduction order. `phase`
     (name -> context manager; loop.bench times "train" and "answer" with it) wraps each phase
     of the batched path."""
-    from loop.judge import add_verdicts
+    from loop.core.judge import add_verdicts
     from student import batched as many
     from student.absorb import plan, train_alone
     from student.evaluate import score_questions_many
@@ -178,7 +178,7 @@ def score_with_vllm(model, tokenizer, adapters, items, run: RunConfig, generate:
     process (student.vllm_eval says why)."""
     import tempfile
 
-    from loop.vllm import student_engine
+    from loop.core.vllm import student_engine
     from student import vllm_eval
     from student.evaluate import score_questions_many
 

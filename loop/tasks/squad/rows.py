@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
-from loop.config import RunConfig
-from loop.evaluation import passage_means
-from loop.judge import add_verdicts, load_judge
-from loop.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
-from loop.seeds import derive_seed
+from loop.core.config import RunConfig
+from loop.core.evaluation import passage_means
+from loop.core.judge import add_verdicts, load_judge
+from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
+from loop.core.seeds import derive_seed
 from loop.tasks.base import Domain, select
 from loop.tasks.squad.absorb import passage_texts, score_context
 
@@ -148,7 +148,7 @@ def proxy_correlations(per_passage: dict[str, list[dict]]) -> dict[str, dict[str
     """How well the cheap reward tracks the real ones: per condition, Pearson's r across
     passages between its gain over `base` in gold-answer log-probability (no generation) and
     its gain in each generated-answer metric."""
-    from loop.stats import pearson
+    from loop.core.stats import pearson
 
     out: dict[str, dict[str, float | None]] = {}
     if "base" not in per_passage or len(per_passage["base"]) < 2:
@@ -178,10 +178,10 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
     the missing ones computed (the config must match the folder's `run.json`)."""
     from tqdm import tqdm
 
-    from loop import plots
-    from loop.baseline import BaselineCache
-    from loop.evaluation import condition_table, open_evaluation, sample_self_edits, summarise
-    from loop.runfolder import dataset_name, tracked
+    from loop.core import plots
+    from loop.core.baseline import BaselineCache
+    from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits, summarise
+    from loop.core.runfolder import dataset_name, tracked
     from student.model import load_student
 
     passages = select(domain.load(run.task, held_out=True), run.task.n_contexts, run.seed)
@@ -274,7 +274,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
         proxy = proxy_correlations(per_passage)
         agreement = {}
         if self_edits and run.task.absorb == "single":  # the in-context proxy vs absorbing
-            from loop.proxy import evaluation_agreement
+            from loop.core.proxy import evaluation_agreement
 
             agreement = evaluation_agreement((model, tokenizer), run, passages, self_edits, done,
                                              baseline, out_dir / "proxy.jsonl")

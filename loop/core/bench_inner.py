@@ -13,8 +13,8 @@ import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from loop.config import CONF_DIR, PROJECT_ROOT, ConfigError, RunConfig, register, to_run_config
-from loop.reward import LOG_PROBABILITIES
+from loop.core.config import CONF_DIR, PROJECT_ROOT, ConfigError, RunConfig, register, to_run_config
+from loop.core.reward import LOG_PROBABILITIES
 
 SAMPLE = PROJECT_ROOT / "data" / "bench" / "self_edits.json"
 
@@ -106,8 +106,8 @@ def load_sample(path: Path, run: RunConfig, k: int, wanted: str = "--k "):
 
 def sample_from_teacher(run: RunConfig, k: int, save: Path | None):
     """k fresh self-edits from the configured teacher on the first k passages of task.data."""
-    from loop.ledger import write_json_atomic
-    from loop.seeds import derive_seed
+    from loop.core.ledger import write_json_atomic
+    from loop.core.seeds import derive_seed
     from loop.tasks import squad
     from loop.tasks.squad.data import load_squad
     from teacher.generate import TransformersGenerator
@@ -183,8 +183,8 @@ def run_path(model, tokenizer, jobs, run: RunConfig, setting: str, device: str, 
 
 
 def time_proxy(model, tokenizer, items, run: RunConfig) -> float:
-    """Seconds to read every (passage, self-edit) in context (loop.proxy): the cheap reward."""
-    from loop.proxy import context_rows
+    """Seconds to read every (passage, self-edit) in context (loop.core.proxy): the cheap reward."""
+    from loop.core.proxy import context_rows
 
     t0 = time.perf_counter()
     for passage, text in items:
@@ -195,8 +195,8 @@ def time_proxy(model, tokenizer, items, run: RunConfig) -> float:
 def bench(args, overrides: list[str]) -> None:
     import torch
 
-    from loop.checks import check_settings
-    from loop.cli import check_models
+    from loop.core.checks import check_settings
+    from loop.core.cli import check_models
     from student.data import training_texts
     from student.model import load_student
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from loop.config import ConfigError, RunConfig
+from loop.core.config import ConfigError, RunConfig
 
 
 def resolve_adapter(spec: str, run: RunConfig) -> Path:

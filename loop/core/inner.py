@@ -3,12 +3,12 @@ its reward against the student's baseline written to the ledger as soon as its b
 
 from __future__ import annotations
 
-from loop import faults
-from loop.config import RunConfig
-from loop.ledger import Evaluation, Ledger
-from loop.reward import METRICS, context_score, paired_gain
-from loop.sampling import SelfEdit
-from loop.seeds import derive_seed
+from loop.core import faults
+from loop.core.config import RunConfig
+from loop.core.ledger import Evaluation, Ledger
+from loop.core.reward import METRICS, context_score, paired_gain
+from loop.core.sampling import SelfEdit
+from loop.core.seeds import derive_seed
 from loop.tasks.base import Absorbed, Domain, Key
 from student.config import batched_setting
 
@@ -23,16 +23,16 @@ def inner_round(student, run: RunConfig, domain: Domain, r: int, contexts: list,
                 absorb: set[tuple[str, int]] | None = None) -> list[Evaluation]:
     """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger;
     with `absorb` (reward.screen) only those self-edits. With reward.metric=context_logprob
-    each self-edit is read in context by the frozen student instead (loop.proxy).
+    each self-edit is read in context by the frozen student instead (loop.core.proxy).
 
     The missing ones are absorbed in batches of student.train.max_adapters (one with
     student.train.batched=false), cut by the domain (`Domain.groups`: ARC batches one task's
     self-edits, SQuAD batches across passages); each is written to the ledger as soon as its
-    batch is scored. The batches run on `executor` (loop.executor: this process by default, or
+    batch is scored. The batches run on `executor` (loop.core.executor: this process by default, or
     Ray workers) through `domain.score_batch`; only this process writes."""
     from tqdm import tqdm
 
-    from loop.executor import LocalExecutor
+    from loop.core.executor import LocalExecutor
 
     metric = run.reward.metric
     by_id = {c.id: c for c in contexts}

@@ -10,7 +10,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from loop.bench_inner import compose, load_sample, matmul_peak
+from loop.core.bench_inner import compose, load_sample, matmul_peak
 
 
 def bench_sampling(args, overrides: list[str]) -> None:
@@ -24,8 +24,8 @@ def bench_sampling(args, overrides: list[str]) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from loop.cli import check_models
-    from loop.seeds import derive_seed
+    from loop.core.cli import check_models
+    from loop.core.seeds import derive_seed
     from loop.tasks import squad
     from loop.tasks.squad.data import load_squad
     from teacher.generate import TransformersGenerator
@@ -109,7 +109,7 @@ def bench_mstep(args, overrides: list[str]) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from loop.cli import check_models
+    from loop.core.cli import check_models
     from loop.tasks import squad
     from teacher.model import load_teacher
     from teacher.train import train_adapter

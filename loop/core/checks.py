@@ -5,7 +5,7 @@ range, a choice, a path that must exist. A bad value stops the run before any mo
 one line naming the setting, the value and what is accepted (`ConfigError`, exit 2), instead of a
 traceback minutes in, or a run that quietly does something else. Checks that depend on several
 settings at once (a batch that splits over processes, a metric that needs a judge) are in
-`loop.rounds.validate` (`loop.run`) and `validate_backends` (every entry point that loads a
+`loop.core.rounds.validate` (`loop.run`) and `validate_backends` (every entry point that loads a
 model).
 """
 
@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loop.config import RunConfig
-from loop.errors import CONF_DIR, ConfigError
-from loop.reward import BASELINES, FILTERS, METRICS
-from loop.tasks import formats
+from loop.core.config import RunConfig
+from loop.core.errors import CONF_DIR, ConfigError
+from loop.core.reward import BASELINES, FILTERS, METRICS
+from loop.tasks import domain, formats
 from student.arc.augment import VIEW_TRANSFORMS
 from student.config import BATCHED, batched_setting
 
@@ -177,7 +177,7 @@ def setting(run: RunConfig, key: str):
 
 def check_settings(run: RunConfig) -> None:
     """Raise ConfigError for the first setting outside what it accepts (RULES, CHOICES, the
-    prompt, the judges, the tracking store)."""
+    domain's own settings, the judges, the tracking store)."""
     for key, accepts, accepted in RULES:
         value = setting(run, key)
         if not accepts(value):
@@ -185,12 +185,7 @@ def check_settings(run: RunConfig) -> None:
     for key, name, known in CHOICES:
         if (value := setting(run, key)) not in known:
             raise ConfigError(f"unknown {name} '{value}'; choose {choices(known)}")
-    if run.task.format == "squad":
-        from teacher.prompts import PROMPTS
-
-        if run.teacher.sampling.prompt not in PROMPTS:
-            raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
-                              f"{run.teacher.sampling.prompt!r}")
+    domain(run.task).check_settings(run)
     presets = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))
     for key, name in (("reward.judge", run.reward.judge), ("evaluate.judge", run.evaluate.judge)):
         if name is not None and name not in presets:

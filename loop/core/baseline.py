@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loop.ledger import append_jsonl, read_jsonl
+from loop.core.ledger import append_jsonl, read_jsonl
 
 
 class BaselineCache:

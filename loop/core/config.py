@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from loop import assets
-from loop.errors import CONF_DIR, PROJECT_ROOT, ConfigError  # noqa: F401 (their home for users)
-from loop.executor import ExecutorConfig
-from loop.reward import RewardConfig
+from loop.core import assets
+from loop.core.errors import CONF_DIR, PROJECT_ROOT, ConfigError  # noqa: F401 (their home for users)
+from loop.core.executor import ExecutorConfig
+from loop.core.reward import RewardConfig
+from loop.core.tracking import TrackingConfig
 from loop.tasks.config import TaskConfig
-from loop.tracking import TrackingConfig
 from student.config import BATCHED, StudentConfig
 from teacher.config import EndpointConfig, TeacherConfig
 
@@ -51,7 +51,7 @@ class ServeConfig:
 
 @dataclass
 class LoopConfig:
-    """The outer loop (loop.rounds): rounds of sample -> absorb and score -> filter -> train."""
+    """The outer loop (loop.core.rounds): rounds of sample -> absorb and score -> filter -> train."""
 
     rounds: int = 2
     contexts_per_round: int = 50  # drawn from task.data, disjoint across rounds while it lasts
@@ -76,7 +76,7 @@ class RunConfig:
 def register() -> None:
     """Register the schema and the resolvers the YAML files use; idempotent."""
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
-    # ${bundled_model:smollm135m} -> the prepared safetensors folder in the cache (loop.assets)
+    # ${bundled_model:smollm135m} -> the prepared safetensors folder in the cache (loop.core.assets)
     OmegaConf.register_new_resolver(
         "bundled_model", lambda name: str(assets.bundled_model_dir(name)), replace=True)
     # ${project_root:} -> the repository folder, for the data files shipped with the project

@@ -64,7 +64,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     """A JSON file that is either absent, the old one, or the complete new one."""
-    from loop import faults
+    from loop.core import faults
 
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(json.dumps(obj, indent=2) + "\n")

@@ -6,13 +6,13 @@ what the teacher reads, how a batch of self-edits is scored and what the baselin
     summary = rounds.run(run_config, run_folder)   # what `python -m loop.run` does
 
 Each round:
-1. E-step (`loop.sampling`): the teacher (base + the previous round's adapter) samples k
+1. E-step (`loop.core.sampling`): the teacher (base + the previous round's adapter) samples k
    self-edits per context, one derived seed per sample (`round_<r>/self_edits.jsonl`, appended
    per batch).
-2. Inner loop (`loop.inner`): each self-edit is absorbed by a fresh LoRA on the frozen student
+2. Inner loop (`loop.core.inner`): each self-edit is absorbed by a fresh LoRA on the frozen student
    (once per inner seed) and scored on the context's task; reward = score - the student's cached
    baseline (`baseline.jsonl`). One `ledger.jsonl` line per evaluation, flushed.
-3. Filter (loop.reward), then the M-step (`loop.mstep`): TRL SFT of a teacher LoRA on the kept
+3. Filter (loop.core.reward), then the M-step (`loop.core.mstep`): TRL SFT of a teacher LoRA on the kept
    (prompt -> self-edit) pairs (`round_<r>/teacher_adapter`, staged and renamed into place).
 4. `round_<r>/summary.json`, MLflow metrics (step = round), the self-edit table, plots.
 
@@ -35,16 +35,16 @@ import random
 import time
 from pathlib import Path
 
-from loop import executor as executors
-from loop.checks import check_settings, validate_backends
-from loop.config import ConfigError, RunConfig
-from loop.inner import inner_round, self_edit_rows
-from loop.ledger import Ledger, write_json_atomic
-from loop.mstep import m_step, m_step_text
-from loop.reward import Scored, keep
-from loop.runfolder import check_resume, check_tracking, dataset_name, tracked
-from loop.sampling import make_generator, sample_round
-from loop.seeds import derive_seed
+from loop.core import executor as executors
+from loop.core.checks import check_settings, validate_backends
+from loop.core.config import ConfigError, RunConfig
+from loop.core.inner import inner_round, self_edit_rows
+from loop.core.ledger import Ledger, write_json_atomic
+from loop.core.mstep import m_step, m_step_text
+from loop.core.reward import Scored, keep
+from loop.core.runfolder import check_resume, check_tracking, dataset_name, tracked
+from loop.core.sampling import make_generator, sample_round
+from loop.core.seeds import derive_seed
 from loop.tasks import domain as domain_of
 from loop.tasks.base import Domain, select
 
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 def validate(run: RunConfig) -> None:
     """Everything `loop.run` checks at launch, before a folder is made or a model loads: every
-    setting (`loop.checks`), then the settings that must go together."""
+    setting (`loop.core.checks`), then the settings that must go together."""
     check_settings(run)
     if run.task.absorb != "single":
         raise ConfigError(f"task={run.task.name} (task.absorb={run.task.absorb}) is a setting of "
@@ -111,8 +111,8 @@ def more_rounds(old: dict, new: dict) -> set[str]:
 
 def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> dict:
     """All rounds; returns (and writes to `results.json`) the per-round summaries."""
-    from loop.baseline import BaselineCache
-    from loop.judge import load_judge
+    from loop.core.baseline import BaselineCache
+    from loop.core.judge import load_judge
     from student.model import load_student
     from teacher.model import load_teacher
 
@@ -161,7 +161,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
             if executor is not None:
                 executor.close()
             if "vllm" in (run.teacher.backend, run.student.eval_backend):
-                from loop import vllm
+                from loop.core import vllm
 
                 vllm.close()
 
@@ -170,7 +170,7 @@ def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: P
               teacher, student, ledger: Ledger, baseline, judge_model, adapter: Path | None,
               tracker, executor=None) -> tuple[dict, Path | None]:
     """One round, or its record when it finished before (a resumed run)."""
-    from loop import plots, proxy
+    from loop.core import plots, proxy
 
     rdir = out_dir / f"round_{r}"
     rdir.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from loop.adapters import resolve_adapter
-from loop.checks import check_settings
-from loop.cli import check_models
-from loop.config import ConfigError, RunConfig
-from loop.ledger import append_jsonl, batches_to_run, read_jsonl
-from loop.seeds import derive_seed
+from loop.core.adapters import resolve_adapter
+from loop.core.checks import check_settings
+from loop.core.cli import check_models
+from loop.core.config import ConfigError, RunConfig
+from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl
+from loop.core.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     """What every evaluation checks before working, so a mistake fails at launch: the
     conditions, the models, `teacher.adapter`; then its run folder (a new one, or the one
     `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
-    from loop.checks import validate_backends
-    from loop.runfolder import check_resume, check_tracking
+    from loop.core.checks import validate_backends
+    from loop.core.runfolder import check_resume, check_tracking
 
     check_settings(run)
     validate_backends(run)
@@ -64,7 +64,8 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     teacher_conditions = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
     local = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
     check_models(run, roles=("teacher", "student") if local else ("student",))
-    if run.teacher.adapter and "teacher" in teacher_conditions:
+    if run.teacher.adapter and "teacher" in teacher_conditions and not (
+            run.resume and sampled_before(Path(run.resume), "teacher")):
         resolve_adapter(run.teacher.adapter, run)  # a wrong path fails now, not after sampling
     if "external" in teacher_conditions:
         from teacher.external import EndpointGenerator
@@ -77,6 +78,14 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
                           unread=("teacher.train.",))
     print(f"resume after a crash with: {record['command']} resume={out_dir}")
     return out_dir, record, teacher_conditions
+
+
+def sampled_before(out_dir: Path, condition: str) -> bool:
+    """Whether a resumed evaluation recorded self-edits of `condition`: its adapter was then
+    checked, and is read again only for self-edits still to sample (`sample_self_edits`), so a
+    folder whose `teacher` row is sampled resumes where that adapter no longer exists."""
+    return any(r["condition"] == condition
+               for r in read_jsonl(out_dir / "self_edits.jsonl", repair=False))
 
 
 def added_conditions(old: dict, new: dict) -> set[str]:
@@ -143,7 +152,7 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path,
 
 
 def load_generator(run: RunConfig):
-    from loop.sampling import make_generator
+    from loop.core.sampling import make_generator
     from teacher.model import load_teacher
 
     return make_generator(run, None if run.teacher.backend == "vllm" else load_teacher(run.teacher))
@@ -154,7 +163,7 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resampl
     """Per condition and metric: mean with interval, and the paired difference from every
     condition before it (`vs_<other>`). Rows are paired units (passages; ARC: tasks, see
     `loop.tasks.arc.rows.summarise`)."""
-    from loop.stats import bootstrap, paired_difference
+    from loop.core.stats import bootstrap, paired_difference
 
     summary: dict[str, dict] = {}
     for cond, rows in per_passage.items():

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.ledger import append_jsonl, read_jsonl
-from loop.reward import context_score, paired_gain
-from loop.stats import pearson, spearman
+from loop.core.ledger import append_jsonl, read_jsonl
+from loop.core.reward import context_score, paired_gain
+from loop.core.stats import pearson, spearman
 
 
 def context_rows(model, tokenizer, passage, self_edit: str, student_cfg) -> list[dict]:

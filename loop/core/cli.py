@@ -8,12 +8,12 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from loop.config import ConfigError, RunConfig, to_run_config
+from loop.core.config import ConfigError, RunConfig, to_run_config
 
 
 def check_models(run: RunConfig, roles: tuple[str, ...] = ("teacher", "student")) -> None:
     """Fail at launch, not an hour in, when a role's model cannot be loaded here."""
-    from loop.assets import check_available
+    from loop.core.assets import check_available
 
     for role in roles:
         m = getattr(run, role)
@@ -33,9 +33,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The errors that are the user's to fix: a setting, a data file, a model that cannot be
     loaded, an endpoint, memory, a tracking server. Every entry point reports them the same way
     (`reported`); anything else is a bug and keeps its traceback."""
-    from loop.assets import AssetError
+    from loop.core.assets import AssetError
+    from loop.core.tracking import TrackingError
     from loop.tasks.base import DataError
-    from loop.tracking import TrackingError
     from student.batched import OutOfMemory
     from teacher.external import EndpointError
 
@@ -80,18 +80,11 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
 
 
 def check_overrides(run: RunConfig, overrides: list[str]) -> None:
-    """A command-line setting the run's task never reads is a ConfigError, not a silent no-op:
-    ARC's test-time training has its own LoRA (`student.arc.lora`), so `student.lora.*` with
-    task=arc names the key to use instead."""
-    if run.task.format != "arc":
-        return
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key == "student.lora" or key.startswith("student.lora."):
-            use = "student.arc.lora" + key.removeprefix("student.lora")
-            raise ConfigError(f"{override}: task={run.task.name} does not read student.lora (the "
-                              f"SQuAD student's adapter); ARC's test-time training adapter is "
-                              f"student.arc.lora: set {use}=... instead")
+    """A command-line setting the run's task never reads is a ConfigError, not a silent no-op
+    (the domain's `check_overrides`: ARC names `student.arc.lora` for `student.lora.*`)."""
+    from loop import tasks
+
+    tasks.domain(run.task).check_overrides(run, overrides)
 
 
 def only_hydra_records(folder: Path, subdir: str, log_name: str) -> bool:

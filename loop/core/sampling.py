@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop import faults
-from loop.config import RunConfig
-from loop.ledger import append_jsonl, batches_to_run, read_jsonl
-from loop.seeds import derive_seed
+from loop.core import faults
+from loop.core.config import RunConfig
+from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl
+from loop.core.seeds import derive_seed
 
 
 def text_hash(text: str) -> str:
@@ -34,7 +34,7 @@ class SelfEdit:
 def make_generator(run: RunConfig, teacher):
     """The teacher's sampler: in process on the loaded teacher, or a vLLM engine."""
     if run.teacher.backend == "vllm":
-        from loop.vllm import teacher_engine
+        from loop.core.vllm import teacher_engine
         from teacher.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(teacher_engine(run), run.teacher, run.teacher.sampling)

@@ -15,9 +15,10 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from loop.config import ConfigError, RunConfig
-from loop.ledger import write_json_atomic
-from loop.tracking import flatten
+from loop import tasks
+from loop.core.config import ConfigError, RunConfig
+from loop.core.ledger import write_json_atomic
+from loop.core.tracking import flatten
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,6 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
 # folder started before the setting existed: such a resume must ask for that value.
 BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
                   "student.arc.max_grad_norm": None, "teacher.sampling.merged": False}
-
-
-# An ARC run folder whose record lacks this key started before the ARC fixes of issue 21
-# (colour-permuted copies, reordered views, warm-up from 0, the teacher's system message and
-# top-p 1.0), which no setting undoes: it cannot be resumed as it ran.
-ARC_SINCE = "student.arc.permute_colors"
 
 
 def spelled(value) -> str:
@@ -79,14 +74,12 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     old = {k: str(v) for k, v in record["config"].items()}
     new = {k: str(v) for k, v in config.items()}
     added = sorted(new.keys() - old.keys())
-    if run.task.format == "arc" and ARC_SINCE in added:
-        raise ConfigError(f"resume={run.resume} is an ARC run started before ARC's test-time "
-                          "training and the teacher's prompt changed (issue 21: colour-permuted "
-                          "copies, reordered views, warm-up from 0, the reference's system "
-                          "message and top-p 1.0); no setting restores them, so it cannot be "
-                          "resumed as it ran: start it again in a new folder")
-    # settings of the other domain's student (student.arc.* for SQuAD) never change the run
-    applies = [k for k in added if run.task.format == "arc" or not k.startswith("student.arc.")]
+    domain = tasks.domain(run.task)
+    refusal = domain.resume_refusal(run, added)
+    if refusal:
+        raise ConfigError(refusal)
+    # settings the domain never reads (student.arc.* for SQuAD) never change the run
+    applies = [k for k in added if not k.startswith(domain.unread_settings)]
     changed = [k for k in applies if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
     if changed:
         fix = " ".join(f"{k}={spelled(BEFORE_THE_KEY[k])}" for k in changed)
@@ -127,7 +120,7 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
 
 def check_tracking(run: RunConfig) -> None:
     """A tracking server that cannot be reached fails at launch, before any run folder."""
-    from loop import tracking
+    from loop.core import tracking
 
     if run.tracking.enabled:
         tracking.check_reachable(run.tracking.uri)
@@ -139,13 +132,14 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
     id is then written to run.json. `datasets`: name -> the contexts the run trains on
     (`loop.run`'s rounds) or is scored on (`loop.evaluate`), logged as MLflow dataset inputs at
     every start (MLflow keeps one input per dataset name and digest, so a resume adds none)."""
-    from loop import tracking
+    from loop.core import tracking
 
     tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
                              tags={"entry": entry, "teacher": run.teacher.name,
                                    "student": run.student.name, "task": run.task.name},
                              run_id=record["mlflow_run_id"], pending=out_dir / tracking.PENDING,
-                             description=run_description(run, entry, record["command"]))
+                             description=run_description(run, entry, record["command"]),
+                             unread=tasks.domain(run.task).unread_settings)
     if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
         write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
     for name, contexts in (datasets or {}).items():  # again on a resume: MLflow keeps one
@@ -177,7 +171,7 @@ def dataset_name(task) -> str:
 def run_description(run: RunConfig, entry: str, command: str) -> str:
     """The MLflow run's description (Markdown): the command, the pairing, the data, and what
     the numbers mean."""
-    from loop.reward import LOG_PROBABILITIES
+    from loop.core.reward import LOG_PROBABILITIES
 
     def model(m) -> str:
         adapter = getattr(m, "adapter", None)
@@ -191,7 +185,7 @@ def run_description(run: RunConfig, entry: str, command: str) -> str:
     if entry == "loop.run":
         base = {"student": "the frozen student's", "passage": "the student's after absorbing the "
                 "passage alone", "none": "0"}.get(run.reward.baseline, run.reward.baseline)
-        prompt = "" if run.task.format == "arc" else f" (prompt `{run.teacher.sampling.prompt}`)"
+        prompt = tasks.domain(run.task).prompt_note(run)
         how = ("with it in its prompt (nothing absorbed)" if run.reward.metric == "context_logprob"
                else "after absorbing it through a fresh LoRA")
         lines.append(
@@ -201,9 +195,7 @@ def run_description(run: RunConfig, entry: str, command: str) -> str:
             f"trained on the `{run.reward.filter}` self-edits. `round_<r>/self_edits.json` "
             "lists every one.")
     else:
-        what = ("`success` is the percent of tasks solved (pass@2)" if run.task.format == "arc"
-                else "EM, F1 and contains are percents of questions, logprob is nats per "
-                "gold-answer token")
+        what = tasks.domain(run.task).metrics_note
         lines.append(
             f"Rows `{', '.join(run.evaluate.conditions)}`, scored on the same contexts: "
             f"`<row>/<metric>` is the mean over contexts; {what}. `results.json` and "

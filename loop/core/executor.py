@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loop import faults
+from loop.core import faults
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class RayExecutor:
 def make(run, student, judge_model, score: Score, load_judge: Callable):
     """The executor `executor.name` names, scoring batches with `score` (the domain's
     `score_batch`). Ray workers load their own student and, with `reward.judge`, their judge
-    with `load_judge(preset, key)` (loop.judge)."""
+    with `load_judge(preset, key)` (loop.core.judge)."""
     if run.executor.name == "local":
         return LocalExecutor(student, judge_model, score)
     if run.executor.name == "ray":

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from loop.config import CONF_DIR, ConfigError
+from loop.core.config import CONF_DIR, ConfigError
 
 
 def load_judge(name: str, key: str = "evaluate.judge"):
     """A model preset from conf/model/, loaded as a frozen grader."""
     from omegaconf import OmegaConf
 
-    from loop.assets import check_available
+    from loop.core.assets import check_available
     from student.config import StudentConfig
     from student.model import load_student
 
