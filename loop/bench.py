@@ -46,6 +46,17 @@ with
     mstep_speedup=<TRL's s / CPU default s> step_s=<CPU default s per step>
     peak_fraction=<CPU default>
 
+`python -m loop.bench --arc` times ARC's test-time training instead (`experiment=arc1d_cpu` on
+its dev split unless overridden; `--k` tasks, default 2, one repeat by default): the oracle's
+self-edit absorbed and the test input answered with the student's weights in float32 (the CPU
+default) and in bfloat16 (`student.dtype=bfloat16`; LoRA's weights stay float32), interleaved.
+It prints seconds of training and prediction per dtype, training's GFLOP/s (the Linear layers'
+forward and input gradients per trained token) against the matmul peak measured in that dtype,
+the tasks solved, the final losses, how many tasks got the same attempts in both, and
+
+    arc_bf16_speedup=<float32 s / bfloat16 s> train_speedup=<x> predict_speedup=<y>
+    float32_s=<s> bfloat16_s=<s> peak_fraction_float32=<f> peak_fraction_bfloat16=<f>
+
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
 """
@@ -64,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Other arguments are config overrides, as for loop.run (student=llama1b, "
                "student.lora.r=16, ...).")
-    parser.add_argument("--k", type=int, default=8, help="self-edits per pass (default 8)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats of each path, interleaved (default 3)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="self-edits per pass (default 8); with --arc, tasks (default 2)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats of each path, interleaved (default 3; --arc: 1)")
     parser.add_argument("--sample", type=Path, default=SAMPLE, help="recorded self-edits")
     parser.add_argument("--from-teacher", action="store_true",
                         help="sample fresh self-edits from the configured teacher instead")
@@ -78,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mstep", action="store_true",
                         help="time the teacher's M-step instead: TRL's fused head on padded "
                              "batches against the completion-only head, one pair per pass")
+    parser.add_argument("--arc", action="store_true",
+                        help="time ARC's test-time training instead: the student in float32 "
+                             "against bfloat16, on the oracle's self-edit")
     parser.add_argument("--sampling", action="store_true",
                         help="time the teacher's sampling instead: with a trained-size adapter "
                              "merged into the weights per call (teacher.sampling.merged, the "
@@ -86,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
         parser.error(f"unknown option {bad[0]}")
+    args.k = args.k if args.k is not None else 2 if args.arc else 8
+    args.repeats = args.repeats if args.repeats is not None else 1 if args.arc else 3
     if args.k < 1 or args.repeats < 1:
         parser.error("--k and --repeats must be at least 1")
     if args.save and not args.from_teacher:
@@ -93,15 +110,18 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from loop.core.bench_arc import bench_arc
     from loop.core.bench_inner import bench
     from loop.core.bench_teacher import bench_mstep, bench_sampling
     from loop.core.cli import reported
 
-    if args.sampling and args.mstep:
-        parser.error("--sampling and --mstep are two benches: give one")
+    if args.sampling + args.mstep + args.arc > 1:
+        parser.error("--sampling, --mstep and --arc are three benches: give one")
+    chosen = (bench_sampling if args.sampling else bench_mstep if args.mstep
+              else bench_arc if args.arc else bench)
     # a user error: a message, not a traceback (the bench composes its config itself)
     with reported(also=(HydraException, OmegaConfBaseException)):
-        (bench_sampling if args.sampling else bench_mstep if args.mstep else bench)(args, overrides)
+        chosen(args, overrides)
 
 
 if __name__ == "__main__":

@@ -87,3 +87,16 @@ def batches(monkeypatch) -> dict[str, list[list[int]]]:
     monkeypatch.setattr(TransformersGenerator, "sample", spy_sample)
     monkeypatch.setattr(squad_absorb, "absorb_and_score_many", spy_absorb)
     return seen
+
+
+def trainable_samples(folder) -> set[tuple[str, int]]:
+    """The (context, sample)s of a round folder's self-edits that the M-step can learn from: a
+    random tiny teacher's text is cut at max_new_tokens, and a cut single line has nothing left
+    to train on. Which samples those are depends on the CPU's rounding (Intel and AMD differ),
+    so tests derive what a round keeps from this rather than hard-coding it."""
+    from loop.core import mstep, sampling
+    from loop.core.ledger import read_jsonl
+
+    return {(e["context"], e["sample"]) for e in read_jsonl(folder / "self_edits.jsonl")
+            if mstep.m_step_text(sampling.SelfEdit(e["context"], e["sample"], e["seed"], e["text"],
+                                                   sampling.text_hash(e["text"]), 0.0, e["cut"]))}

@@ -17,6 +17,7 @@ from loop.tasks.base import DataError
 from student.arc import augment, grids
 from student.arc.selfedit import TTTConfig, parse, to_json
 from student.config import ArcSettings
+from tests.conftest import trainable_samples
 
 ARC = PROJECT_ROOT / "data" / "arc"
 TRAIN = ARC / "arc-agi_training_challenges_filtered_1B_training_set.json"
@@ -543,9 +544,10 @@ def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path
     assert all(x["metric"] == "success" for x in ledger)
     kept = [sum(x["kept"] for x in json.loads(
         (tmp_path / "run" / f"round_{r}" / "self_edit_table.json").read_text())) for r in (0, 1)]
-    # round 1 trained the final adapter on one; round 0's samples here are single cut lines,
-    # which have nothing to train on and are never kept
-    assert kept == [0, 1]
+    # top_fraction keeps half of a round's trainable self-edits, rounded up (a cut single line
+    # has nothing to train on: never kept); round 1 trained the final adapter on one
+    trainable = [len(trainable_samples(tmp_path / "run" / f"round_{r}")) for r in (0, 1)]
+    assert kept == [-(-n // 2) for n in trainable] and kept[1] == 1
 
     ev = arc_run(tiny_llama, tiny_qwen2, tmp_path, "evaluate.samples=2",
                  "evaluate.conditions=[base,teacher_base,teacher,oracle]",
@@ -571,3 +573,28 @@ def test_arc_loop_and_evaluation_run_end_to_end(tiny_llama, tiny_qwen2, tmp_path
     again = evaluate(dataclasses.replace(ev, resume=str(out)), out)
     assert again["summary"] == res["summary"]  # read back, nothing recomputed
     assert len((out / "scores.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_the_arc_bench_compares_float32_and_bfloat16_and_ends_with_the_contract_line(tiny_llama,
+                                                                                    capsys):
+    """`loop.bench --arc`: the same task, self-edit and seed absorbed with the student in
+    float32 and in bfloat16; both train (the loss is a number), and the speed-up is the ratio of
+    the two totals it prints."""
+    import math
+
+    from loop.bench import main
+
+    main(["--arc", "--k", "1", f"student.path={tiny_llama}", "student.name=tiny",
+          "student.arc.max_tasks=2", "student.arc.oracle.epochs=1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    for dtype in ("float32", "bfloat16"):
+        row = next(x for x in lines if x.startswith(dtype))
+        train, predict, per_task, rate, fraction, solved, loss = map(float, row.split()[1:])
+        assert train > 0 and predict > 0 and per_task == pytest.approx(train + predict, abs=0.2)
+        assert rate > 0 and 0 < fraction < 1 and solved in (0, 1) and math.isfinite(loss)
+    last = re.fullmatch(r"arc_bf16_speedup=([\d.]+) train_speedup=([\d.]+) "
+                        r"predict_speedup=([\d.]+) float32_s=([\d.]+) bfloat16_s=([\d.]+) "
+                        r"peak_fraction_float32=([\d.]+) peak_fraction_bfloat16=([\d.]+)", lines[-1])
+    assert last, lines[-1]
+    speedup, _, _, f32, bf16, _, _ = map(float, last.groups())
+    assert speedup == pytest.approx(f32 / bf16, rel=0.05)

@@ -17,7 +17,7 @@ from loop.core import mstep, rounds, runfolder, sampling
 from loop.core.config import PROJECT_ROOT, ConfigError
 from loop.core.ledger import read_jsonl
 from loop.tasks.squad.data import Passage, Question
-from tests.conftest import compose_run
+from tests.conftest import compose_run, trainable_samples
 
 POOL = [Passage(f"p/{i}", f"T{i}", f"C{i}", [Question("q", "a")]) for i in range(10)]
 
@@ -226,6 +226,21 @@ def tiny_run(tiny_llama, tiny_qwen2, tmp_path, *overrides):
                        f"tracking.artifacts={tmp_path}/mlartifacts", *overrides)
 
 
+def assert_best_of_k(folder: Path) -> set:
+    """A round kept, per context, its best self-edit among those the M-step can learn from (a
+    random tiny teacher may write no complete line: a cut single line is never kept, and which
+    samples those are depends on the CPU's rounding). Returns the trainable (context, sample)s."""
+    trainable = trainable_samples(folder)
+    table = json.loads((folder / "self_edit_table.json").read_text())
+    for ctx in {row["context"] for row in table}:
+        mine = [row for row in table if row["context"] == ctx
+                and (ctx, row["sample"]) in trainable]
+        kept = [row for row in table if row["context"] == ctx and row["kept"]]
+        assert len(kept) == min(1, len(mine))
+        assert not mine or kept[0]["reward"] == max(row["reward"] for row in mine)
+    return trainable
+
+
 @pytest.mark.slow
 def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
     """Two rounds end to end: ledger, filter, teacher adapters, MLflow, results."""
@@ -243,11 +258,7 @@ def test_a_whole_run_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path):
     for e in ledger:  # reward = score - baseline, by hand
         assert e["reward"] == pytest.approx(e["score"] - e["baseline"])
     for r in range(2):
-        table = json.loads((out / f"round_{r}" / "self_edit_table.json").read_text())
-        for ctx in {row["context"] for row in table}:
-            rows = [row for row in table if row["context"] == ctx]
-            [kept] = [row for row in rows if row["kept"]]  # best of k: one per context
-            assert kept["reward"] == max(row["reward"] for row in rows)
+        assert_best_of_k(out / f"round_{r}")
         # the teacher adapter was trained: LoRA B starts at zero and moved
         weights = load_file(out / f"round_{r}" / "teacher_adapter" / "adapter_model.safetensors")
         assert any(torch.count_nonzero(w) for k, w in weights.items() if "lora_B" in k)
@@ -341,10 +352,10 @@ def test_sigkill_in_the_inner_loop_then_resume(tiny_qwen2, tmp_path):
     proc = subprocess.Popen([*cmd, f"hydra.run.dir={out}"], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ledger = out / "ledger.jsonl"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # a bound for a hung run, not a speed requirement
     while not (ledger.exists() and len(read_jsonl(ledger)) >= 2):
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no inner-loop evaluation within 5 minutes"
+        assert time.monotonic() < deadline, "no inner-loop evaluation within 15 minutes"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -554,18 +565,7 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
     assert len(ledger) == 2 * 2 and all(e["metric"] == "answer_logprob" for e in ledger)
     samples, dev = read_jsonl(out / "round_0" / "self_edits.jsonl"), _dev_ids()
     assert len(samples) == 4 and not {e["context"] for e in samples} & dev
-    # best of 2 per context among the self-edits the M-step can learn from (a random tiny
-    # teacher may write no complete line in 128 tokens: such a sample is never kept)
-    trainable = {(e["context"], e["sample"]) for e in samples
-                 if mstep.m_step_text(sampling.SelfEdit(e["context"], e["sample"], e["seed"], e["text"],
-                                                     sampling.text_hash(e["text"]), 0.0, e["cut"]))}
-    table = json.loads((out / "round_0" / "self_edit_table.json").read_text())
-    for ctx in {row["context"] for row in table}:
-        mine = [row for row in table if row["context"] == ctx
-                and (ctx, row["sample"]) in trainable]
-        kept = [row for row in table if row["context"] == ctx and row["kept"]]
-        assert len(kept) == min(1, len(mine))
-        assert not mine or kept[0]["reward"] == max(row["reward"] for row in mine)
+    trainable = assert_best_of_k(out / "round_0")
     if trainable:
         assert results["final_adapter"] == "round_0/teacher_adapter"
 

@@ -250,7 +250,9 @@ def test_the_loop_scores_the_same_with_either_path(tiny_llama, mode, pass_tokens
     (["--sample", "{bad}"], "is not a self-edit sample"),
     (["--k", "9"], "holds 8 self-edits; --k 9"),
     (["--mstep", "loop.contexts_per_round=9"], "loop.contexts_per_round=9 needs as many"),
-    (["--mstep", "--sampling"], "two benches: give one"),
+    (["--mstep", "--sampling"], "benches: give one"),
+    (["--arc", "--sampling"], "benches: give one"),
+    (["--arc", "task=squad"], "task=squad is not an ARC task"),
 ])
 def test_bench_input_errors_are_one_message_and_exit_2(argv, message, tmp_path, capsys):
     from loop.bench import main
