@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 
-from loop.core.bench_inner import compose, matmul_peak
+from loop.core.bench_inner import Phases, compose, matmul_peak
 from loop.core.config import ConfigError
 
 DTYPES = ("float32", "bfloat16")
@@ -22,12 +21,10 @@ def linear_params(model) -> int:
 
 
 def unit(model, tokenizer, task, text: str, run, seed: int) -> dict:
-    """One self-edit absorbed and the test input answered, as `absorb_and_solve` does it, with
-    its phases timed: training and prediction."""
+    """One self-edit absorbed and the test input answered (`absorb_and_solve`), its phases
+    timed, and the tokens its training passes over."""
     from loop.tasks.arc.solve import pairs
-    from student.absorb import fresh_adapter
-    from student.arc.predict import solve
-    from student.arc.ttt import prepare, train
+    from student.arc.ttt import absorb_and_solve, prepare
 
     settings, instruct = run.student.arc, run.student.instruct
     demos, tests = pairs(task.train), pairs(task.test)
@@ -35,14 +32,12 @@ def unit(model, tokenizer, task, text: str, run, seed: int) -> dict:
     if failed is not None:
         raise ConfigError(f"{task.id}: the oracle's self-edit cannot be trained here "
                           f"({failed.failure})")
-    with fresh_adapter(model, settings.lora, seed) as adapted:
-        t0 = time.perf_counter()
-        losses = train(adapted, rows, config, settings, seed)
-        t1 = time.perf_counter()
-        result = solve(adapted, tokenizer, demos, tests, settings, instruct)
-        t2 = time.perf_counter()
-    return {"train": t1 - t0, "predict": t2 - t1, "losses": losses, "success": result.success,
-            "attempts": result.attempts, "tokens": config.epochs * sum(len(i) for i, _ in rows)}
+    phases = Phases()
+    result = absorb_and_solve(model, tokenizer, demos, tests, text, settings, instruct, seed,
+                              phase=phases)
+    return {"train": phases.seconds["train"], "predict": phases.seconds["answer"],
+            "losses": result.losses, "success": result.success, "attempts": result.attempts,
+            "tokens": config.epochs * sum(len(i) for i, _ in rows)}
 
 
 def bench_arc(args, overrides: list[str]) -> None:

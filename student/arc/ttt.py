@@ -140,16 +140,24 @@ def prepare(tokenizer, demos: Sequence[Pair], self_edit: str, settings: ArcSetti
 
 
 def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
-                     self_edit: str, settings: ArcSettings, instruct: bool, seed: int) -> Attempt:
-    """Parse the self-edit, build its training tasks, train a fresh LoRA, answer, unload."""
+                     self_edit: str, settings: ArcSettings, instruct: bool, seed: int,
+                     phase=None) -> Attempt:
+    """Parse the self-edit, build its training tasks, train a fresh LoRA, answer, unload.
+    `phase` (name -> context manager; loop.bench times "train" and "answer" with it) wraps
+    each phase."""
+    import contextlib
+
     from student.absorb import fresh_adapter
 
+    phase = phase or (lambda name: contextlib.nullcontext())
     failed, config, rows = prepare(tokenizer, demos, self_edit, settings, instruct, seed)
     if failed is not None:
         return failed
     with fresh_adapter(model, settings.lora, seed) as adapted:
-        losses = train(adapted, rows, config, settings, seed)
-        result = solve(adapted, tokenizer, demos, tests, settings, instruct)
+        with phase("train"):
+            losses = train(adapted, rows, config, settings, seed)
+        with phase("answer"):
+            result = solve(adapted, tokenizer, demos, tests, settings, instruct)
     result.tasks, result.steps, result.losses = len(rows), len(losses), losses
     return result
 
