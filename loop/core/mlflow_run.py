@@ -38,6 +38,19 @@ OUTAGE = "an MLflow call failed"  # the warning's prefix, for grepping a run's l
 PENDING = "tracking_pending.jsonl"  # in the run folder: records not yet sent
 
 
+def in_store(client, run_id: str) -> bool:
+    """Whether the store has `run_id`. Any other failure (a server gone) is raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
 class MlflowTracker:
     """One MLflow run, driven through `MlflowClient` with an explicit run id.
 
@@ -74,6 +87,13 @@ class MlflowTracker:
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
         client = mlflow.MlflowClient(tracking_uri=cfg.uri)
+        if run_id and not in_store(client, run_id):
+            # a run folder copied from another machine, or whose store was deleted: its records
+            # are all in the folder, so a new MLflow run takes the place of the one not found
+            log.warning("MLflow run %s of this run folder is not in %s: a new run takes its "
+                        "place (what was logged before is in the run folder only)", run_id,
+                        cfg.uri)
+            run_id = None
         resumed = bool(run_id)
         if run_id:  # its params are already there
             client.update_run(run_id, status="RUNNING")

@@ -77,6 +77,31 @@ def test_unreachable_at_launch_names_the_uri_and_the_way_out(tmp_path):
     assert not (tmp_path / "run" / "run.json").exists()  # refused before the run folder
 
 
+def test_a_run_id_the_store_lacks_starts_a_new_run_one_it_has_is_continued(tmp_path, caplog):
+    """A run folder copied to another machine (records/) resumes into that machine's store."""
+    import logging
+
+    import mlflow
+
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/store.db", artifacts=str(tmp_path / "art"),
+                         system_metrics=False)
+    first = tracking.start(cfg, "moved", "r", config=cfg, tags={})
+    first.close()
+    elsewhere = "0" * 32  # the id another store gave the run
+    with caplog.at_level(logging.WARNING):
+        t = tracking.start(cfg, "moved", "r", config=cfg, tags={}, run_id=elsewhere)
+    assert t.run_id not in (elsewhere, first.run_id)
+    assert f"MLflow run {elsewhere} of this run folder is not in {cfg.uri}" in caplog.text
+    t.log_metrics({"x": 1.0}, step=0)
+    t.close()
+    client = mlflow.MlflowClient(tracking_uri=cfg.uri)
+    assert client.get_run(t.run_id).info.status == "FINISHED"
+    assert client.get_run(t.run_id).data.metrics == {"x": 1.0}
+    again = tracking.start(cfg, "moved", "r", config=cfg, tags={}, run_id=first.run_id)
+    assert again.run_id == first.run_id
+    again.close()
+
+
 def test_server_gone_mid_run_records_are_kept_then_sent(server, tmp_path):
     pending = tmp_path / "tracking_pending.jsonl"
     cfg = TrackingConfig(uri=server.url)
