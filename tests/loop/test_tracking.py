@@ -78,7 +78,7 @@ def test_unreachable_at_launch_names_the_uri_and_the_way_out(tmp_path):
 
 
 def test_a_run_id_the_store_lacks_starts_a_new_run_one_it_has_is_continued(tmp_path, caplog):
-    """A run folder copied to another machine (records/) resumes into that machine's store."""
+    """A run folder copied to another machine resumes into that machine's MLflow store."""
     import logging
 
     import mlflow
