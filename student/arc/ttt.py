@@ -10,7 +10,8 @@
    change with Python's hash seed).
 2. Training (`train`): a fresh LoRA on the frozen student (`student.arc.lora`), AdamW with the
    self-edit's learning rate and epochs, cosine schedule with warm-up from 0, `batch_size`
-   tasks per step (packed, no padding). The loss is on every token, or on the answer grid's
+   tasks per step (packed, no padding); in bfloat16 autocast where `student.arc.autocast` is
+   on. The loss is on every token, or on the answer grid's
    tokens only, located by rendering the prompt alone through the student's chat template (no
    token ids written in the code). A self-edit that needs more than `max_steps` steps fails.
 3. Prediction: the adapted student answers the test input (`student.arc.predict`: views,
@@ -25,7 +26,7 @@ import random
 from collections.abc import Sequence
 
 from student.arc import augment
-from student.arc.predict import Attempt, predict_many, solve
+from student.arc.predict import Attempt, autocast, predict_many, solve
 from student.arc.query import Pair, Query, encode, fits
 from student.arc.selfedit import TTTConfig, parse
 from student.config import ArcSettings
@@ -115,7 +116,8 @@ def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, len(steps)))
-    return optimise(model, iter(steps), opt, sched, settings.max_grad_norm)
+    return optimise(model, iter(steps), opt, sched, settings.max_grad_norm,
+                    forward=lambda: autocast(model, settings))
 
 
 def prepare(tokenizer, demos: Sequence[Pair], self_edit: str, settings: ArcSettings,
@@ -165,11 +167,15 @@ def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pa
 def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
                           self_edits: list[str], settings: ArcSettings, instruct: bool,
                           seeds: list[int], max_adapters: int,
-                          pass_tokens: int | None = None) -> list[Attempt]:
+                          pass_tokens: int | None = None, phase=None) -> list[Attempt]:
     """`absorb_and_solve` for many self-edits of one task: the trainable ones are trained
     `max_adapters` at a time in shared passes (student.batched) and answer the test inputs in
-    one generate call per test input."""
+    one generate call per test input (the path the loop takes; `phase` as there)."""
+    import contextlib
+
     from student import batched as many
+
+    phase = phase or (lambda name: contextlib.nullcontext())
 
     out: list[Attempt | None] = []
     ready = []
@@ -181,11 +187,14 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
     for group in many.chunks(ready, max_adapters):
         jobs = [many.Job(seed, steps, lrs) for _, _, steps, lrs, seed in group]
         with many.Adapters(model, settings.lora, [j.seed for j in jobs]) as adapters:
-            many.train(model, adapters, jobs, tokenizer.pad_token_id,
-                       pass_tokens=many.pass_tokens(pass_tokens, model.device),
-                       max_grad_norm=settings.max_grad_norm)
-            answered = [predict_many(model, tokenizer, adapters, demos, i, settings, instruct)
-                        for i, _ in tests]
+            with phase("train"):
+                many.train(model, adapters, jobs, tokenizer.pad_token_id,
+                           pass_tokens=many.pass_tokens(pass_tokens, model.device),
+                           max_grad_norm=settings.max_grad_norm,
+                           forward=lambda: autocast(model, settings))
+            with phase("answer"):
+                answered = [predict_many(model, tokenizer, adapters, demos, i, settings,
+                                         instruct) for i, _ in tests]
         for a, ((n, rows, _, _, _), job) in enumerate(zip(group, jobs, strict=True)):
             attempts = [per_test[a][0] for per_test in answered]
             out[n] = Attempt(all(o in g for (_, o), g in zip(tests, attempts, strict=True)),
