@@ -48,20 +48,16 @@ with
 
 `python -m loop.bench --arc` times ARC's test-time training instead (`experiment=arc1d_cpu` on
 its dev split unless overridden; `--k` tasks, default 2, one repeat by default): the oracle's
-self-edit absorbed and the test input answered as the loop does it (stacked adapters), three
-ways, interleaved: the student's weights in float32 (the CPU default), in bfloat16
-(`student.dtype=bfloat16`; LoRA's weights and matmuls stay float32), and in bfloat16 under
-bfloat16 autocast (`student.arc.autocast=true`: the LoRA's matmuls in bf16 too). It prints
-seconds of training and prediction per way, training's GFLOP/s (the Linear layers' forward and
-input gradients per trained token) against the matmul peak measured in the weights' dtype, the
-tasks solved, the final losses, how many tasks got the same attempts as float32, and
+self-edit absorbed and the test input answered as the loop does it (stacked adapters), with
+the student's weights in float32 (the CPU default) and in bfloat16 (`student.dtype=bfloat16`;
+LoRA's weights stay float32), interleaved. It prints seconds of training and prediction per
+dtype, training's GFLOP/s (the Linear layers' forward and input gradients per trained token)
+against the matmul peak measured in that dtype, the tasks solved, the final losses, how many
+tasks got the same attempts in both, and
 
     arc_bf16_speedup=<float32 s / bfloat16 s> train_speedup=<x> predict_speedup=<y>
-    arc_autocast_speedup=<float32 s / autocast s> autocast_train_speedup=<x>
-    float32_s=<s> bfloat16_s=<s> autocast_s=<s> peak_fraction_float32=<f>
-    peak_fraction_bfloat16=<f> peak_fraction_autocast=<f>
+    float32_s=<s> bfloat16_s=<s> peak_fraction_float32=<f> peak_fraction_bfloat16=<f>
 
-(one line).
 The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
 """
@@ -96,9 +92,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="time the teacher's M-step instead: TRL's fused head on padded "
                              "batches against the completion-only head, one pair per pass")
     parser.add_argument("--arc", action="store_true",
-                        help="time ARC's test-time training instead: the student in float32, "
-                             "in bfloat16, and in bfloat16 under autocast, on the oracle's "
-                             "self-edit")
+                        help="time ARC's test-time training instead: the student in float32 "
+                             "against bfloat16, on the oracle's self-edit")
     parser.add_argument("--sampling", action="store_true",
                         help="time the teacher's sampling instead: with a trained-size adapter "
                              "merged into the weights per call (teacher.sampling.merged, the "

@@ -159,26 +159,18 @@ def peft_weights(peft_model) -> dict:
             if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
 
 
-def optimise(model, batches, opt, sched, max_grad_norm: float | None = None,
-             forward=None) -> list[float]:
+def optimise(model, batches, opt, sched, max_grad_norm: float | None = None) -> list[float]:
     """One optimiser step per batch (model inputs with labels), its gradient clipped to
-    `max_grad_norm` (None: not clipped); the loss of each step. `forward` (a context manager
-    factory, e.g. autocast) wraps each forward pass and its loss, not the backward pass or the
-    step. The model is in train mode meanwhile and in eval mode afterwards."""
-    import contextlib
-
+    `max_grad_norm` (None: not clipped); the loss of each step. The model is in train mode
+    meanwhile and in eval mode afterwards."""
     import torch
-
-    forward = forward or contextlib.nullcontext
 
     device = next(model.parameters()).device
     params = [p for group in opt.param_groups for p in group["params"]]
     losses = []
     model.train()
     for inputs in batches:
-        with forward():
-            loss = model(**{k: v.to(device) if hasattr(v, "to") else v
-                            for k, v in inputs.items()}).loss
+        loss = model(**{k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}).loss
         loss.backward()
         if max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -34,9 +34,7 @@ def _stacked_linear_class():
             sizes, ids, per_row, index = routing
             if per_row:  # runs of whole rows: as many tokens per row as this pass has
                 sizes = [n * x.shape[-2] for n in sizes]
-            h = x.reshape(-1, x.shape[-1])
-            if not torch.is_autocast_enabled(h.device.type):  # else autocast picks the dtype
-                h = h.to(self.lora_A.dtype)
+            h = x.reshape(-1, x.shape[-1]).to(self.lora_A.dtype)
             if self.dropout and self.training:
                 h = nn.functional.dropout(h, self.dropout)
             if len(set(sizes)) == 1:  # equal runs: two batched matmuls for all adapters

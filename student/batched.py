@@ -165,7 +165,7 @@ def _rows(steps: list[dict], pad_id: int) -> tuple[dict, object]:
 
 
 def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None,
-          pass_tokens: int = 0, max_grad_norm: float | None = None, forward=None) -> list[Job]:
+          pass_tokens: int = 0, max_grad_norm: float | None = None) -> list[Job]:
     """Train adapter i on jobs[i], all in the same forward/backward passes; fills each job's
     `losses`. Adapters with fewer steps leave the batch when done; the base never changes.
 
@@ -173,10 +173,7 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
     accumulated (the same step, exactly: each adapter's loss is divided by its whole step's
     target count); 0 takes every row in one pass. On a CPU, passes of a few hundred tokens keep
     the activations in cache; on a GPU one wide pass is the point. `max_grad_norm` clips each
-    adapter's gradient on its own (None: no clipping). `forward` (a context manager factory,
-    e.g. autocast) wraps each forward pass and its loss, not the backward pass or the step."""
-    import contextlib
-
+    adapter's gradient on its own (None: no clipping)."""
     import torch
 
     from student.model import head_logits
@@ -203,24 +200,22 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
             for a in range(0, len(owner), per_pass):
                 rows = slice(a, a + per_pass)
                 adapters.route(torch.tensor(live)[owner[rows]])
+                hidden = model.get_decoder()(
+                    input_ids=batch["input_ids"][rows].to(device),
+                    position_ids=batch["position_ids"][rows].to(device),
+                    use_cache=False).last_hidden_state
                 # the token at t is predicted at t - 1; logits only where there is a target (no
                 # vocabulary-wide rows for padding)
                 target = batch["labels"][rows, 1:].to(device)
                 where = (target != IGNORE).nonzero(as_tuple=True)
-                wanted = target[where]
+                picked, wanted = hidden[:, :-1][where], target[where]
                 if not len(wanted):  # rows of one-token sequences only: nothing to predict
                     continue
-                with (forward or contextlib.nullcontext)():
-                    hidden = model.get_decoder()(
-                        input_ids=batch["input_ids"][rows].to(device),
-                        position_ids=batch["position_ids"][rows].to(device),
-                        use_cache=False).last_hidden_state
-                    picked = hidden[:, :-1][where]
-                    # in slices of 256 targets: the vocabulary-wide softmax stays in cache (2x
-                    # faster than one call on a 2-core CPU)
-                    ce = torch.cat([torch.nn.functional.cross_entropy(
-                        head_logits(model, picked[b : b + 256]).float(), wanted[b : b + 256],
-                        reduction="none") for b in range(0, len(wanted), 256)])
+                # in slices of 256 targets: the vocabulary-wide softmax stays in cache (2x faster
+                # than one call on a 2-core CPU)
+                ce = torch.cat([torch.nn.functional.cross_entropy(
+                    head_logits(model, picked[b : b + 256]).float(), wanted[b : b + 256],
+                    reduction="none") for b in range(0, len(wanted), 256)])
                 mine = owner[rows, 1:].to(device)[where]  # each target's adapter, in `live`
                 part = torch.zeros(len(live), device=device).index_add(0, mine, ce) / count
                 part.sum().backward()

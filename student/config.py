@@ -116,12 +116,6 @@ class ArcSettings:
         "identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180"])
     # more views: the identity view with the demonstrations in other orders (the reference's 2)
     view_orders: int = 2
-    # true: the test-time training and the answers run under torch.autocast in bfloat16 (the
-    # matmuls, the LoRA's included, in bf16; the LoRA's weights and AdamW's state stay float32).
-    # With student.dtype=bfloat16, 1.8x faster training on an Intel Xeon with AMX
-    # (docs/batched.md, `python -m loop.bench --arc`); a CPU without bf16 instructions emulates
-    # them, far slower. The numerics change: answers may differ from float32's.
-    autocast: bool = False
     oracle: ArcOracle = field(default_factory=ArcOracle)
 
 

@@ -62,6 +62,10 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
         raise ConfigError(f"unknown evaluate.conditions {unknown} for task={run.task.name}; "
                           f"choose from {list(allowed)}")
     teacher_conditions = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
+    if run.evaluate.sample_only and not teacher_conditions:
+        raise ConfigError(f"evaluate.sample_only=true samples self-edits, and none of "
+                          f"evaluate.conditions={list(run.evaluate.conditions)} has any: add "
+                          f"{' or '.join(SELF_EDIT_CONDITIONS)}")
     local = [c for c in TEACHER_CONDITIONS if c in run.evaluate.conditions]
     check_models(run, roles=("teacher", "student") if local else ("student",))
     if run.teacher.adapter and "teacher" in teacher_conditions and not (
@@ -149,6 +153,22 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path,
         log.warning("teacher.adapter is not set: `teacher` and `teacher_base` are the same teacher")
     return {cond: {p.id: [done[(cond, p.id, i)] for i in range(run.evaluate.samples)]
                    for p in passages} for cond in wanted}
+
+
+def sampled_only(run: RunConfig, out_dir: Path, record: dict,
+                 self_edits: dict[str, dict[str, list[str]]]) -> dict | None:
+    """With `evaluate.sample_only`, what an evaluation returns once its self-edits are recorded
+    (the command that scores them printed); None otherwise, and the evaluation goes on."""
+    if not run.evaluate.sample_only:
+        return None
+    counts = {c: sum(len(v) for v in per.values()) for c, per in self_edits.items()}
+    command = " ".join(w for w in record["command"].split()
+                       if not w.startswith(("evaluate.sample_only=", "resume=")))
+    print(f"sampled {', '.join(f'{c} {n}' for c, n in counts.items())} self-edits into "
+          f"{out_dir / 'self_edits.jsonl'} (evaluate.sample_only=true: nothing scored). Score "
+          f"them on any machine, {'without teacher.adapter, ' if 'teacher' in counts else ''}"
+          f"with: {command} resume={out_dir}")
+    return {"sampled": counts, "out_dir": str(out_dir)}
 
 
 def load_generator(run: RunConfig):

@@ -23,15 +23,15 @@ from loop.core.tracking import flatten
 log = logging.getLogger(__name__)
 
 # How the student's work is batched, not what it computes (the paths agree up to
-# floating-point order, tests/student/test_batched.py): a resume may change them, e.g. after running
-# out of memory.
+# floating-point order, tests/student/test_batched.py), or where it stops: a resume may change
+# them, e.g. after running out of memory.
 EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "student.train.pass_tokens", "student.eval.batch_size", "executor.name",
                        "executor.address", "executor.num_workers", "executor.cpus_per_worker",
                        "executor.gpus_per_worker", "executor.max_retries",
                        "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory",
                        "teacher.vllm_tensor_parallel", "tracking.system_metrics",
-                       "tracking.system_metrics_interval"})
+                       "tracking.system_metrics_interval", "evaluate.sample_only"})
 
 
 # Settings whose default changes what a run computes, with the value that reproduces a run

@@ -85,17 +85,6 @@ def view_prompts(tokenizer, demos: Sequence[Pair], test_input: Grid, settings: A
     return kept, prompts, max_new
 
 
-def autocast(model, settings: ArcSettings):
-    """`torch.autocast` in bfloat16 on the model's device where `settings.autocast` is on, else
-    a context that changes nothing. It wraps forward passes only (the training's, each one, and
-    the answers'); its cache of cast weights is off, so no cast outlives an optimiser step."""
-    import torch
-
-    device = next(model.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=settings.autocast,
-                          cache_enabled=False)
-
-
 def _generate(model, tokenizer, prompts: list[str], max_new: int, instruct: bool) -> list[str]:
     import torch
 
@@ -122,8 +111,7 @@ def predict(model, tokenizer, demos: Sequence[Pair], test_input: Grid, settings:
     views, prompts, max_new = view_prompts(tokenizer, demos, test_input, settings, instruct)
     if not prompts:
         return [], []
-    with autocast(model, settings):
-        answers = _generate(model, tokenizer, prompts, max_new, instruct)
+    answers = _generate(model, tokenizer, prompts, max_new, instruct)
     return _decide(views, answers), answers
 
 
@@ -136,8 +124,7 @@ def predict_many(model, tokenizer, adapters, demos: Sequence[Pair], test_input: 
         return [([], []) for _ in range(adapters.k)]
     adapters.route([i for i in range(adapters.k) for _ in prompts])
     try:
-        with autocast(model, settings):
-            answers = _generate(model, tokenizer, prompts * adapters.k, max_new, instruct)
+        answers = _generate(model, tokenizer, prompts * adapters.k, max_new, instruct)
     finally:
         adapters.route(None)
     blocks = [answers[i * len(prompts) : (i + 1) * len(prompts)] for i in range(adapters.k)]

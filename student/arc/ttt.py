@@ -10,8 +10,7 @@
    change with Python's hash seed).
 2. Training (`train`): a fresh LoRA on the frozen student (`student.arc.lora`), AdamW with the
    self-edit's learning rate and epochs, cosine schedule with warm-up from 0, `batch_size`
-   tasks per step (packed, no padding); in bfloat16 autocast where `student.arc.autocast` is
-   on. The loss is on every token, or on the answer grid's
+   tasks per step (packed, no padding). The loss is on every token, or on the answer grid's
    tokens only, located by rendering the prompt alone through the student's chat template (no
    token ids written in the code). A self-edit that needs more than `max_steps` steps fails.
 3. Prediction: the adapted student answers the test input (`student.arc.predict`: views,
@@ -26,7 +25,7 @@ import random
 from collections.abc import Sequence
 
 from student.arc import augment
-from student.arc.predict import Attempt, autocast, predict_many, solve
+from student.arc.predict import Attempt, predict_many, solve
 from student.arc.query import Pair, Query, encode, fits
 from student.arc.selfedit import TTTConfig, parse
 from student.config import ArcSettings
@@ -116,8 +115,7 @@ def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.warmup_steps, len(steps)))
-    return optimise(model, iter(steps), opt, sched, settings.max_grad_norm,
-                    forward=lambda: autocast(model, settings))
+    return optimise(model, iter(steps), opt, sched, settings.max_grad_norm)
 
 
 def prepare(tokenizer, demos: Sequence[Pair], self_edit: str, settings: ArcSettings,
@@ -190,8 +188,7 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
             with phase("train"):
                 many.train(model, adapters, jobs, tokenizer.pad_token_id,
                            pass_tokens=many.pass_tokens(pass_tokens, model.device),
-                           max_grad_norm=settings.max_grad_norm,
-                           forward=lambda: autocast(model, settings))
+                           max_grad_norm=settings.max_grad_norm)
             with phase("answer"):
                 answered = [predict_many(model, tokenizer, adapters, demos, i, settings,
                                          instruct) for i, _ in tests]

@@ -93,7 +93,7 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     from tqdm import tqdm
 
     from loop.core import plots
-    from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits
+    from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits, sampled_only
     from loop.core.ledger import append_jsonl, read_jsonl, write_json_atomic
     from loop.core.runfolder import dataset_name, tracked
     from loop.core.seeds import derive_seed
@@ -106,6 +106,9 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     scores_path = out_dir / "scores.jsonl"
     done = {(r["context"], r["condition"], r["sample"]): r for r in read_jsonl(scores_path)}
     self_edits = sample_self_edits(run, tasks, out_dir, domain.prompt) if teacher_conditions else {}
+    stopped = sampled_only(run, out_dir, record, self_edits)
+    if stopped is not None:
+        return stopped
     with tracked(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
                  {dataset_name(run.task): tasks}) as tracker:
         model, tokenizer = load_student(run.student)

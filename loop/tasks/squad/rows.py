@@ -180,7 +180,13 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
 
     from loop.core import plots
     from loop.core.baseline import BaselineCache
-    from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits, summarise
+    from loop.core.evaluation import (
+        condition_table,
+        open_evaluation,
+        sample_self_edits,
+        sampled_only,
+        summarise,
+    )
     from loop.core.runfolder import dataset_name, tracked
     from student.model import load_student
 
@@ -195,6 +201,9 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
     # self-edits first, then the teacher is freed before the student's work
     self_edits = (sample_self_edits(run, passages, out_dir, domain.prompt)
                   if teacher_conditions else {})
+    stopped = sampled_only(run, out_dir, record, self_edits)
+    if stopped is not None:
+        return stopped
     judge_model = load_judge(run.evaluate.judge) if run.evaluate.judge else None
     with tracked(run, out_dir, record, "loop.evaluate", f"evaluate {run.student.name}",
                  {dataset_name(run.task): passages}) as tracker:
