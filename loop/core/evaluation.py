@@ -166,8 +166,9 @@ def sampled_only(run: RunConfig, out_dir: Path, record: dict,
                        if not w.startswith(("evaluate.sample_only=", "resume=")))
     print(f"sampled {', '.join(f'{c} {n}' for c, n in counts.items())} self-edits into "
           f"{out_dir / 'self_edits.jsonl'} (evaluate.sample_only=true: nothing scored). Score "
-          f"them on any machine, {'without teacher.adapter, ' if 'teacher' in counts else ''}"
-          f"with: {command} resume={out_dir}")
+          f"them on any machine"
+          f"{' (the teacher.adapter folder need not exist there)' if 'teacher' in counts else ''}"
+          f" with: {command} resume={out_dir}")
     return {"sampled": counts, "out_dir": str(out_dir)}
 
 
