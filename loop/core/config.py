@@ -29,7 +29,8 @@ class EvaluateConfig:
     conditions: list[str] = field(default_factory=lambda: ["base", "passage"])  # table rows
     samples: int = 1  # self-edits per passage for the teacher conditions (scores are averaged)
     # true: sample the self-edit conditions' self-edits into the run folder, then stop; score
-    # them later, on any machine and without teacher.adapter, with resume=<that folder>
+    # them later with resume=<that folder>, on any machine (teacher.adapter's folder need not
+    # exist there)
     sample_only: bool = False
     # task.absorb=sequential: `grow` one adapter through all edits, or `merge` each edit's
     # adapter into the weights before the next (the paper's forgetting experiment)

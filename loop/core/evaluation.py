@@ -80,7 +80,10 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     # resumes without restating the old teacher.train.* values
     record = check_resume(run, out_dir, command, grows=added_conditions,
                           unread=("teacher.train.",))
-    print(f"resume after a crash with: {record['command']} resume={out_dir}")
+    # this command, not the record's: it reproduces the recorded config, and what it changed
+    # that the results do not depend on (evaluate.sample_only, how the work is batched) is
+    # what the user asked for now
+    print(f"resume after a crash with: {command} resume={out_dir}")
     return out_dir, record, teacher_conditions
 
 

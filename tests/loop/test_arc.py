@@ -621,7 +621,10 @@ def test_sample_only_records_the_self_edits_and_a_resume_scores_exactly_those(
     assert "nothing scored" in said and said.rstrip().endswith(f"resume={out}")
     assert "evaluate.sample_only" not in said.split("with: ")[-1]
 
-    results = evaluate(run("evaluate.conditions=[base,teacher_base]", f"resume={out}"), out)
+    results = evaluate(run("evaluate.conditions=[base,teacher_base]", f"resume={out}"), out,
+                       "python -m loop.evaluate SCORING")
+    assert f"resume after a crash with: python -m loop.evaluate SCORING resume={out}" in (
+        capsys.readouterr().out)  # the scoring command, not the sampling one
     assert (out / "self_edits.jsonl").read_text() == edits  # read back, none sampled again
     scored = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
     assert sorted((r["condition"], r["sample"]) for r in scored) == [
