@@ -92,8 +92,9 @@ class Scored:
     context: str
     sample: int
     reward: float
-    # whether the M-step has text to train on (not empty, not one line that max_new_tokens cut):
-    # no filter keeps a self-edit without, so a passage's pick is one the teacher can learn from
+    # whether the M-step has text to train on (not empty, not one line that max_new_tokens cut)
+    # and a score (loop.core.rounds.kept_self_edits): no filter keeps a self-edit without, so a
+    # passage's pick is one the teacher can learn from
     trainable: bool = True
 
 

@@ -190,10 +190,7 @@ def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: P
     rows = self_edit_rows(run, contexts, edits, evals, kept=set())
     for x in rows:
         x["proxy"] = proxies.get((x["context"], x["sample"]))
-    scored = [Scored(x["context"], x["sample"], x["reward"],
-                     trainable=bool(m_step_text(edits[(x["context"], x["sample"])])))
-              for x in rows if x["reward"] is not None]
-    kept = {(s.context, s.sample) for s in keep(scored, run.reward)}
+    kept = kept_self_edits(rows, edits, run)
     for x in rows:
         x["kept"] = (x["context"], x["sample"]) in kept
     adapter_dir = rdir / "teacher_adapter"
@@ -250,6 +247,18 @@ def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: P
               for i in range(r + 1)]
     tracker.log_artifact(plots.rounds(rounds, out_dir / "rounds.png", run.reward.metric))
     return summary, new_adapter
+
+
+def kept_self_edits(rows: list[dict], edits: dict, run: RunConfig) -> set[tuple[str, int]]:
+    """(context, sample) of the round's self-edits the M-step trains on: `reward.filter` over
+    those absorbed (a reward) with text to train on and a score. One with no score (ARC's
+    answer_logprob after failing before training, a judge with no verdict) is recorded with
+    reward 0 but never kept: nothing shows that it helped."""
+    scored = [Scored(x["context"], x["sample"], x["reward"],
+                     trainable=bool(m_step_text(edits[(x["context"], x["sample"])]))
+                     and x["score"] is not None)
+              for x in rows if x["reward"] is not None]
+    return {(s.context, s.sample) for s in keep(scored, run.reward)}
 
 
 def nan_if_none(value: float | None) -> float:

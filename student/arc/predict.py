@@ -131,6 +131,58 @@ def predict_many(model, tokenizer, adapters, demos: Sequence[Pair], test_input: 
     return [(_decide(views, b), b) for b in blocks]
 
 
+def answer_logprobs(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
+                    instruct: bool, adapters=None) -> list[float]:
+    """The mean log-probability per token of the gold test outputs, teacher-forced after the
+    task as given (no view, demonstrations in their order), averaged over the test inputs: one
+    value for the model as it is, or one per adapter of `adapters` (student.adapters.Adapters).
+    The answer tokens are those an output-only training task is trained on (`query.encode`).
+
+    Dense and generation-free: it moves with what test-time training taught even when the
+    greedy answer is still wrong, which is what a small student's rewards need
+    (reward.metric=answer_logprob)."""
+    import torch
+
+    from student.arc.query import encode
+    from student.data import IGNORE
+    from student.model import head_logits
+
+    encoded = [encode(tokenizer, Query(list(demos), i, o), instruct, "output") for i, o in tests]
+    k = 1 if adapters is None else adapters.k
+    width = max(len(ids) for ids, _ in encoded)
+    n = k * len(encoded)
+    ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    rows, cols, gold = [], [], []
+    for r in range(n):
+        x, labels = encoded[r % len(encoded)]
+        ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+        # the token at position t is predicted at t - 1; the head runs only there
+        for t, label in enumerate(labels):
+            if label != IGNORE:
+                rows.append(r)
+                cols.append(t - 1)
+                gold.append(label)
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    if adapters is not None:
+        adapters.route([r // len(encoded) for r in range(n)])
+    try:
+        with torch.inference_mode():
+            hidden = model.get_decoder()(input_ids=ids.to(model.device),
+                                         attention_mask=mask.to(model.device)).last_hidden_state
+            logits = head_logits(model, hidden[rows_t.to(model.device), cols_t.to(model.device)])
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            picked = logp[torch.arange(len(gold)), torch.tensor(gold).to(model.device)].cpu()
+    finally:
+        if adapters is not None:
+            adapters.route(None)
+    sums = torch.zeros(n, dtype=picked.dtype).index_add(0, rows_t, picked)
+    counts = torch.zeros(n, dtype=picked.dtype).index_add(0, rows_t, torch.ones_like(picked))
+    per_row = (sums / counts).view(k, len(encoded))
+    return per_row.mean(dim=1).tolist()
+
+
 @dataclass
 class Attempt:
     """One self-edit absorbed and the test inputs answered."""
@@ -142,6 +194,7 @@ class Attempt:
     losses: list[float] = field(default_factory=list)
     attempts: list[list[Grid]] = field(default_factory=list)  # per test input
     answers: list[list[str]] = field(default_factory=list)  # per test input, the views' raw text
+    logprob: float | None = None  # answer_logprobs after training (None: nothing was trained)
 
 
 def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settings: ArcSettings,
@@ -150,4 +203,5 @@ def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settin
     answered = [predict(model, tokenizer, demos, i, settings, instruct) for i, _ in tests]
     attempts = [a for a, _ in answered]
     return Attempt(all(o in a for (_, o), a in zip(tests, attempts, strict=True)),
-                   attempts=attempts, answers=[raw for _, raw in answered])
+                   attempts=attempts, answers=[raw for _, raw in answered],
+                   logprob=answer_logprobs(model, tokenizer, demos, tests, instruct)[0])

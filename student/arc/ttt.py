@@ -25,7 +25,7 @@ import random
 from collections.abc import Sequence
 
 from student.arc import augment
-from student.arc.predict import Attempt, predict_many, solve
+from student.arc.predict import Attempt, answer_logprobs, predict_many, solve
 from student.arc.query import Pair, Query, encode, fits
 from student.arc.selfedit import TTTConfig, parse
 from student.config import ArcSettings
@@ -192,9 +192,11 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
             with phase("answer"):
                 answered = [predict_many(model, tokenizer, adapters, demos, i, settings,
                                          instruct) for i, _ in tests]
+            logprobs = answer_logprobs(model, tokenizer, demos, tests, instruct, adapters)
         for a, ((n, rows, _, _, _), job) in enumerate(zip(group, jobs, strict=True)):
             attempts = [per_test[a][0] for per_test in answered]
             out[n] = Attempt(all(o in g for (_, o), g in zip(tests, attempts, strict=True)),
                              tasks=len(rows), steps=len(job.steps), losses=job.losses,
-                             attempts=attempts, answers=[per_test[a][1] for per_test in answered])
+                             attempts=attempts, answers=[per_test[a][1] for per_test in answered],
+                             logprob=logprobs[a])
     return out

@@ -424,7 +424,46 @@ def test_self_edits_trained_together_equal_one_at_a_time(tiny_llama):
         assert got.failure == want.failure and got.steps == want.steps
         assert got.losses == pytest.approx(want.losses, abs=1e-4)
         assert got.answers == want.answers and got.attempts == want.attempts
+        assert (got.logprob is None) == (want.logprob is None) == (got.failure is not None)
+        assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
     assert [r.failure is None for r in together] == [True, False, False, True]
+
+
+def test_answer_logprob_by_hand_and_it_rises_with_test_time_training(tiny_llama):
+    import torch
+
+    from student.adapters import Adapters
+    from student.arc.predict import answer_logprobs, solve
+    from student.arc.query import Query, encode
+    from student.arc.ttt import absorb_and_solve
+    from student.data import IGNORE
+    from student.model import load_student
+    from tests.student.test_models import tiny_student
+
+    model, tok = load_student(tiny_student(tiny_llama))
+    tests = [([[4, 0]], [[0, 4]]), ([[5, 5, 0]], [[0, 5, 5]])]
+    # by hand: each test's answer tokens (an output-only training task's labels) scored by the
+    # full forward pass, averaged per token, then over the test inputs
+    want = []
+    for i, o in tests:
+        ids, labels = encode(tok, Query(DEMOS, i, o), True, "output")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+        picked = [logp[t - 1, label].item() for t, label in enumerate(labels) if label != IGNORE]
+        want.append(sum(picked) / len(picked))
+    frozen = sum(want) / len(want)
+    assert answer_logprobs(model, tok, DEMOS, tests, True) == pytest.approx([frozen], abs=1e-5)
+    settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=48)
+    assert solve(model, tok, DEMOS, tests, settings, True).logprob == pytest.approx(frozen, abs=1e-5)
+    # fresh adapters (B = 0) are the frozen student, each on its own rows
+    with Adapters(model, settings.lora, [0, 1, 2]) as adapters:
+        assert answer_logprobs(model, tok, DEMOS, tests, True, adapters) == pytest.approx(
+            [frozen] * 3, abs=1e-5)
+    trained = absorb_and_solve(model, tok, DEMOS, tests,
+                               to_json(TTTConfig(("basic",), "output", 5e-3, 2)), settings, True, 0)
+    assert trained.failure is None and trained.logprob > frozen + 0.1
+    failed = absorb_and_solve(model, tok, DEMOS, tests, "not json", settings, True, 0)
+    assert failed.logprob is None
 
 
 def test_a_bad_oracle_setting_is_a_config_error_at_launch(tiny_llama, tiny_qwen2, tmp_path):
@@ -524,6 +563,55 @@ def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
     assert all(e.score in (0.0, 100.0) and e.reward == e.score and e.baseline == 0.0
                for e in evals)  # reward.baseline=none: the reward is the success itself
     assert len(Ledger(tmp_path / "ledger.jsonl").done) == 3
+
+
+def test_answer_logprob_rewards_arc_self_edits_by_gain_and_never_keeps_a_failed_one(
+        tiny_llama, tiny_qwen2, tmp_path):
+    from loop.core import inner, sampling
+    from loop.core.baseline import BaselineCache
+    from loop.core.ledger import Ledger
+    from loop.core.rounds import kept_self_edits
+    from loop.tasks import load_contexts
+    from loop.tasks.arc import Arc
+    from student.model import load_student
+
+    run = arc_run(tiny_llama, tiny_qwen2, tmp_path, "reward.metric=answer_logprob",
+                  "reward.baseline=student", "reward.filter=best_of_k", "loop.k=3")
+    [task] = load_contexts(run.task)
+    texts = ["not json", to_json(TTTConfig(("basic",), "output", 1e-3, 1)),
+             to_json(TTTConfig((), "output", 1e-2, 1))]
+    edits = {(task.id, i): sampling.SelfEdit(task.id, i, i, t, sampling.text_hash(t), 0.0)
+             for i, t in enumerate(texts)}
+    student = load_student(run.student)
+    evals = inner.inner_round(student, run, Arc(), 0, [task], edits,
+                              Ledger(tmp_path / "ledger.jsonl"),
+                              BaselineCache(tmp_path / "b.jsonl", "tiny"), None)
+    failed, *trained = evals
+    assert failed.failure and failed.score is None and failed.reward == 0.0
+    frozen = trained[0].baseline
+    assert frozen < 0 and all(e.baseline == frozen for e in trained)
+    assert all(e.score < 0 and e.reward == pytest.approx(e.score - frozen) for e in trained)
+    rows = inner.self_edit_rows(run, [task], edits, evals, kept=set())
+    kept = kept_self_edits(rows, edits, run)
+    best = max(trained, key=lambda e: e.reward)
+    assert kept == {(task.id, best.sample)}
+    # were every absorbed self-edit worse than the frozen student, the failed one (reward 0)
+    # would still not be kept: best-of-k picks among those with a score
+    for x in rows[1:]:
+        x["reward"] = -1.0 - x["sample"]
+    assert kept_self_edits(rows, edits, run) == {(task.id, 1)}
+
+
+def test_arc_refuses_a_reward_it_cannot_compute(tmp_path):
+    from loop.tasks.arc import Arc
+    from tests.conftest import compose_run
+
+    for bad in (["reward.metric=f1"], ["reward.metric=answer_logprob", "reward.baseline=none"]):
+        run = compose_run("task=arc1d", *bad)
+        with pytest.raises(ConfigError, match="reward.metric=answer_logprob"):
+            Arc().check(run)
+    Arc().check(compose_run("task=arc1d", "reward.metric=answer_logprob",
+                            "reward.baseline=student"))
 
 
 @pytest.mark.slow

@@ -57,11 +57,14 @@ class Arc(Domain):
         return load(task, held_out)
 
     def check(self, run: RunConfig) -> None:
-        if run.reward.metric != "success" or run.reward.baseline == "passage":
-            raise ConfigError("task=arc scores self-edits by reward.metric=success, against "
-                              "reward.baseline=none (the paper's) or student; got "
-                              f"reward.metric={run.reward.metric} "
-                              f"reward.baseline={run.reward.baseline}")
+        metric, baseline = run.reward.metric, run.reward.baseline
+        if not (metric == "success" and baseline in ("none", "student")
+                or metric == "answer_logprob" and baseline == "student"):
+            raise ConfigError("task=arc scores self-edits by reward.metric=success (pass@2) "
+                              "against reward.baseline=none (the paper's) or student, or by "
+                              "reward.metric=answer_logprob (the gold test output's mean "
+                              "log-probability per token) against reward.baseline=student; "
+                              f"got reward.metric={metric} reward.baseline={baseline}")
         if run.reward.screen:
             raise ConfigError("reward.metric=context_logprob and reward.screen are SQuAD's (the "
                               "proxy reads a self-edit's text before the questions)")

@@ -1,8 +1,11 @@
 """ARC's scoring: the student test-time trained on a task's demonstrations as a self-edit
 configures it (`student.arc.ttt`), then pass@2 on the test input; or in context only (`base`).
 
-A score is a list with one entry, `{"success": 0.0 or 1.0, ...}`, so `reward.metric=success`
-averages it like any other metric (in percent): a reward is 100 for a solved task.
+A score is a list with one entry, `{"success": 0.0 or 1.0, "logprob": ..., ...}`, so
+`reward.metric=success` averages it like any other metric (in percent: a reward is 100 for a
+solved task), and `reward.metric=answer_logprob` reads the mean log-probability per token of the
+gold test output after training (dense: it moves when nothing is solved yet; None for a
+self-edit that failed before training, which is then never kept).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
 
     result = solve(model, tokenizer, pairs(task.train), pairs(task.test), run.student.arc,
                    run.student.instruct)
-    return [{"success": float(result.success), "attempts": result.attempts,
-             "answers": result.answers}]
+    return [{"success": float(result.success), "logprob": result.logprob,
+             "attempts": result.attempts, "answers": result.answers}]
 
 
 def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: RunConfig,
@@ -60,8 +63,9 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
 
 def _row(result) -> Absorbed:
     losses = [result.losses[0], result.losses[-1]] if result.losses else []
-    return Absorbed([{"success": float(result.success), "attempts": result.attempts,
-                      "answers": result.answers, "tasks": result.tasks, "steps": result.steps}],
+    return Absorbed([{"success": float(result.success), "logprob": result.logprob,
+                      "attempts": result.attempts, "answers": result.answers,
+                      "tasks": result.tasks, "steps": result.steps}],
                     losses, result.failure)
 
 
