@@ -132,11 +132,12 @@ def predict_many(model, tokenizer, adapters, demos: Sequence[Pair], test_input: 
 
 
 def answer_logprobs(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair],
-                    instruct: bool, adapters=None) -> list[float]:
+                    instruct: bool, max_tokens: int, adapters=None) -> list[float | None]:
     """The mean log-probability per token of the gold test outputs, teacher-forced after the
-    task as given (no view, demonstrations in their order), averaged over the test inputs: one
-    value for the model as it is, or one per adapter of `adapters` (student.adapters.Adapters).
-    The answer tokens are those an output-only training task is trained on (`query.encode`).
+    task as given (no view, demonstrations in their order), averaged over the test inputs whose
+    task fits `max_tokens`: one value for the model as it is, or one per adapter of `adapters`
+    (student.adapters.Adapters); None where no test input fits. The answer tokens are those an
+    output-only training task is trained on (`query.encode`).
 
     Dense and generation-free: it moves with what test-time training taught even when the
     greedy answer is still wrong, which is what a small student's rewards need
@@ -148,7 +149,10 @@ def answer_logprobs(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pai
     from student.model import head_logits
 
     encoded = [encode(tokenizer, Query(list(demos), i, o), instruct, "output") for i, o in tests]
+    encoded = [(ids, labels) for ids, labels in encoded if len(ids) <= max_tokens]
     k = 1 if adapters is None else adapters.k
+    if not encoded:
+        return [None] * k
     width = max(len(ids) for ids, _ in encoded)
     n = k * len(encoded)
     ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
@@ -204,4 +208,5 @@ def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settin
     attempts = [a for a, _ in answered]
     return Attempt(all(o in a for (_, o), a in zip(tests, attempts, strict=True)),
                    attempts=attempts, answers=[raw for _, raw in answered],
-                   logprob=answer_logprobs(model, tokenizer, demos, tests, instruct)[0])
+                   logprob=answer_logprobs(model, tokenizer, demos, tests, instruct,
+                                           settings.max_tokens)[0])

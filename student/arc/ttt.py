@@ -192,7 +192,8 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
             with phase("answer"):
                 answered = [predict_many(model, tokenizer, adapters, demos, i, settings,
                                          instruct) for i, _ in tests]
-            logprobs = answer_logprobs(model, tokenizer, demos, tests, instruct, adapters)
+            logprobs = answer_logprobs(model, tokenizer, demos, tests, instruct,
+                                       settings.max_tokens, adapters)
         for a, ((n, rows, _, _, _), job) in enumerate(zip(group, jobs, strict=True)):
             attempts = [per_test[a][0] for per_test in answered]
             out[n] = Attempt(all(o in g for (_, o), g in zip(tests, attempts, strict=True)),

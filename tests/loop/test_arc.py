@@ -452,12 +452,18 @@ def test_answer_logprob_by_hand_and_it_rises_with_test_time_training(tiny_llama)
         picked = [logp[t - 1, label].item() for t, label in enumerate(labels) if label != IGNORE]
         want.append(sum(picked) / len(picked))
     frozen = sum(want) / len(want)
-    assert answer_logprobs(model, tok, DEMOS, tests, True) == pytest.approx([frozen], abs=1e-5)
     settings = ArcSettings(leave_out=[1], batch_size=2, warmup_steps=1, max_steps=48)
+    assert answer_logprobs(model, tok, DEMOS, tests, True, 2048) == pytest.approx([frozen],
+                                                                                abs=1e-5)
+    # a task longer than the token budget is left out; none left: None
+    short = len(encode(tok, Query(DEMOS, *tests[0]), True, "output")[0])
+    assert answer_logprobs(model, tok, DEMOS, tests, True, short) == pytest.approx([want[0]],
+                                                                                 abs=1e-5)
+    assert answer_logprobs(model, tok, DEMOS, tests, True, 16) == [None]
     assert solve(model, tok, DEMOS, tests, settings, True).logprob == pytest.approx(frozen, abs=1e-5)
     # fresh adapters (B = 0) are the frozen student, each on its own rows
     with Adapters(model, settings.lora, [0, 1, 2]) as adapters:
-        assert answer_logprobs(model, tok, DEMOS, tests, True, adapters) == pytest.approx(
+        assert answer_logprobs(model, tok, DEMOS, tests, True, 2048, adapters) == pytest.approx(
             [frozen] * 3, abs=1e-5)
     trained = absorb_and_solve(model, tok, DEMOS, tests,
                                to_json(TTTConfig(("basic",), "output", 5e-3, 2)), settings, True, 0)
