@@ -198,7 +198,8 @@ class Attempt:
     losses: list[float] = field(default_factory=list)
     attempts: list[list[Grid]] = field(default_factory=list)  # per test input
     answers: list[list[str]] = field(default_factory=list)  # per test input, the views' raw text
-    logprob: float | None = None  # answer_logprobs after training (None: nothing was trained)
+    logprob: float | None = None  # answer_logprobs of the model that answered (None: a self-edit
+    # that failed before training, or no test input fits student.arc.max_tokens)
 
 
 def solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pair], settings: ArcSettings,
