@@ -1,4 +1,4 @@
-"""`python -m loop.compare`: rows of several `loop.evaluate` folders side by side, paired by passage.
+"""`python -m loop.compare`: rows of several `loop.evaluate` folders side by side, paired by passage or task.
 
     python -m loop.compare outputs/dev_a:passage outputs/dev_a:teacher_base=implications-long \
         outputs/dev_b:teacher_base=rewrite
@@ -14,6 +14,13 @@ and data (`run.json`), else the command says what differs: `loop.evaluate` deriv
 from the run's seed and the passage, so a `passage` row recorded in one folder is then the one
 another evaluation of those passages records. The settings that do differ between the folders
 are printed under the table.
+
+ARC folders (`task=arc`, `task=arc1d`) compare the same way, paired by task: a row's unit is a
+task's success rate over its self-edits, as `loop.evaluate` bootstraps it. `--shared` pairs the
+rows on the passages or tasks every one of them holds whole, and says how many it left out: how
+an evaluation still running (a 1D-ARC one runs for hours, across sessions) is read part way.
+
+    python -m loop.compare --shared outputs/eval1d:teacher_base outputs/eval1d:teacher
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from pathlib import Path
 
 from loop.core.cli import user_errors
 from loop.core.errors import ConfigError
-from loop.core.evaluation import condition_table, passage_means, summarise
+from loop.core.evaluation import QUESTION_METRICS, condition_table, passage_means, summarise
 from loop.core.ledger import read_jsonl
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
@@ -48,19 +55,38 @@ def parse_row(spec: str) -> tuple[Path, str, str]:
 
 
 def read_records(folder: Path, condition: str) -> list[dict]:
-    """The `scores.jsonl` records of one SQuAD condition in an evaluation folder, in the order
-    `loop.evaluate` scored the passages, read without touching the file (it may be running)."""
+    """The `scores.jsonl` records of one condition in an evaluation folder, in the order
+    `loop.evaluate` scored them (a resume: the last of a unit), read without touching the file
+    (it may be running)."""
     scores = folder / "scores.jsonl"
     if not scores.exists():
         raise ConfigError(f"{folder} holds no scores.jsonl: not a loop.evaluate folder")
     records = read_jsonl(scores, repair=False)
-    if records and "questions" not in records[0]:
-        raise ConfigError(f"{scores} is an ARC evaluation: loop.compare reads SQuAD rows only")
-    mine = {r["context"]: r for r in records if r["condition"] == condition}  # a resume: the last
+    mine = {(r["context"], r.get("sample")): r for r in records if r["condition"] == condition}
     if not mine:
         held = sorted({r["condition"] for r in records})
         raise ConfigError(f"{scores} records no '{condition}' row; it records {held}")
     return list(mine.values())
+
+
+def is_arc(records: list[dict]) -> bool:
+    """ARC rows record a task's `success`; SQuAD's, a passage's `questions`."""
+    return "questions" not in records[0]
+
+
+def row_units(records: list[dict], folder: Path, condition: str) -> dict[str, dict[str, float | None]]:
+    """One row's paired units, {passage or task: its means}, in scoring order. SQuAD: the
+    passage's means per metric. ARC: the task's success % over its self-edits, for the tasks
+    whose `evaluate.samples` self-edits (`base`: its one attempt) are all recorded. `records`
+    are the row's (`read_records`)."""
+    if not is_arc(records):
+        return {r["context"]: passage_means(r["questions"]) for r in records}
+    n = 1 if condition == "base" else settings(folder).get("evaluate.samples")
+    by_task: dict[str, list[float]] = {}
+    for r in records:
+        by_task.setdefault(r["context"], []).append(r["success"])
+    return {task: {"success": 100 * sum(s) / len(s)} for task, s in by_task.items()
+            if n is None or len(s) == n}
 
 
 def settings(folder: Path) -> dict:
@@ -87,35 +113,56 @@ def check_pairable(folders: list[Path]) -> list[str]:
     return sorted(differ - {"evaluate.conditions"})
 
 
-def compare(specs: list[str], seed: int = 0, resamples: int = 10_000) -> tuple[dict, int, list[str]]:
-    """The summary (as `loop.evaluate`'s) of the named rows, paired by passage in the first
-    row's order; the number of passages; the settings that differ between the folders."""
+def compare(specs: list[str], seed: int = 0, resamples: int = 10_000,
+            shared: bool = False) -> tuple[dict, int, list[str], int]:
+    """The summary (as `loop.evaluate`'s) of the named rows, paired by passage or task in the
+    first row's order; the number of units paired; the settings that differ between the
+    folders; the units left out (`shared`: those some row does not hold whole)."""
     rows: dict[str, dict[str, dict]] = {}
-    order: list[str] = []
+    kinds = {}
     folders = []
     for spec in specs:
         folder, condition, label = parse_row(spec)
         if label in rows:
             raise ConfigError(f"two rows are labelled {label!r}: give one a label (=<label>)")
         records = read_records(folder, condition)
-        rows[label] = {r["context"]: passage_means(r["questions"]) for r in records}
-        order = order or [r["context"] for r in records]
+        kinds[label] = is_arc(records)
+        rows[label] = row_units(records, folder, condition)
         folders.append(folder)
+    if len(set(kinds.values())) > 1:
+        arc = sorted(label for label, k in kinds.items() if k)
+        raise ConfigError(f"rows {arc} are ARC evaluations and the others SQuAD: compare "
+                          "evaluations of one task")
     first, *_ = rows
-    for label, row in rows.items():
-        if set(row) != set(order):
-            only = sorted(set(row) ^ set(order))
-            raise ConfigError(f"rows {first!r} and {label!r} hold different passages (e.g. "
-                              f"{only[:3]}); compare evaluations of the same passages")
+    order = list(rows[first])
+    if shared:
+        held = [u for u in order if all(u in row for row in rows.values())]
+        left_out = len(set().union(*rows.values())) - len(held)
+        order = held
+        if not order:
+            raise ConfigError("the rows hold no passage or task in common")
+    else:
+        left_out = 0
+        for label, row in rows.items():
+            if set(row) != set(order):
+                only = sorted(set(row) ^ set(order))
+                raise ConfigError(f"rows {first!r} and {label!r} hold different passages or "
+                                  f"tasks (e.g. {only[:3]}); compare evaluations of the same "
+                                  "ones, or pair on those all rows hold with --shared")
     differ = check_pairable(folders)
-    per_passage = {label: [row[i] for i in order] for label, row in rows.items()}
-    return summarise(per_passage, seed, resamples), len(order), differ
+    units = {label: [row[u] for u in order] for label, row in rows.items()}
+    metrics = ("success",) if next(iter(kinds.values())) else QUESTION_METRICS
+    return summarise(units, seed, resamples, metrics), len(order), differ, left_out
 
 
 def sample_means(folder: Path, condition: str) -> dict[str, list[dict[str, float]]]:
     """Per passage, per self-edit sample (in sample order): the means of each reward metric."""
     out: dict[str, list[dict[str, float]]] = {}
-    for r in read_records(folder, condition):
+    records = read_records(folder, condition)
+    if is_arc(records):
+        raise ConfigError(f"{folder} is an ARC evaluation: --rewards compares SQuAD's reward "
+                          "metrics")
+    for r in records:
         by_sample: dict[int, list[dict]] = {}
         for q in r["questions"]:
             by_sample.setdefault(q.get("sample", 0), []).append(q)
@@ -165,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rows", nargs="+", metavar="FOLDER:CONDITION[=LABEL]")
     parser.add_argument("--seed", type=int, default=0,
                         help="the bootstrap's seed (the table; --rewards has none)")
+    parser.add_argument("--shared", action="store_true",
+                        help="pair on the passages or tasks every row holds whole (an evaluation "
+                             "still running), and say how many were left out")
     parser.add_argument("--rewards", action="store_true",
                         help="instead: would the metrics, as rewards, pick the same of a passage's "
                              "self-edits? (ties, and pairs ordered alike, over the rows' samples)")
@@ -173,12 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.rewards:
             print(rewards_report(args.rows))
             return 0
-        summary, n, differ = compare(args.rows, args.seed)
+        summary, n, differ, left_out = compare(args.rows, args.seed, shared=args.shared)
     except user_errors() as e:  # a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(condition_table(summary, n, 0, footer=f"{n} passages; mean over passages [95% bootstrap "
-                                             "interval]; differences are paired by passage"))
+    unit = "tasks" if "success" in next(iter(summary.values())) else "passages"
+    footer = (f"{n} {unit}; mean over {unit} [95% bootstrap interval]; differences are paired "
+              f"by {unit[:-1]}")
+    if args.shared:
+        footer += f"; {left_out} {unit} left out (not held whole by every row)"
+    print(condition_table(summary, n, 0, footer=footer))
     if differ:
         print("the folders' settings differ in: " + ", ".join(differ))
     return 0

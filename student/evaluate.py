@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from student.config import StudentConfig
 from student.grade import answer_span, contains, exact_match, f1, judge_prompt, parse_verdict
-from student.model import head_logits
+from student.model import gold_logprobs
 from student.prompts import answer_prompt, render
 
 
@@ -33,32 +33,12 @@ def answer_logprob(model, tokenizer, prompts: list[str], golds: list[str], *,
     Dense and generation-free: it moves with what the student absorbed even when the greedy
     answer does not change, which is what a small student's rewards need.
     """
-    import torch
-
-    pairs = []
+    sequences = []
     for prompt, gold in zip(prompts, golds, strict=True):
-        p = tokenizer(render(tokenizer, prompt, instruct), add_special_tokens=not instruct)
+        p = tokenizer(render(tokenizer, prompt, instruct), add_special_tokens=not instruct)["input_ids"]
         g = tokenizer(gold.strip(), add_special_tokens=False)["input_ids"]
-        pairs.append((p["input_ids"], g))
-    width = max(len(p) + len(g) for p, g in pairs)
-    ids = torch.full((len(pairs), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, (p, g) in enumerate(pairs):
-        ids[i, : len(p) + len(g)] = torch.tensor(p + g)
-        mask[i, : len(p) + len(g)] = 1
-    # the token at position t is predicted at t - 1; the head runs only where a gold token is
-    # predicted (a vocabulary-wide row per prompt token would be most of the work)
-    rows = torch.tensor([i for i, (p, g) in enumerate(pairs) for _ in g])
-    cols = torch.tensor([t for p, g in pairs for t in range(len(p) - 1, len(p) + len(g) - 1)])
-    gold = torch.tensor([t for _, g in pairs for t in g])
-    with torch.inference_mode():
-        hidden = model.get_decoder()(input_ids=ids.to(model.device),
-                                     attention_mask=mask.to(model.device)).last_hidden_state
-        logits = head_logits(model, hidden[rows.to(model.device), cols.to(model.device)])
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        picked = logp[torch.arange(len(gold)), gold.to(model.device)].cpu()
-    sums = torch.zeros(len(pairs), dtype=picked.dtype).index_add(0, rows, picked)
-    return (sums / torch.tensor([len(g) for _, g in pairs])).tolist()
+        sequences.append((p + g, range(len(p), len(p) + len(g))))
+    return gold_logprobs(model, tokenizer.pad_token_id, sequences)
 
 
 def context_logprobs(model, tokenizer, title: str, qa: list[tuple[str, str]], context: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from student.config import StudentConfig
 
@@ -44,3 +45,30 @@ def head_logits(model, hidden):
 
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def gold_logprobs(model, pad_id: int, sequences: Sequence[tuple[Sequence[int], Sequence[int]]]
+                  ) -> list[float]:
+    """The mean log-probability per gold token of each (token ids, positions of its gold
+    tokens), teacher-forced: one padded forward pass of the decoder, and the head only at the
+    positions that predict a gold token (t - 1), since a vocabulary-wide row per prompt token
+    would be most of the work. Adapters routed by row (student.adapters.Adapters.route) apply."""
+    import torch
+
+    width = max(len(ids) for ids, _ in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, (x, _) in enumerate(sequences):
+        ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
+    rows = torch.tensor([r for r, (_, at) in enumerate(sequences) for _ in at])
+    cols = torch.tensor([t - 1 for _, at in sequences for t in at])
+    gold = torch.tensor([x[t] for x, at in sequences for t in at])
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=ids.to(model.device),
+                                     attention_mask=mask.to(model.device)).last_hidden_state
+        logits = head_logits(model, hidden[rows.to(model.device), cols.to(model.device)])
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        picked = logp[torch.arange(len(gold)), gold.to(model.device)].cpu()
+    sums = torch.zeros(len(sequences), dtype=picked.dtype).index_add(0, rows, picked)
+    return (sums / torch.tensor([len(at) for _, at in sequences])).tolist()

@@ -142,49 +142,25 @@ def answer_logprobs(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pai
     Dense and generation-free: it moves with what test-time training taught even when the
     greedy answer is still wrong, which is what a small student's rewards need
     (reward.metric=answer_logprob)."""
-    import torch
-
     from student.arc.query import encode
     from student.data import IGNORE
-    from student.model import head_logits
+    from student.model import gold_logprobs
 
     encoded = [encode(tokenizer, Query(list(demos), i, o), instruct, "output") for i, o in tests]
-    encoded = [(ids, labels) for ids, labels in encoded if len(ids) <= max_tokens]
+    sequences = [(ids, [t for t, label in enumerate(labels) if label != IGNORE])
+                 for ids, labels in encoded if len(ids) <= max_tokens]
     k = 1 if adapters is None else adapters.k
-    if not encoded:
+    if not sequences:
         return [None] * k
-    width = max(len(ids) for ids, _ in encoded)
-    n = k * len(encoded)
-    ids = torch.full((n, width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    rows, cols, gold = [], [], []
-    for r in range(n):
-        x, labels = encoded[r % len(encoded)]
-        ids[r, : len(x)] = torch.tensor(x)
-        mask[r, : len(x)] = 1
-        # the token at position t is predicted at t - 1; the head runs only there
-        for t, label in enumerate(labels):
-            if label != IGNORE:
-                rows.append(r)
-                cols.append(t - 1)
-                gold.append(label)
-    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-    if adapters is not None:
-        adapters.route([r // len(encoded) for r in range(n)])
+    if adapters is not None:  # every adapter's copy of the tasks, adapter by adapter
+        adapters.route([r // len(sequences) for r in range(k * len(sequences))])
     try:
-        with torch.inference_mode():
-            hidden = model.get_decoder()(input_ids=ids.to(model.device),
-                                         attention_mask=mask.to(model.device)).last_hidden_state
-            logits = head_logits(model, hidden[rows_t.to(model.device), cols_t.to(model.device)])
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            picked = logp[torch.arange(len(gold)), torch.tensor(gold).to(model.device)].cpu()
+        per_row = gold_logprobs(model, tokenizer.pad_token_id, sequences * k)
     finally:
         if adapters is not None:
             adapters.route(None)
-    sums = torch.zeros(n, dtype=picked.dtype).index_add(0, rows_t, picked)
-    counts = torch.zeros(n, dtype=picked.dtype).index_add(0, rows_t, torch.ones_like(picked))
-    per_row = (sums / counts).view(k, len(encoded))
-    return per_row.mean(dim=1).tolist()
+    n = len(sequences)
+    return [sum(per_row[a * n : (a + 1) * n]) / n for a in range(k)]
 
 
 @dataclass

@@ -219,6 +219,23 @@ def test_intervals_resample_tasks_not_self_edits():
     assert (diff["mean"], diff["low"], diff["high"]) == (25.0, 0.0, 50.0)
 
 
+def test_an_evaluation_scores_tasks_in_a_seeded_order_that_mixes_the_families():
+    """A long evaluation stopped part way has scored a random sample of its tasks, not the
+    file's first families: the order is a seeded shuffle, the same for the same seed."""
+    from loop.tasks.arc.rows import family, work_order
+    from loop.tasks.base import select
+
+    tasks = select(load_arc(PROJECT_ROOT / "data" / "arc1d" / "arc1d_evaluation_challenges.json"),
+                   100, 0)  # what experiment=arc1d_cpu task.n_contexts=100 evaluates
+    order = work_order(tasks, 0)
+    assert sorted(t.id for t in order) == sorted(t.id for t in tasks)  # each task once
+    assert [t.id for t in work_order(tasks, 0)] == [t.id for t in order]  # resumable
+    assert [t.id for t in work_order(tasks, 1)] != [t.id for t in order]
+    # file order holds 1 or 2 families in its first 10 tasks; this order, most of the 18
+    assert len({family(t.id) for t in tasks[:10]}) <= 2
+    assert len({family(t.id) for t in order[:10]}) >= 6
+
+
 def test_per_family_success_by_hand(tmp_path):
     from loop.core import plots
     from loop.tasks.arc.rows import family_table, per_family

@@ -48,6 +48,20 @@ def oracle_text(run: RunConfig) -> str:
     return text
 
 
+def work_order(tasks: list, seed: int) -> list:
+    """The tasks in the order an evaluation scores them: a seeded shuffle of the selected ones.
+    A 1D-ARC evaluation of 100 tasks is hours of test-time training on a CPU, run across
+    sessions with `resume=`; in this order the tasks scored when it stops are a random sample of
+    the whole, all families mixed, instead of the first families of the file."""
+    import random
+
+    from loop.core.seeds import derive_seed
+
+    order = list(tasks)
+    random.Random(derive_seed(seed, "evaluation order")).shuffle(order)
+    return order
+
+
 def summarise(task_ids: list[str], conditions: list[str], n: int, done: dict, seed: int,
               resamples: int) -> dict[str, dict]:
     """Success (%) per condition with 95% intervals, and paired differences, from `done`'s rows
@@ -86,7 +100,8 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     - `oracle`: test-time training with the hand-tuned configuration (`student.arc.oracle`).
     The success rate is the paper's, over (task, self-edit) units; its interval resamples tasks
     (`summarise`); `oracle` uses the teacher conditions' seeds.
-    Rows of `scores.jsonl` are appended per unit and read back by `resume=`.
+    Rows of `scores.jsonl` are appended per unit, task by task in `work_order`, and read back by
+    `resume=`.
     """
     import time
 
@@ -113,7 +128,7 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
                  {dataset_name(run.task): tasks}) as tracker:
         model, tokenizer = load_student(run.student)
         n = run.evaluate.samples
-        jobs = [(t, c, i) for t in tasks for c in conditions
+        jobs = [(t, c, i) for t in work_order(tasks, run.seed) for c in conditions
                 for i in ([None] if c == "base" else range(n))]
         todo = [j for j in jobs if (j[0].id, j[1], j[2]) not in done]
         # a (task, condition)'s samples are absorbed together (student.train.batched); one
