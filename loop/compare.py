@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     footer = (f"{n} {unit}; mean over {unit} [95% bootstrap interval]; differences are paired "
               f"by {unit[:-1]}")
     if args.shared:
-        footer += f"; {left_out} {unit} left out (not held whole by every row)"
+        footer += f"; left out: {left_out} (not held whole by every row)"
     print(condition_table(summary, n, 0, footer=footer))
     if differ:
         print("the folders' settings differ in: " + ", ".join(differ))

@@ -149,7 +149,7 @@ def test_arc_rows_pair_by_task_and_shared_reads_an_evaluation_still_running(tmp_
     assert list(summary["e:teacher"]) == ["success"]
     assert main(["--shared", *rows]) == 0
     out = capsys.readouterr().out
-    assert "2 tasks" in out and "1 tasks left out" in out and "success %" in out
+    assert "2 tasks" in out and "left out: 1" in out and "success %" in out
 
     squad = write(tmp_path / "s", [("t1", "passage", [q(-1.0, 1.0)])], CONFIG)
     with pytest.raises(ConfigError, match="ARC evaluations and the others SQuAD"):
