@@ -74,19 +74,24 @@ def is_arc(records: list[dict]) -> bool:
     return "questions" not in records[0]
 
 
-def row_units(records: list[dict], folder: Path, condition: str) -> dict[str, dict[str, float | None]]:
-    """One row's paired units, {passage or task: its means}, in scoring order. SQuAD: the
-    passage's means per metric. ARC: the task's success % over its self-edits, for the tasks
-    whose `evaluate.samples` self-edits (`base`: its one attempt) are all recorded. `records`
-    are the row's (`read_records`)."""
+def row_units(records: list[dict], folder: Path,
+              condition: str) -> tuple[dict[str, dict[str, float | None]], set[str]]:
+    """One row's paired units, {passage or task: its means}, in scoring order, and the tasks it
+    holds only in part. SQuAD: the passage's means per metric. ARC: the task's success % over
+    its `evaluate.samples` self-edits (`base`: its one attempt), for the tasks whose self-edits
+    are all recorded; the others are returned apart. `records` are the row's (`read_records`)."""
     if not is_arc(records):
-        return {r["context"]: passage_means(r["questions"]) for r in records}
+        return {r["context"]: passage_means(r["questions"]) for r in records}, set()
     n = 1 if condition == "base" else settings(folder).get("evaluate.samples")
+    if n is None:
+        raise ConfigError(f"{folder} holds no run.json: how many self-edits a task has "
+                          "(evaluate.samples) is not known")
     by_task: dict[str, list[float]] = {}
     for r in records:
         by_task.setdefault(r["context"], []).append(r["success"])
-    return {task: {"success": 100 * sum(s) / len(s)} for task, s in by_task.items()
-            if n is None or len(s) == n}
+    whole = {task: {"success": 100 * sum(s) / len(s)} for task, s in by_task.items()
+             if len(s) == n}
+    return whole, set(by_task) - set(whole)
 
 
 def settings(folder: Path) -> dict:
@@ -121,13 +126,15 @@ def compare(specs: list[str], seed: int = 0, resamples: int = 10_000,
     rows: dict[str, dict[str, dict]] = {}
     kinds = {}
     folders = []
+    partial: set[str] = set()  # tasks some row holds only in part
     for spec in specs:
         folder, condition, label = parse_row(spec)
         if label in rows:
             raise ConfigError(f"two rows are labelled {label!r}: give one a label (=<label>)")
         records = read_records(folder, condition)
         kinds[label] = is_arc(records)
-        rows[label] = row_units(records, folder, condition)
+        rows[label], some = row_units(records, folder, condition)
+        partial |= some
         folders.append(folder)
     if len(set(kinds.values())) > 1:
         arc = sorted(label for label, k in kinds.items() if k)
@@ -137,12 +144,16 @@ def compare(specs: list[str], seed: int = 0, resamples: int = 10_000,
     order = list(rows[first])
     if shared:
         held = [u for u in order if all(u in row for row in rows.values())]
-        left_out = len(set().union(*rows.values())) - len(held)
+        left_out = len(set().union(*rows.values()) | partial) - len(held)
         order = held
         if not order:
             raise ConfigError("the rows hold no passage or task in common")
     else:
         left_out = 0
+        if partial:
+            raise ConfigError(f"tasks {sorted(partial)[:3]} have only some of their self-edits "
+                              "recorded (an evaluation still running?): pair on the tasks all "
+                              "rows hold whole with --shared")
         for label, row in rows.items():
             if set(row) != set(order):
                 only = sorted(set(row) ^ set(order))

@@ -139,6 +139,10 @@ def test_arc_rows_pair_by_task_and_shared_reads_an_evaluation_still_running(tmp_
     rows = [f"{e}:base", f"{e}:teacher_base", f"{e}:teacher"]
     with pytest.raises(ConfigError, match="--shared"):
         compare(rows)
+    # t3 is in neither self-edit row whole: refused all the same, and counted when left out
+    with pytest.raises(ConfigError, match=r"\['t3'\] have only some of their self-edits"):
+        compare(rows[1:])
+    assert compare(rows[1:], resamples=10, shared=True)[3] == 1
     summary, n, differ, left_out = compare(rows, resamples=2000, shared=True)
     assert (n, differ, left_out) == (2, [], 1)
     # by hand, t1 and t2: base 100, 0; teacher_base 50, 0; teacher 100, 50
@@ -159,3 +163,6 @@ def test_arc_rows_pair_by_task_and_shared_reads_an_evaluation_still_running(tmp_
                 shared=True)
     assert main(["--rewards", f"{e}:teacher"]) == 2
     assert "ARC evaluation" in capsys.readouterr().err
+    (e / "run.json").unlink()
+    with pytest.raises(ConfigError, match="no run.json"):
+        compare([f"{e}:teacher"])
