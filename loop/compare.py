@@ -19,6 +19,8 @@ ARC folders (`task=arc`, `task=arc1d`) compare the same way, paired by task: a r
 task's success rate over its self-edits, as `loop.evaluate` bootstraps it. `--shared` pairs the
 rows on the passages or tasks every one of them holds whole, and says how many it left out: how
 an evaluation still running (a 1D-ARC one runs for hours, across sessions) is read part way.
+On 1D-ARC tasks each difference is also given with the task families resampled instead of the
+tasks (`loop.tasks.arc.rows.add_family_differences`).
 
     python -m loop.compare --shared outputs/eval1d:teacher_base outputs/eval1d:teacher
 """
@@ -34,6 +36,7 @@ from loop.core.cli import user_errors
 from loop.core.errors import ConfigError
 from loop.core.evaluation import QUESTION_METRICS, condition_table, passage_means, summarise
 from loop.core.ledger import read_jsonl
+from loop.tasks.arc.rows import add_family_differences, family_difference_lines
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
 # (not student.path: a bundled model's path is the machine's cache folder)
@@ -162,8 +165,11 @@ def compare(specs: list[str], seed: int = 0, resamples: int = 10_000,
                                   "ones, or pair on those all rows hold with --shared")
     differ = check_pairable(folders)
     units = {label: [row[u] for u in order] for label, row in rows.items()}
-    metrics = ("success",) if next(iter(kinds.values())) else QUESTION_METRICS
-    return summarise(units, seed, resamples, metrics), len(order), differ, left_out
+    if not next(iter(kinds.values())):
+        return summarise(units, seed, resamples, QUESTION_METRICS), len(order), differ, left_out
+    summary = add_family_differences(summarise(units, seed, resamples, ("success",)), order,
+                                     units, seed, resamples)
+    return summary, len(order), differ, left_out
 
 
 def sample_means(folder: Path, condition: str) -> dict[str, list[dict[str, float]]]:
@@ -244,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.shared:
         footer += f"; left out: {left_out} (not held whole by every row)"
     print(condition_table(summary, n, 0, footer=footer))
+    if by_family := family_difference_lines(summary):
+        print("\n".join(by_family))
     if differ:
         print("the folders' settings differ in: " + ", ".join(differ))
     return 0

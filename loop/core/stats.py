@@ -36,6 +36,32 @@ def paired_difference(a: list[float], b: list[float], seed: int = 0,
     return bootstrap([x - y for x, y in zip(a, b, strict=True)], seed, resamples)
 
 
+def clustered_difference(a: list[float], b: list[float], clusters: list[str], seed: int = 0,
+                         resamples: int = 10_000) -> Estimate:
+    """a - b, unit by unit, with an interval that resamples whole clusters of units (1D-ARC: the
+    tasks of one family, which share their rule) instead of units: the more conservative
+    interval when units of a cluster succeed or fail together. Each resample draws as many
+    clusters as there are, with replacement, and takes the mean over all their units; with one
+    unit per cluster it is `paired_difference`. The mean is over units; `n` counts clusters."""
+    if not len(a) == len(b) == len(clusters):
+        raise ValueError(f"paired values and their clusters need equal lengths, got {len(a)}, "
+                         f"{len(b)} and {len(clusters)}")
+    if not a:
+        raise ValueError("no values to estimate from")
+    groups: dict[str, list[float]] = {}
+    for x, y, c in zip(a, b, clusters, strict=True):
+        groups.setdefault(c, []).append(x - y)
+    cells = list(groups.values())
+    rng = random.Random(seed)
+    means = []
+    for _ in range(resamples):
+        drawn = rng.choices(cells, k=len(cells))
+        means.append(sum(sum(g) for g in drawn) / sum(len(g) for g in drawn))
+    means.sort()
+    return Estimate(sum(sum(g) for g in cells) / len(a), means[int(0.025 * resamples)],
+                    means[int(0.975 * resamples) - 1], len(cells))
+
+
 def pearson(x: list[float], y: list[float]) -> float | None:
     """Pearson's correlation of paired values; None when either side is constant."""
     if len(x) != len(y) or len(x) < 2:

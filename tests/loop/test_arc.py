@@ -219,6 +219,32 @@ def test_intervals_resample_tasks_not_self_edits():
     assert (diff["mean"], diff["low"], diff["high"]) == (25.0, 0.0, 50.0)
 
 
+def test_1d_arc_differences_are_also_given_with_families_resampled():
+    """The tasks of a 1D-ARC family share their rule: each paired difference is given again with
+    the families resampled (all of the gain in one of two families: [0, 100] by hand, where
+    resampling the eight tasks gives a narrower interval); ARC-AGI's ids have no family."""
+    from loop.tasks.arc.rows import family_difference_lines, summarise
+
+    ids = [f"1d_move_1p_{i}" for i in range(4)] + [f"1d_fill_{i}" for i in range(4)]
+    done = {}
+    for tid, gain in zip(ids, [1.0] * 4 + [0.0] * 4, strict=True):
+        done[(tid, "teacher_base", 0)] = {"success": 0.0}
+        done[(tid, "teacher", 0)] = {"success": gain}
+    s = summarise(ids, ["teacher_base", "teacher"], 1, done, seed=0, resamples=2000)
+    tasks, families = (s["teacher"]["success"][k] for k in ("vs_teacher_base",
+                                                             "vs_teacher_base_by_family"))
+    assert tasks["mean"] == families["mean"] == 50.0
+    assert (families["low"], families["high"], families["n"]) == (0.0, 100.0, 2)
+    assert tasks["low"] > 0.0 and tasks["high"] < 100.0
+    head, line = family_difference_lines(s)
+    assert "2 task families" in head and "teacher minus teacher_base" in line
+    arc_agi = summarise(["007bbfb7", "00d62c1b"], ["teacher_base", "teacher"], 1,
+                        {(t, c, 0): {"success": 0.0} for t in ["007bbfb7", "00d62c1b"]
+                         for c in ["teacher_base", "teacher"]}, seed=0, resamples=10)
+    assert "vs_teacher_base_by_family" not in arc_agi["teacher"]["success"]
+    assert family_difference_lines(arc_agi) == []
+
+
 def test_an_evaluation_scores_tasks_in_a_seeded_order_that_mixes_the_families():
     """A long evaluation stopped part way has scored a random sample of its tasks, not the
     file's first families: the order is a seeded shuffle, the same for the same seed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loop.core.stats import bootstrap, paired_difference, pearson
+from loop.core.stats import bootstrap, clustered_difference, paired_difference, pearson
 
 
 def test_constant_values_have_a_zero_width_interval():
@@ -27,6 +27,22 @@ def test_paired_difference_uses_per_context_differences():
     assert (est.mean, est.low, est.high) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference([1.0], [1.0, 2.0])
+
+
+def test_clustered_difference_resamples_whole_clusters():
+    """With one unit per cluster it is the unit-resampled interval, draw for draw; with the gain
+    all in one of two clusters every resample holds a, b or both, so by hand its means are 1
+    (a, a), 0 (b, b) and 2/6 (a, b) and the interval is [0, 1], wider than resampling units."""
+    after, base = [3.0, 0.0, 1.0, 5.0], [1.0, 0.0, 0.0, 2.0]
+    one_each = clustered_difference(after, base, ["a", "b", "c", "d"], seed=4)
+    assert one_each == paired_difference(after, base, seed=4)
+    diffs = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    est = clustered_difference(diffs, [0.0] * 6, ["a", "a", "b", "b", "b", "b"], resamples=4000)
+    assert (est.mean, est.low, est.high, est.n) == (pytest.approx(1 / 3), 0.0, 1.0, 2)
+    units = paired_difference(diffs, [0.0] * 6, resamples=4000)
+    assert units.high - units.low < est.high - est.low
+    with pytest.raises(ValueError, match="equal lengths"):
+        clustered_difference([1.0], [1.0], ["a", "b"])
 
 
 def test_pearson_by_hand():

@@ -76,7 +76,48 @@ def summarise(task_ids: list[str], conditions: list[str], n: int, done: dict, se
         return 100 * sum(done[(tid, cond, i)]["success"] for i in samples) / len(samples)
 
     units = {c: [{"success": rate(tid, c)} for tid in task_ids] for c in conditions}
-    return summarise_units(units, seed, resamples, metrics=("success",))
+    summary = summarise_units(units, seed, resamples, metrics=("success",))
+    return add_family_differences(summary, task_ids, units, seed, resamples)
+
+
+def add_family_differences(summary: dict[str, dict], task_ids: list[str],
+                           units: dict[str, list[dict]], seed: int,
+                           resamples: int) -> dict[str, dict]:
+    """`summary` (as `summarise`'s) with, for tasks that all have a 1D-ARC family, two or more
+    families, each paired difference again with families resampled (`vs_<ref>_by_family`):
+    the tasks of one family share their rule and succeed or fail together, so the task-resampled
+    interval can be too narrow when the gains gather in a few families. `units` are the rows'
+    per-task means, in `task_ids`' order."""
+    from dataclasses import asdict
+
+    from loop.core.stats import clustered_difference
+
+    families = [family(tid) for tid in task_ids]
+    if None in families or len(set(families)) < 2:
+        return summary
+    conditions = list(units)
+    for i, cond in enumerate(conditions):
+        for ref in conditions[:i]:
+            summary[cond]["success"][f"vs_{ref}_by_family"] = asdict(clustered_difference(
+                [u["success"] for u in units[cond]], [u["success"] for u in units[ref]],
+                families, seed, resamples))
+    return summary
+
+
+def family_difference_lines(summary: dict[str, dict]) -> list[str]:
+    """The paired differences with families resampled (`add_family_differences`), as text; none
+    when the summary has none."""
+    rows = [(f"{cond} minus {key[3:-len('_by_family')]}", e)
+            for cond, metrics in summary.items()
+            for key, e in metrics.get("success", {}).items()
+            if key.startswith("vs_") and key.endswith("_by_family")]
+    if not rows:
+        return []
+    width = max(len(name) for name, _ in rows) + 2
+    return [f"paired differences with the {rows[0][1]['n']} task families resampled instead of "
+            "the tasks (a family's tasks share their rule) [95% bootstrap interval]:",
+            *(f"  {name:<{width}}{e['mean']:6.2f} [{e['low']:6.2f}, {e['high']:6.2f}]"
+              for name, e in rows)]
 
 
 def family_table(families: dict[str, dict[str, float]], counts: dict[str, int]) -> str:
@@ -182,6 +223,8 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
                   "self-edits that failed before training (invalid or over budget): "
                   + ", ".join(f"{c} {k}" for c, k in failures.items() if c != "base"))
         print(condition_table(summary, len(tasks), 0, footer=footer))
+        if by_family := family_difference_lines(summary):
+            print("\n".join(by_family))
         if families:
             print(family_table(families, counts))
         tracker.log_metrics({f"{c}/success": s["success"]["estimate"]["mean"]
