@@ -39,8 +39,9 @@ def paired_difference(a: list[float], b: list[float], seed: int = 0,
 def clustered_difference(a: list[float], b: list[float], clusters: list[str], seed: int = 0,
                          resamples: int = 10_000) -> Estimate:
     """a - b, unit by unit, with an interval that resamples whole clusters of units (1D-ARC: the
-    tasks of one family, which share their rule) instead of units: the more conservative
-    interval when units of a cluster succeed or fail together. Each resample draws as many
+    tasks of one family, which share their rule) instead of units: it allows for units of a
+    cluster succeeding or failing together (with few clusters it is itself approximate; the
+    percentile interval then tends to be too narrow). Each resample draws as many
     clusters as there are, with replacement, and takes the mean over all their units; with one
     unit per cluster it is `paired_difference`. The mean is over units; `n` counts clusters."""
     if not len(a) == len(b) == len(clusters):

@@ -231,8 +231,8 @@ def test_1d_arc_differences_are_also_given_with_families_resampled():
         done[(tid, "teacher_base", 0)] = {"success": 0.0}
         done[(tid, "teacher", 0)] = {"success": gain}
     s = summarise(ids, ["teacher_base", "teacher"], 1, done, seed=0, resamples=2000)
-    tasks, families = (s["teacher"]["success"][k] for k in ("vs_teacher_base",
-                                                             "vs_teacher_base_by_family"))
+    tasks = s["teacher"]["success"]["vs_teacher_base"]
+    families = s["teacher"]["success_by_family"]["vs_teacher_base"]
     assert tasks["mean"] == families["mean"] == 50.0
     assert (families["low"], families["high"], families["n"]) == (0.0, 100.0, 2)
     assert tasks["low"] > 0.0 and tasks["high"] < 100.0
@@ -241,7 +241,7 @@ def test_1d_arc_differences_are_also_given_with_families_resampled():
     arc_agi = summarise(["007bbfb7", "00d62c1b"], ["teacher_base", "teacher"], 1,
                         {(t, c, 0): {"success": 0.0} for t in ["007bbfb7", "00d62c1b"]
                          for c in ["teacher_base", "teacher"]}, seed=0, resamples=10)
-    assert "vs_teacher_base_by_family" not in arc_agi["teacher"]["success"]
+    assert "success_by_family" not in arc_agi["teacher"]
     assert family_difference_lines(arc_agi) == []
 
 

@@ -166,3 +166,15 @@ def test_arc_rows_pair_by_task_and_shared_reads_an_evaluation_still_running(tmp_
     (e / "run.json").unlink()
     with pytest.raises(ConfigError, match="no run.json"):
         compare([f"{e}:teacher"])
+
+    # 1D-ARC ids: the differences again with the families resampled (+100 in one family of two)
+    d = write_arc(tmp_path / "d", [(f"1d_{f}_{i}", c, 0, c == "teacher" and f == "fill")
+                                   for f in ("fill", "flip") for i in range(3)
+                                   for c in ("teacher_base", "teacher")], samples=1)
+    summary = compare([f"{d}:teacher_base", f"{d}:teacher"], resamples=2000)[0]
+    by_family = summary["d:teacher"]["success_by_family"]["vs_d:teacher_base"]
+    assert (by_family["mean"], by_family["low"], by_family["high"], by_family["n"]) == (
+        pytest.approx(50.0), 0.0, 100.0, 2)
+    assert main([f"{d}:teacher_base", f"{d}:teacher"]) == 0
+    out = capsys.readouterr().out
+    assert "2 task families resampled" in out and "d:teacher minus d:teacher_base" in out

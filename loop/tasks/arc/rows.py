@@ -84,9 +84,10 @@ def add_family_differences(summary: dict[str, dict], task_ids: list[str],
                            units: dict[str, list[dict]], seed: int,
                            resamples: int) -> dict[str, dict]:
     """`summary` (as `summarise`'s) with, for tasks that all have a 1D-ARC family, two or more
-    families, each paired difference again with families resampled (`vs_<ref>_by_family`):
-    the tasks of one family share their rule and succeed or fail together, so the task-resampled
-    interval can be too narrow when the gains gather in a few families. `units` are the rows'
+    families, each paired difference again with the families resampled instead of the tasks
+    (`summary[row]["success_by_family"]["vs_<ref>"]`, its `n` the families): the tasks of a
+    family share their rule and may succeed or fail together, which the task-resampled interval
+    does not allow for. With few families it is itself approximate. `units` are the rows'
     per-task means, in `task_ids`' order."""
     from dataclasses import asdict
 
@@ -98,19 +99,18 @@ def add_family_differences(summary: dict[str, dict], task_ids: list[str],
     conditions = list(units)
     for i, cond in enumerate(conditions):
         for ref in conditions[:i]:
-            summary[cond]["success"][f"vs_{ref}_by_family"] = asdict(clustered_difference(
-                [u["success"] for u in units[cond]], [u["success"] for u in units[ref]],
-                families, seed, resamples))
+            summary[cond].setdefault("success_by_family", {})[f"vs_{ref}"] = asdict(
+                clustered_difference(
+                    [u["success"] for u in units[cond]], [u["success"] for u in units[ref]],
+                    families, seed, resamples))
     return summary
 
 
 def family_difference_lines(summary: dict[str, dict]) -> list[str]:
     """The paired differences with families resampled (`add_family_differences`), as text; none
     when the summary has none."""
-    rows = [(f"{cond} minus {key[3:-len('_by_family')]}", e)
-            for cond, metrics in summary.items()
-            for key, e in metrics.get("success", {}).items()
-            if key.startswith("vs_") and key.endswith("_by_family")]
+    rows = [(f"{cond} minus {key[3:]}", e) for cond, metrics in summary.items()
+            for key, e in metrics.get("success_by_family", {}).items()]
     if not rows:
         return []
     width = max(len(name) for name, _ in rows) + 2
