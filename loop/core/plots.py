@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 LABELS = {"exact_match": "exact match %", "f1": "token F1 %", "contains": "gold contained %",
@@ -17,7 +18,8 @@ def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
 
     metrics = [m for m in LABELS if any(isinstance(s.get(m), dict) for s in summary.values())]
     conditions = list(summary)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    width = max(3.2, 0.9 * len(conditions))  # per panel: room for each condition's label
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics, strict=True):
         ests = [summary[c][m]["estimate"] if m in summary[c] else None for c in conditions]
         means = [e["mean"] if e else 0.0 for e in ests]
@@ -28,7 +30,11 @@ def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
             ax.set_ylim(0, max(1.0, *(mean + hi for mean, hi in zip(means, err[1], strict=True))) * 1.1)
         ax.set_title(LABELS[m], fontsize=10)
         ax.axhline(0, color="black", linewidth=0.5)
-    fig.suptitle(title, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=25)  # long names (teacher_base) would overlap
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    # wrapped to the figure's width (about 12 characters per inch at this size), not cut off
+    fig.suptitle(textwrap.fill(title, int(12 * width * len(metrics))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
