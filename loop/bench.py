@@ -52,7 +52,9 @@ self-edit absorbed and the test input answered as the loop does it (stacked adap
 the student's weights in float32 (the CPU default) and in bfloat16 (`student.dtype=bfloat16`;
 LoRA's weights stay float32), interleaved. It prints seconds of training and prediction per
 dtype, training's GFLOP/s (the Linear layers' forward and input gradients per trained token)
-against the matmul peak measured in that dtype, the tasks solved, the final losses, how many
+against the matmul peak measured in that dtype (on a CPU without native bf16, e.g. an AVX2-only
+AMD EPYC, that peak is a slow fallback and no ceiling: a fraction of 1 or more is flagged), the
+tasks solved, the final losses, how many
 tasks got the same attempts in both, and
 
     arc_bf16_speedup=<float32 s / bfloat16 s> train_speedup=<x> predict_speedup=<y>
