@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from student.adapters import Adapters, peft_init  # noqa: F401 (used as many.Adapters)
 from student.data import IGNORE
+from student.model import on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,12 @@ class StackedAdamW:
         k = self.params[0].shape[0]
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
-        self.t = torch.zeros(k, dtype=torch.float64)
+        # step counts and bias corrections live on the parameters' device (a CPU step count
+        # dividing CUDA parameters fails there), in float64 like torch's scalars where the
+        # device has it (MPS has no float64)
+        device = self.params[0].device
+        self.t = torch.zeros(k, dtype=torch.float64 if device.type != "mps" else torch.float32,
+                             device=device)
 
     def step(self, adapters: list[int], lrs: list[float], max_grad_norm: float | None = None) -> None:
         """One step of the given adapters, each with its learning rate; with `max_grad_norm`
@@ -73,14 +79,14 @@ class StackedAdamW:
         `torch.nn.utils.clip_grad_norm_` clips one adapter's parameters."""
         import torch
 
-        idx = torch.tensor(adapters)
+        idx = torch.tensor(adapters, device=self.t.device)
         if max_grad_norm is not None:
             self.clip(idx, max_grad_norm)
         self.t[idx] += 1
         t = self.t[idx]
         c1 = 1 - self.b1 ** t  # bias corrections, in float64 like torch's scalars
         c2 = (1 - self.b2 ** t).sqrt()
-        step = (torch.tensor(lrs, dtype=torch.float64) / c1)
+        step = (torch.tensor(lrs, dtype=self.t.dtype, device=self.t.device) / c1)
         full = adapters == list(range(self.params[0].shape[0]))
         with torch.no_grad():
             for p, m, v in zip(self.params, self.m, self.v, strict=True):
@@ -233,12 +239,13 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
 
 
 def pass_tokens(setting: int | None, device) -> int:
-    """student.train.pass_tokens resolved: unset means 512 on a CPU, one pass (0) on a GPU.
+    """student.train.pass_tokens resolved: unset means 512 on a CPU, one pass (0) on a GPU (any
+    device but the CPU: tests/emulated runs the GPU branches on the `meta` device).
     (On the 2-core CPU of docs/batched.md, passes of 300, 512 and 1024 tokens trained 8 self-edits
     in 64.7-66.3 s, one pass in 69.5 s: its first steps were slower.)"""
     if setting is not None:
         return max(0, setting)
-    return 0 if str(device).startswith("cuda") else 512
+    return 512 if on_cpu(device) else 0
 
 
 class OutOfMemory(RuntimeError):

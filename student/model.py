@@ -28,12 +28,26 @@ def load_student(cfg: StudentConfig, device: str | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     # "auto": bf16 on GPUs; float32 on CPUs, where bf16 matmuls without AVX512-BF16/AMX are
     # emulated (100x slower than float32 on the 2-core AVX2 machine measured in docs/differences.md)
-    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device == "cuda" else "float32"
+    dtype = auto_dtype(cfg.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
     model.requires_grad_(False)
     log.info("student %s: %s, %.0fM parameters, %s on %s", cfg.name, type(model).__name__,
              model.num_parameters() / 1e6, dtype, device)
     return model.to(device).eval(), tokenizer
+
+
+def on_cpu(device) -> bool:
+    """Whether `device` is the CPU: the CPU-only choices (float32, passes of 512 tokens, one
+    pair per M-step pass, no activation checkpointing) apply there; every other device (cuda,
+    cuda:1, and the `meta` device that stands for CUDA in tests/emulated) takes the GPU's."""
+    import torch
+
+    return torch.device(device).type == "cpu"
+
+
+def auto_dtype(setting: str, device) -> str:
+    """A role's `dtype` resolved: "auto" is bfloat16 off the CPU, float32 on it."""
+    return setting if setting != "auto" else "float32" if on_cpu(device) else "bfloat16"
 
 
 def head_logits(model, hidden):
@@ -69,6 +83,6 @@ def gold_logprobs(model, pad_id: int, sequences: Sequence[tuple[Sequence[int], S
                                      attention_mask=mask.to(model.device)).last_hidden_state
         logits = head_logits(model, hidden[rows.to(model.device), cols.to(model.device)])
         logp = torch.log_softmax(logits.float(), dim=-1)
-        picked = logp[torch.arange(len(gold)), gold.to(model.device)].cpu()
+        picked = logp[torch.arange(len(gold), device=model.device), gold.to(model.device)].cpu()
     sums = torch.zeros(len(sequences), dtype=picked.dtype).index_add(0, rows, picked)
     return (sums / torch.tensor([len(at) for _, at in sequences])).tolist()

@@ -51,6 +51,14 @@ class TeacherTrainSettings:
     # >1: the M-step runs under `accelerate launch` on this many processes (one per GPU; CPU
     # processes without one), data-parallel with the same global batch (loop/mstep.py)
     processes: int = 1
+    # pairs per forward/backward pass, gradients accumulated over batch_size (same steps, same
+    # loss up to float order); null: 1 on a CPU, the whole batch on a GPU. `python -m loop.plan`
+    # shows what a pass holds: lower it where the plan does not fit
+    micro_batch: int | None = None
+    # recompute each block's activations in the backward instead of keeping them (about a third
+    # more compute, a small fraction of the memory); auto: on on a GPU, off on a CPU (40 % slower
+    # per step there, stack.md)
+    checkpointing: str = "auto"  # auto, true, false
     lora: TeacherLora = field(default_factory=TeacherLora)
 
 

@@ -123,6 +123,14 @@ def checkpointing_key(config_class) -> str:
         "gradient_checkpointing")
 
 
+def checkpointing(setting, gpu: bool) -> bool:
+    """teacher.train.checkpointing resolved: auto is on on a GPU, off on a CPU."""
+    value = str(setting).lower()
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"teacher.train.checkpointing must be auto, true or false, got {setting!r}")
+    return gpu if value == "auto" else value == "true"
+
+
 def pair_rows(pairs: list[tuple[Prompt, str]], instruct: bool) -> list[dict]:
     """TRL's prompt/completion rows: chat messages for instruct models, plain text otherwise."""
     if instruct:
@@ -152,7 +160,9 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     from peft import LoraConfig, PeftModel, get_peft_model
     from trl import SFTConfig, SFTTrainer
 
-    cuda = next(model.parameters()).is_cuda
+    from teacher.model import on_cpu
+
+    cuda = not on_cpu(next(model.parameters()).device)  # a GPU (or tests/emulated's meta device)
     if head not in ("auto", "fused", "completion"):
         raise ValueError(f"head={head!r}: auto, fused or completion")
     completion = head == "completion" or (head == "auto" and not cuda)
@@ -165,7 +175,7 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
         raise ValueError(f"teacher.train.batch_size={cfg.train.batch_size} is the global batch: it "
                          f"must split evenly over {world} processes")
     per_process = cfg.train.batch_size // world
-    micro = (per_process if cuda else 1) if micro_batch is None else micro_batch
+    micro = micro_batch or cfg.train.micro_batch or (per_process if cuda else 1)
     if micro < 1 or per_process % micro:
         raise ValueError(f"micro_batch={micro} must divide the {per_process} pairs of a step "
                          "on each process")
@@ -185,9 +195,10 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
             lr_scheduler_type="linear",
             logging_steps=1, save_strategy="no", report_to="none",  # MLflow is ours, not the Trainer's
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-            # TRL turns checkpointing on: 40% slower per step on CPU (stack.md); transformers
-            # renamed the setting (gradient_ before 5.20, activation_ after)
-            **{checkpointing_key(SFTConfig): False},
+            # TRL turns checkpointing on: 40% slower per step on CPU (stack.md), where it is off
+            # unless asked; on a GPU it is what lets a 7B's batch of 1,024-token self-edits fit
+            # (transformers renamed the setting: gradient_ before 5.20, activation_ after)
+            **{checkpointing_key(SFTConfig): checkpointing(cfg.train.checkpointing, cuda)},
             # no truncation: a self-edit is already capped by teacher.sampling.max_new_tokens
             completion_only_loss=True, max_length=None)
         trainer_class = completion_head_trainer(SFTTrainer) if completion else SFTTrainer

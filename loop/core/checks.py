@@ -81,6 +81,9 @@ RULES: tuple[Rule, ...] = (
     ("teacher.train.epochs", at_least(1), POSITIVE),
     ("teacher.train.batch_size", at_least(1), POSITIVE),
     ("teacher.train.processes", at_least(1), POSITIVE),
+    ("teacher.train.micro_batch", optional(at_least(1)), "null or a positive integer"),
+    ("teacher.train.checkpointing", lambda v: str(v).lower() in ("auto", "true", "false"),
+     "auto, true or false"),
     ("teacher.train.lora.r", at_least(1), POSITIVE),
     ("teacher.train.lora.alpha", above(0), "above 0"),
     ("teacher.train.lora.dropout", between(0, 1, open_high=True), DROPOUT),
@@ -141,7 +144,7 @@ RULES: tuple[Rule, ...] = (
     ("serve.max_request_bytes", at_least(1), POSITIVE),
     ("executor.num_workers", at_least(1), POSITIVE),
     ("executor.cpus_per_worker", above(0), "above 0"),
-    ("executor.gpus_per_worker", at_least(0), "at least 0"),
+    ("executor.gpus_per_worker", optional(at_least(0)), "null (auto) or at least 0"),
     ("executor.max_retries", at_least(0), "at least 0"),
     ("tracking.system_metrics_interval", above(0), "seconds, above 0"),
 )

@@ -63,6 +63,14 @@ class LoopConfig:
 
 
 @dataclass
+class PlanConfig:
+    """`python -m loop.plan` and the launch check (loop.core.memory)."""
+
+    # the GPU memory to plan for (80GiB, 141GiB); unset: the GPU's own, and no check without one
+    gpu_memory: str | None = None
+
+
+@dataclass
 class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -73,6 +81,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where inner loops run
+    plan: PlanConfig = field(default_factory=PlanConfig)  # memory planned before models load
     seed: int = 0  # the root of every derived seed
     resume: str | None = None  # a run folder to continue (same config); finished work is kept
 

@@ -38,7 +38,9 @@ class ExecutorConfig:
     address: str | None = None  # ray: a cluster to join (ray://host:10001 or auto); unset: start one
     num_workers: int = 2  # ray: actors, each with its own loaded student
     cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # ray: 1 puts each student on its own GPU
+    # ray: GPUs per actor; null (auto): a whole GPU each where the cluster has one per worker,
+    # else an equal share of its GPUs (3 workers on 1 GPU: 0.3333 each), 0 where it has none
+    gpus_per_worker: float | None = None
     max_retries: int = 3  # ray: a batch whose worker died is retried this many times
 
 
@@ -93,6 +95,17 @@ def _worker_class():
     return StudentWorker
 
 
+def worker_gpus(cfg: ExecutorConfig, cluster_gpus: float) -> float:
+    """executor.gpus_per_worker resolved against the cluster's GPUs (see ExecutorConfig). A
+    worker given no GPU would load its student on the CPU in float32: on a GPU cluster that is
+    never what auto means."""
+    if cfg.gpus_per_worker is not None:
+        return float(cfg.gpus_per_worker)
+    if cluster_gpus <= 0:
+        return 0.0
+    return min(1.0, int(cluster_gpus / max(1, cfg.num_workers) * 1e4) / 1e4)
+
+
 class RayExecutor:
     """Batches spread over `num_workers` actors; a dead actor's batch is retried on a new one."""
 
@@ -107,12 +120,12 @@ class RayExecutor:
             ray.init(address=cfg.address, include_dashboard=False, log_to_driver=False,
                      # a local Ray gets a small object store: batches and results are small
                      **({"object_store_memory": 256 * 2**20} if local else {}))
-        self.worker = _worker_class().options(num_cpus=cfg.cpus_per_worker,
-                                              num_gpus=cfg.gpus_per_worker)
+        self.gpus = worker_gpus(cfg, ray.cluster_resources().get("GPU", 0.0))
+        self.worker = _worker_class().options(num_cpus=cfg.cpus_per_worker, num_gpus=self.gpus)
         self.run, self.args = run, (score, load_judge)
         self.actors = [self.worker.remote(run, *self.args) for _ in range(cfg.num_workers)]
         log.info("ray: %d workers (%s CPU, %s GPU each) at %s", cfg.num_workers,
-                 cfg.cpus_per_worker, cfg.gpus_per_worker, cfg.address or "a local Ray")
+                 cfg.cpus_per_worker, self.gpus, cfg.address or "a local Ray")
 
     def pids(self) -> list[int]:
         import ray

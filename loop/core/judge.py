@@ -7,21 +7,27 @@ from loop.core.config import CONF_DIR, ConfigError
 
 def load_judge(name: str, key: str = "evaluate.judge"):
     """A model preset from conf/model/, loaded as a frozen grader."""
+    from loop.core.assets import check_available
+    from student.model import load_student
+
+    cfg = judge_config(name, key)
+    check_available(key, cfg.name, cfg.hub_id, cfg.path, cfg.revision)
+    model, tokenizer = load_student(cfg)
+    return model, tokenizer, cfg.instruct
+
+
+def judge_config(name: str, key: str = "evaluate.judge"):
+    """The StudentConfig of a judge preset (conf/model/<name>.yaml)."""
     from omegaconf import OmegaConf
 
-    from loop.core.assets import check_available
     from student.config import StudentConfig
-    from student.model import load_student
 
     path = CONF_DIR / "model" / f"{name}.yaml"
     if not path.is_file():
         presets = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"{key}={name} is not a model preset; choose from {presets}")
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudentConfig),
-                                              OmegaConf.load(path)))
-    check_available(key, cfg.name, cfg.hub_id, cfg.path, cfg.revision)
-    model, tokenizer = load_student(cfg)
-    return model, tokenizer, cfg.instruct
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudentConfig),
+                                               OmegaConf.load(path)))
 
 
 def add_verdicts(scores: list[dict], judge_model, title: str) -> list[dict]:

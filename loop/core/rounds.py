@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from loop.core import executor as executors
+from loop.core import memory
 from loop.core.checks import check_settings, validate_backends
 from loop.core.config import ConfigError, RunConfig
 from loop.core.inner import inner_round, self_edit_rows
@@ -78,6 +79,7 @@ def validate(run: RunConfig) -> None:
     if t.batch_size % t.processes:
         raise ConfigError(f"teacher.train.batch_size={t.batch_size} is the M-step's global batch: it "
                           f"must split evenly over teacher.train.processes={t.processes}")
+    memory.check(run)  # on a GPU (or for plan.gpu_memory): refused here, not out of memory later
 
 
 def round_contexts(pool: list, n: int, rounds: int, seed: int) -> list[list]:

@@ -31,7 +31,9 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "executor.gpus_per_worker", "executor.max_retries",
                        "teacher.train.processes", "teacher.vllm_memory", "student.vllm_memory",
                        "teacher.vllm_tensor_parallel", "tracking.system_metrics",
-                       "tracking.system_metrics_interval", "evaluate.sample_only"})
+                       "tracking.system_metrics_interval", "evaluate.sample_only",
+                       "teacher.train.micro_batch", "teacher.train.checkpointing",
+                       "plan.gpu_memory"})
 
 
 # Settings whose default changes what a run computes, with the value that reproduces a run

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 
+from loop.core.memory import max_model_len
+
 _ENGINES: dict[tuple, object] = {}
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM accepts for max_lora_rank
 
 
 def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
            trust_remote_code: bool = False, max_lora_rank: int = 64, max_loras: int = 1,
-           gpu_memory: float = 0.3, tensor_parallel: int = 1):
+           gpu_memory: float = 0.3, tensor_parallel: int = 1, max_model_len: int | None = None):
     """A vLLM engine with LoRA enabled, cached by its settings. On a CPU it runs in float32
     unless told otherwise (bf16 is emulated on CPUs without AVX512-BF16, as for transformers)
     with a 1 GiB KV cache unless VLLM_CPU_KVCACHE_SPACE says otherwise."""
@@ -28,7 +30,8 @@ def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
     if dtype == "auto":
         dtype = "bfloat16" if cuda else "float32"
     rank = next((r for r in LORA_RANKS if r >= max_lora_rank), max_lora_rank)
-    key = (source, revision, dtype, trust_remote_code, rank, max_loras, gpu_memory, tensor_parallel)
+    key = (source, revision, dtype, trust_remote_code, rank, max_loras, gpu_memory, tensor_parallel,
+           max_model_len)
     if key not in _ENGINES:
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -38,6 +41,9 @@ def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
             model=source, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
             enable_lora=True, max_lora_rank=rank, max_loras=max_loras, seed=0,
             tensor_parallel_size=tensor_parallel,
+            # what the task sends (prompt + max_new_tokens, loop.core.memory.max_model_len), not
+            # the model's whole context: vLLM reserves KV cache for one sequence of this length
+            max_model_len=max_model_len,
             enforce_eager=not cuda, **({"gpu_memory_utilization": gpu_memory} if cuda else {}))
     return _ENGINES[key]
 
@@ -59,11 +65,13 @@ def teacher_engine(run):
     t = run.teacher
     return engine(t.path or t.hub_id, revision=t.revision, dtype=t.dtype,
                   trust_remote_code=t.trust_remote_code, max_lora_rank=t.train.lora.r,
-                  gpu_memory=t.vllm_memory, tensor_parallel=t.vllm_tensor_parallel)
+                  gpu_memory=t.vllm_memory, tensor_parallel=t.vllm_tensor_parallel,
+                  max_model_len=max_model_len(run, "teacher"))
 
 
 def student_engine(run):
     s = run.student
     return engine(s.path or s.hub_id, revision=s.revision, dtype=s.dtype,
                   trust_remote_code=s.trust_remote_code, max_lora_rank=s.lora.r,
-                  max_loras=max(1, s.train.max_adapters), gpu_memory=s.vllm_memory)
+                  max_loras=max(1, s.train.max_adapters), gpu_memory=s.vllm_memory,
+                  max_model_len=max_model_len(run, "student"))

@@ -24,6 +24,7 @@ def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
         timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
+    peak = float(re.search(r"matmul peak measured here: ([\d.e+-]+) TFLOP/s", out.stdout)[1])
     for arch in ("smollm2-135m (tiny)", "llama3.2-1b (tiny)", "qwen2.5-7b (tiny)"):
         at = next(i for i, x in enumerate(lines) if x.startswith(arch))
         assert "random weights (torch.float32)" in lines[at]
@@ -37,10 +38,14 @@ def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
             assert per_min == pytest.approx(60 * k / seconds, rel=0.05)  # seconds rounded
             assert float(fields[-1]) > 0  # peak memory
         assert rows[0].split()[-2] == "1.00x"  # speed-ups are against one at a time
+        # the fraction's form and arithmetic, never its size: a timed ratio on a shared machine
+        # can land on either side of 1 (one did: 1.05 on an AMD EPYC)
         for k, line in zip((1, 2), lines[at + 5 : at + 7], strict=True):
-            fraction = re.fullmatch(rf"batched k={k}: [\d.e+-]+ TFLOP/s = ([\d.]+) of the "
+            fraction = re.fullmatch(rf"batched k={k}: ([\d.e+-]+) TFLOP/s = ([\d.]+) of the "
                                     r"measured matmul peak .*", line)
-            assert fraction and 0 < float(fraction.group(1)) < 1, line
+            assert fraction, line
+            achieved, share = float(fraction.group(1)), float(fraction.group(2))
+            assert achieved > 0 and share == pytest.approx(achieved / peak, rel=0.02, abs=0.006)
     assert re.fullmatch(r"gpu_check: 3 of 3 measured device=cpu dtype=float32 seconds=\d+",
                         lines[-1])
 

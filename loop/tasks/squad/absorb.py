@@ -16,6 +16,7 @@ from loop.core.reward import LOG_PROBABILITIES
 from loop.core.seeds import derive_seed
 from loop.tasks.squad.data import Passage
 from student.config import batched_setting
+from student.model import on_cpu
 
 Job = tuple[Passage, list[str], int]  # (passage, the texts to absorb, the adapter's seed)
 
@@ -103,7 +104,7 @@ def train_together(run: RunConfig, device) -> bool:
     generated; where they are only scored (the log-probability metrics) it does everything one
     at a time (`absorb_and_score_many`). `python -m loop.bench` measures the paths."""
     setting = batched_setting(run.student.train.batched)
-    return setting == "true" or (setting == "auto" and str(device).startswith("cuda"))
+    return setting == "true" or (setting == "auto" and not on_cpu(device))
 
 
 def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str], int]],

@@ -1,0 +1,301 @@
+"""The memory plan of a composed run: what each resident thing holds on the GPU, before any
+model loads (`python -m loop.plan`, and the launch check of `loop.run` / `loop.evaluate` on a
+GPU, or wherever plan.gpu_memory is given).
+
+Weights and LoRA sizes are exact: each model is built from its architecture config on the
+`meta` device (no weights read; the local checkpoint's config.json, else
+data/architectures/<name>.json) and its parameters and target modules counted. KV caches are
+exact for their token counts. Activations are estimates: per token and block, what a
+Llama/Qwen block keeps for its backward in the GPU dtype (the residual and norm inputs, q/k/v/o,
+the attention output, the MLP's gate, up, activation and product) plus each LoRA target's input
+in float32 (PEFT and student.adapters run the adapters in float32). Token counts are the
+settings' upper bounds (a self-edit of `max_new_tokens`, a passage of PASSAGE_TOKENS, an ARC
+sequence of student.arc.max_tokens), so the plan errs high. Allocator slack, CUDA context and
+kernels' workspaces are one row, `RESERVE`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from loop.core.errors import PROJECT_ROOT, ConfigError
+
+GiB = 2**30
+ARCHITECTURES = PROJECT_ROOT / "data" / "architectures"
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PASSAGE_TOKENS = 1024  # a SQuAD passage with its title and prompt template: the longest
+# title + passage in data/squad (train_pool, eval200) is 624 tokens by Qwen2.5's tokenizer
+ARC_PROMPT_TOKENS = 4096  # an ARC task's demonstrations as the teacher's prompt text
+RESERVE = 2.0 * GiB  # CUDA context, cuBLAS/attention workspaces, allocator fragmentation
+
+
+@dataclass(frozen=True)
+class Row:
+    what: str
+    bytes: float
+    note: str = ""
+    lower: str = ""  # the settings that shrink it, for the launch check's one line
+    need: float = 0.0  # a vLLM engine: what it needs inside its share
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    params: int  # every parameter, embeddings included
+    layers: int
+    hidden: int
+    intermediate: int
+    kv_dim: int  # key/value heads x head dim
+    vocab: int
+    lora_dims: dict  # projection name -> (in, out)
+
+    def lora_params(self, r: int, targets) -> int:
+        return self.layers * r * sum(i + o for n, (i, o) in self.lora_dims.items() if n in targets)
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        return 2 * self.layers * self.kv_dim * dtype_bytes
+
+    def activation_bytes_per_token(self, dtype_bytes: int, targets, checkpointing: bool) -> float:
+        """What one token keeps for the backward over all blocks (checkpointing: each block's
+        input only, plus one block's full activations recomputed at a time)."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim
+        block = dtype_bytes * (7 * h + 4 * kv + 4 * i)
+        lora_in = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": h, "gate_proj": h,
+                   "up_proj": h, "down_proj": i}
+        block += 4 * sum(n for name, n in lora_in.items() if name in targets)
+        if checkpointing:
+            return dtype_bytes * h * self.layers + block
+        return block * self.layers
+
+
+def _config_values(preset) -> dict:
+    """The architecture config of a role's preset: its local checkpoint's config.json when it
+    has one (bundled models once prepared, student.path=<folder>), else the project's copy of
+    the published config (data/architectures/, matched by hub id)."""
+    from pathlib import Path
+
+    if preset.path and (Path(preset.path) / "config.json").exists():
+        return json.loads((Path(preset.path) / "config.json").read_text())
+    wanted = str(preset.hub_id).removesuffix("-Instruct").lower()
+    for file in sorted(ARCHITECTURES.glob("*.json")):
+        values = json.loads(file.read_text())
+        source = values.get("_source", "").split()[0].removesuffix("-Instruct").lower()
+        if source == wanted or source.replace("-coder", "") == wanted.replace("-coder", ""):
+            return values
+    raise ConfigError(f"no architecture known for {preset.name} ({preset.hub_id}): the plan needs "
+                      f"its config.json (set {preset.name}'s path to a local checkpoint) or a copy "
+                      f"of it in {ARCHITECTURES}")
+
+
+@lru_cache(maxsize=16)
+def _arch(values_json: str, name: str) -> Arch:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = {k: v for k, v in json.loads(values_json).items()
+              if not k.startswith("_") and k not in ("architectures", "dtype", "torch_dtype",
+                                                      "quantization_config")}
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    dims = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".layers.0." in module_name:
+            dims[module_name.rsplit(".", 1)[-1]] = (module.in_features, module.out_features)
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return Arch(name, sum(p.numel() for p in model.parameters()), config.num_hidden_layers,
+                config.hidden_size, config.intermediate_size,
+                config.num_key_value_heads * head, config.vocab_size, dims)
+
+
+def architecture(preset) -> Arch:
+    return _arch(json.dumps(_config_values(preset), sort_keys=True), preset.name)
+
+
+def parse_size(text) -> float:
+    """'80GiB', '80GB' (taken as GiB, as nvidia-smi prints them), '81920MiB' or a number of
+    GiB -> bytes."""
+    s = str(text).strip().lower().replace(" ", "")
+    units = (("gib", GiB), ("gb", GiB), ("mib", 2**20), ("mb", 2**20), ("g", GiB), ("", GiB))
+    unit, scale = next((u, x) for u, x in units if s.endswith(u))
+    try:
+        return float(s[: len(s) - len(unit)]) * scale
+    except ValueError:
+        raise ConfigError(f"plan.gpu_memory must be a size such as 80GiB, got {text!r}") from None
+
+
+def _dtype_bytes(setting: str) -> int:
+    return BYTES.get("bfloat16" if setting == "auto" else setting, 2)
+
+
+def max_model_len(run, role: str) -> int:
+    """The longest sequence a role's vLLM engine is sent: prompt + max_new_tokens (the teacher:
+    a passage or an ARC task's demonstrations, then a self-edit; the student: a question with
+    its prompt, then an answer, or an ARC query)."""
+    arc = run.task.format == "arc"
+    if role == "teacher":
+        prompt = ARC_PROMPT_TOKENS if arc else PASSAGE_TOKENS
+        return prompt + run.teacher.sampling.max_new_tokens
+    if arc:
+        return run.student.arc.max_tokens
+    return PASSAGE_TOKENS + run.student.eval.max_new_tokens
+
+
+def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row]]], float]:
+    """[(device, rows)] of what the run keeps on each device, and the device's memory (bytes;
+    `gpu_memory` or, on a GPU machine, the first GPU's). The driver's GPU: the teacher, the
+    student (and judge) the loop holds, the vLLM engines' shares, the inner loop's adapters and
+    passes, the M-step. executor=ray with GPU workers: each worker's student and inner loop on
+    its GPU share, the driver keeping the rest."""
+    t, s = run.teacher, run.student
+    teacher, student = architecture(t), architecture(s)
+    tb, sb = _dtype_bytes(t.dtype), _dtype_bytes(s.dtype)
+    driver: list[Row] = []
+    driver.append(Row(f"teacher weights ({t.name})", teacher.params * tb,
+                      f"{teacher.params / 1e9:.2f}B parameters x {tb} bytes"))
+    if t.backend == "vllm":
+        driver.append(engine_row("teacher", run, teacher, tb, t.vllm_memory, gpu_memory))
+    # the teacher's M-step: LoRA weights, grads and Adam in float32, activations per pass
+    lora = t.train.lora
+    lp = teacher.lora_params(lora.r, lora.targets)
+    micro = t.train.micro_batch or max(1, t.train.batch_size // max(1, t.train.processes))
+    from teacher.train import checkpointing
+
+    ckpt = checkpointing(t.train.checkpointing, gpu=True)
+    tokens = micro * max_model_len(run, "teacher")
+    act = tokens * teacher.activation_bytes_per_token(tb, lora.targets, ckpt)
+    driver.append(Row(f"M-step: teacher LoRA r={lora.r} + grads + Adam", lp * 16,
+                      f"{lp / 1e6:.1f}M parameters x (4 + 4 + 8) bytes",
+                      "lower teacher.train.lora.r"))
+    driver.append(Row(f"M-step: activations of {micro} pair(s) per pass", act,
+                      f"{tokens} tokens, checkpointing {'on' if ckpt else 'off'}",
+                      "lower teacher.train.micro_batch" + (
+                          "" if ckpt else " or set teacher.train.checkpointing=true")))
+    if t.backend != "vllm":  # sampling in process: KV cache of a batch
+        seqs = t.sampling.batch_size
+        kv = seqs * max_model_len(run, "teacher") * teacher.kv_bytes_per_token(tb)
+        driver.append(Row(f"teacher sampling: KV cache of {seqs} sequences", kv,
+                          "teacher.sampling.batch_size x (prompt + max_new_tokens)",
+                          "lower teacher.sampling.batch_size"))
+    share = run.executor.gpus_per_worker
+    workers = run.executor.name == "ray" and (share is None or share > 0)
+    inner = student_rows(run, student, sb)
+    if s.eval_backend == "vllm":
+        inner.append(engine_row("student", run, student, sb, s.vllm_memory, gpu_memory))
+    devices = [("GPU 0 (the driver)", driver)]
+    if workers:
+        devices.append((f"each Ray worker's GPU ({'auto' if share is None else share} GPU"
+                        f"{'' if share is None or share >= 1 else ': its share of the GPU'})",
+                        inner))
+        driver += [r for r in inner if "weights" in r.what]  # baselines and proxies, in the driver
+    else:
+        driver += inner
+    for _, rows in devices:
+        rows.append(Row("CUDA context, workspaces, fragmentation", RESERVE, "an allowance"))
+    if gpu_memory is None:
+        gpu_memory = detected_gpu_memory()
+    return devices, gpu_memory
+
+
+def student_rows(run, student: Arch, sb: int) -> list[Row]:
+    s = run.student
+    arc = run.task.format == "arc"
+    rows = [Row(f"student weights ({s.name})", student.params * sb,
+                f"{student.params / 1e9:.2f}B parameters x {sb} bytes")]
+    if run.reward.metric == "judge" and run.reward.judge:
+        from loop.core.judge import judge_config
+
+        judge = judge_config(run.reward.judge)
+        arch = architecture(judge)
+        jb = _dtype_bytes(judge.dtype)
+        rows.append(Row(f"judge weights ({judge.name})", arch.params * jb,
+                        f"{arch.params / 1e9:.2f}B parameters x {jb} bytes",
+                        "choose a smaller reward.judge"))
+    lora = s.arc.lora if arc else s.lora
+    k = max(1, s.train.max_adapters)
+    lp = student.lora_params(lora.r, lora.targets)
+    rows.append(Row(f"inner loop: {k} adapters r={lora.r} + grads + Adam", k * lp * 16,
+                    f"{lp / 1e6:.1f}M parameters each x 16 bytes",
+                    "lower student.train.max_adapters"))
+    if arc:
+        longest = s.arc.max_tokens
+        per_adapter = s.arc.batch_size * longest
+    else:
+        longest = min(s.data.max_length, run.teacher.sampling.max_new_tokens + PASSAGE_TOKENS)
+        per_adapter = min(s.train.batch_size * s.data.max_length, longest)
+    pass_tokens = s.train.pass_tokens
+    tokens = max(pass_tokens, longest) if pass_tokens else k * per_adapter
+    act = tokens * student.activation_bytes_per_token(sb, lora.targets, False)
+    rows.append(Row(f"inner loop: activations of one pass ({tokens} tokens)", act,
+                    f"student.train.pass_tokens={pass_tokens}" if pass_tokens else
+                    "student.train.pass_tokens unset: every adapter's step in one pass",
+                    "set a lower student.train.pass_tokens (e.g. 4096)"))
+    return rows
+
+
+def engine_row(role: str, run, arch: Arch, dtype_bytes: int, share: float,
+               gpu_memory: float | None) -> Row:
+    """A vLLM engine takes `share` of the whole GPU (gpu_memory_utilization): its weights and
+    a KV cache that must hold at least one sequence of max_model_len."""
+    length = max_model_len(run, role)
+    need = arch.params * dtype_bytes + length * arch.kv_bytes_per_token(dtype_bytes)
+    total = gpu_memory if gpu_memory is not None else detected_gpu_memory()
+    taken = share * total if total else need
+    key = f"{role}.vllm_memory"
+    return Row(f"{role} vLLM engine ({key}={share})", taken,
+               f"weights {arch.params * dtype_bytes / GiB:.1f} GiB + KV for one "
+               f"{length}-token sequence {length * arch.kv_bytes_per_token(dtype_bytes) / GiB:.2f}"
+               f" GiB = {need / GiB:.1f} GiB needed (max_model_len={length})",
+               f"lower {key}", need)
+
+
+def detected_gpu_memory() -> float | None:
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.get_device_properties(0).total_memory)
+    return None
+
+
+def table(run, gpu_memory: float | None) -> str:
+    devices, memory = plan(run, gpu_memory)
+    lines = []
+    for device, rows in devices:
+        lines.append(f"{device}:")
+        for row in rows:
+            lines.append(f"  {row.what:<58}{row.bytes / GiB:>9.1f} GiB  {row.note}")
+        total = sum(r.bytes for r in rows)
+        verdict = ("" if memory is None else
+                   f" of {memory / GiB:.0f} GiB: {'fits' if total <= memory else 'DOES NOT FIT'}")
+        lines.append(f"  {'total':<58}{total / GiB:>9.1f} GiB{verdict}")
+    return "\n".join(lines)
+
+
+def check(run) -> None:
+    """At launch: a ConfigError of one line when the plan does not fit the GPU (or the given
+    plan.gpu_memory); nothing when there is no GPU and no size was given."""
+    import torch
+
+    gpu_memory = parse_size(run.plan.gpu_memory) if run.plan.gpu_memory else None
+    if gpu_memory is None and not torch.cuda.is_available():
+        return
+    devices, memory = plan(run, gpu_memory)
+    if memory is None:
+        return
+    for device, rows in devices:
+        for r in rows:
+            if r.need > r.bytes:
+                key = r.lower.removeprefix("lower ")
+                raise ConfigError(
+                    f"the {r.what}: {r.note}, but its share is {r.bytes / GiB:.1f} GiB of "
+                    f"{memory / GiB:.0f} GiB: raise {key} (python -m loop.plan <same overrides> "
+                    "shows the whole plan)")
+        total = sum(r.bytes for r in rows)
+        if total > memory:
+            big = [r for r in sorted(rows, key=lambda r: -r.bytes) if r.lower][:3]
+            advice = "; ".join(f"{r.lower} ({r.bytes / GiB:.1f} GiB: {r.what})" for r in big)
+            raise ConfigError(
+                f"this run plans {total / GiB:.1f} GiB on {device}, over its {memory / GiB:.0f} "
+                f"GiB: {advice} (python -m loop.plan <same overrides> shows every row)")
