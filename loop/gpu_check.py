@@ -1,6 +1,11 @@
-"""`python -m loop.gpu_check` (`scripts/gpu_check.sh`): the inner loop's speed on a GPU, one
-adapter at a time against batched adapters, with randomly initialised students of the real
-architectures: no hub, no network, no weights to carry.
+"""`python -m loop.gpu_check` (`scripts/gpu_check.sh`): correctness first, then the inner
+loop's speed on a GPU, one adapter at a time against batched adapters, with randomly
+initialised students of the real architectures: no hub, no network, no weights to carry.
+
+Correctness (loop/core/gpu_checks.py, on the first architecture): batched adapters against one
+at a time in float32 and bfloat16, a teacher sampling step, one M-step step, and, per architecture,
+the memory plan against the batched path's measured peak; one PASS/FAIL line each. The command
+exits 1 when any check fails.
 
     scripts/gpu_check.sh                          # on a GPU machine: bf16, k = 8 and 32
     python -m loop.gpu_check --tiny --k 2 student.train.epochs=1   # on a CPU, tiny (tests)
@@ -25,7 +30,8 @@ included). Work that would run past `--budget-s` is skipped and said so; an arch
 fails (out of memory, a config this transformers cannot build) says why and the next one runs.
 The last line is
 
-    gpu_check: <architectures measured> of <asked> device=<cuda|cpu> dtype=<dtype> seconds=<s>
+    gpu_check: <PASS|FAIL> <n> passed <m> failed of <checks> checks; <architectures measured>
+        of <asked> measured device=<cuda|cpu> dtype=<dtype> seconds=<s>      (one line)
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import time
 from pathlib import Path
 
 from loop.core.config import PROJECT_ROOT, ConfigError
+from loop.core.gpu_checks import Outcome
 
 ARCHITECTURES = PROJECT_ROOT / "data" / "architectures"
 # architecture -> (the student preset whose inner-loop settings it runs, bundled tokenizer)
@@ -52,14 +59,19 @@ def architecture(name: str, tiny: bool):
     width 64, the real vocabulary."""
     from transformers import AutoConfig
 
+    values = architecture_values(name, tiny)
+    values.pop("architectures", None)
+    return AutoConfig.for_model(values.pop("model_type"), **values)
+
+
+def architecture_values(name: str, tiny: bool) -> dict:
     path = ARCHITECTURES / f"{name}.json"
     if not path.exists():
         raise ConfigError(f"no architecture {name}: choose from {sorted(STUDENTS)}")
     values = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-    values.pop("architectures", None)
     if tiny:
         values.update(TINY)
-    return AutoConfig.for_model(values.pop("model_type"), **values)
+    return values
 
 
 def random_student(config, dtype, device: str):
@@ -198,6 +210,8 @@ def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
     peak = matmul_peak(dtype, device, n=8192 if device == "cuda" else 512)
     print(f"device {name} ({device}), torch {torch.__version__}; dense {dtype} matmul peak "
           f"measured here: {peak / 1e3:.3g} TFLOP/s", flush=True)
+    outcomes = correctness(archs[0], tiny, tokenizer_for(tokenizer_dirs[archs[0]]), device,
+                           overrides)
     measured = 0
     for arch in archs:
         if time.perf_counter() - start > budget_s:
@@ -207,23 +221,80 @@ def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
         run = compose([f"student={STUDENTS[arch][0]}", "tracking=none", "reward.metric=f1",
                        *overrides])
         try:
-            measured += measure(arch, run, tokenizer_for(tokenizer_dirs[arch]), ks,
-                                tiny, dtype, device, peak, start + budget_s)
+            complete, outcome = measure(arch, run, tokenizer_for(tokenizer_dirs[arch]), ks,
+                                        tiny, dtype, device, peak, start + budget_s)
+            measured += complete
+            outcomes += [outcome] if outcome else []
         except (RuntimeError, MemoryError, ValueError) as e:  # out of memory, a config error
             print(f"{arch}: failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                   flush=True)
+            outcomes.append(Outcome(f"{arch} speed and memory", "FAIL",
+                                    f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
         if device == "cuda":
             torch.cuda.empty_cache()
-    print(f"\ngpu_check: {measured} of {len(archs)} measured device={device} "
+    failed = [o for o in outcomes if o.status == "FAIL"]
+    passed = [o for o in outcomes if o.status == "PASS"]
+    print("\nchecks:")
+    for o in outcomes:
+        print(o.line())
+    print(f"\ngpu_check: {'FAIL' if failed else 'PASS'} {len(passed)} passed {len(failed)} failed "
+          f"of {len(outcomes)} checks; {measured} of {len(archs)} measured device={device} "
           f"dtype={str(dtype).removeprefix('torch.')} seconds={time.perf_counter() - start:.0f}")
+    if failed:
+        sys.exit(1)
+
+
+def correctness(arch: str, tiny: bool, tokenizer, device: str, overrides: list[str]) -> list:
+    """The checks of loop.core.gpu_checks on `arch`, in float32 and bfloat16, two self-edits
+    each: one PASS/FAIL line each, printed as they finish."""
+    import dataclasses
+    import tempfile
+
+    import torch
+
+    from loop.core.bench_inner import compose, run_path
+    from loop.core.gpu_checks import Outcome, compare_paths, m_step, sampling
+
+    run = compose([f"student={STUDENTS[arch][0]}", "tracking=none", "reward.metric=f1",
+                   *overrides])
+    train = dataclasses.replace(run.student.train, max_adapters=2, method="lora")
+    run = dataclasses.replace(run, student=dataclasses.replace(run.student, train=train))
+    jobs = jobs_for(run, tokenizer, 2)
+    out: list = []
+    print(f"\ncorrectness on {arch}{' (tiny)' if tiny else ''}, random weights:", flush=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        name, model, shown = str(dtype).removeprefix("torch."), None, len(out)
+        try:
+            model = random_student(architecture(arch, tiny), dtype, device)
+            alone = run_path(model, tokenizer, jobs, run, "false", device)[2]
+            together = run_path(model, tokenizer, jobs, run, "true", device)[2]
+            out.append(compare_paths(alone, together, name))
+            if dtype == torch.bfloat16 or device != "cuda":
+                out.append(sampling(model, tokenizer, device))
+                with tempfile.TemporaryDirectory() as tmp:
+                    from pathlib import Path
+
+                    out.append(m_step(model, tokenizer, run, Path(tmp)))
+        except (RuntimeError, MemoryError, ValueError) as e:
+            out.append(Outcome(f"correctness {name}", "FAIL",
+                               f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+        for o in out[shown:]:
+            print(o.line(), flush=True)
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
 
 def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device: str,
-            peak: float, deadline: float) -> bool:
-    """Print one architecture's rows as they are measured; whether every row was."""
+            peak: float, deadline: float):
+    """Print one architecture's rows as they are measured; (whether every row was, the memory
+    plan's check of its first batched row, or None)."""
     import dataclasses
 
     from loop.core.bench_inner import run_path
+    from loop.core.gpu_checks import largest_pass, memory_plan
+    from student.batched import pass_tokens
 
     t0 = time.perf_counter()
     model = random_student(architecture(arch, tiny), dtype, device)
@@ -244,7 +315,7 @@ def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device:
     path("true", 1)  # warm-up (kernels, caches), and what one self-edit costs here
     per_edit = time.perf_counter() - t0
     print(f"{'path':<16}{'k':>4}{'s':>9}{'self-edits/min':>16}{'speed-up':>10}{'peak GiB':>10}")
-    sequential, complete, batched = None, True, {}
+    sequential, complete, batched, plan_check = None, True, {}, None
     for setting, k in [("false", min(ks))] + [("true", k) for k in ks]:
         label = "one at a time" if setting == "false" else "batched"
         # no path is slower per self-edit than the warm-up's one at a time (batched k=1)
@@ -252,7 +323,14 @@ def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device:
             print(f"{label:<16}{k:>4}  skipped: past the budget", flush=True)
             complete = False
             continue
+        base = resident(device)
         seconds, memory, _, _ = path(setting, k)
+        if setting == "true" and plan_check is None:
+            tokens = pass_tokens(run.student.train.pass_tokens, device)
+            plan_check = memory_plan(
+                architecture_values(arch, tiny), run, str(dtype).removeprefix("torch."), k,
+                tokens, memory * 2**30 - base, largest_pass(model, tokenizer, jobs[:k], run,
+                                                            tokens), device)
         per_min = 60 * k / seconds
         sequential = per_min if setting == "false" else sequential
         if setting == "false":
@@ -270,7 +348,19 @@ def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device:
             print(f"batched k={k}: {achieved / 1e12:.3g} TFLOP/s = {achieved / 1e9 / peak:.2f} of "
                   "the measured matmul peak (FLOPs counted over the batched pass, padding "
                   "included)", flush=True)
-    return complete  # the model goes with this frame
+    return complete, plan_check  # the model goes with this frame
+
+
+def resident(device: str) -> float:
+    """Bytes held now: CUDA memory allocated, or this process's RSS."""
+    if device == "cuda":
+        import torch
+
+        return float(torch.cuda.memory_allocated())
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 if __name__ == "__main__":

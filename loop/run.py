@@ -19,9 +19,11 @@ register()
 
 
 def execute(run: RunConfig, out_dir: Path) -> None:
-    """Check the models are reachable, then the rounds (loop.core.rounds)."""
+    """Check the settings (and, on a GPU, that the run's memory plan fits) before the models are
+    looked for, then the rounds (loop.core.rounds)."""
     from loop.core import rounds
 
+    rounds.validate(run)  # before a hub download: a run that cannot fit is told so first
     check_models(run)
     rounds.run(run, out_dir, command=command_line("loop.run"))
 

@@ -11,7 +11,10 @@ the attention output, the MLP's gate, up, activation and product) plus each LoRA
 in float32 (PEFT and student.adapters run the adapters in float32). Token counts are the
 settings' upper bounds (a self-edit of `max_new_tokens`, a passage of PASSAGE_TOKENS, an ARC
 sequence of student.arc.max_tokens), so the plan errs high. Allocator slack, CUDA context and
-kernels' workspaces are one row, `RESERVE`.
+kernels' workspaces are one row, `RESERVE`. A round's phases follow each other (the teacher
+samples; the inner loop trains adapters, then they answer; the M-step trains), and what one
+frees the next reuses (the caching allocator keeps it): the peak is what stays resident
+(weights, vLLM engines' shares) plus the largest phase.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ ARCHITECTURES = PROJECT_ROOT / "data" / "architectures"
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PASSAGE_TOKENS = 1024  # a SQuAD passage with its title and prompt template: the longest
 # title + passage in data/squad (train_pool, eval200) is 624 tokens by Qwen2.5's tokenizer
-ARC_PROMPT_TOKENS = 4096  # an ARC task's demonstrations as the teacher's prompt text
+TITLE_TOKENS = 64  # a passage's title, prefixed to each unit of a self-edit
 RESERVE = 2.0 * GiB  # CUDA context, cuBLAS/attention workspaces, allocator fragmentation
 
 
@@ -39,6 +42,23 @@ class Row:
     lower: str = ""  # the settings that shrink it, for the launch check's one line
     need: float = 0.0  # a vLLM engine: what it needs inside its share
 
+    @property
+    def phase(self) -> str:
+        """The phase of a round that holds this row ("" for what stays resident): the phases
+        follow each other, so only the largest adds to what is resident."""
+        return next((p for p in PHASES if self.what.startswith(p + ":")), "")
+
+
+PHASES = ("teacher sampling", "inner loop", "answering", "M-step")
+
+
+def total(rows: list[Row]) -> tuple[float, float, str]:
+    """(peak bytes, resident bytes, the largest phase): what stays resident plus the phase of a
+    round that holds the most."""
+    resident = sum(r.bytes for r in rows if not r.phase)
+    phases = {p: sum(r.bytes for r in rows if r.phase == p) for p in PHASES}
+    largest = max(phases, key=phases.get)
+    return resident + phases[largest], resident, largest
 
 @dataclass(frozen=True)
 class Arch:
@@ -59,12 +79,14 @@ class Arch:
 
     def activation_bytes_per_token(self, dtype_bytes: int, targets, checkpointing: bool) -> float:
         """What one token keeps for the backward over all blocks (checkpointing: each block's
-        input only, plus one block's full activations recomputed at a time)."""
+        input only, plus one block's full activations recomputed at a time). Below float32,
+        each LoRA target's input is also kept as the float32 copy the adapter reads."""
         h, i, kv = self.hidden, self.intermediate, self.kv_dim
         block = dtype_bytes * (7 * h + 4 * kv + 4 * i)
         lora_in = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": h, "gate_proj": h,
                    "up_proj": h, "down_proj": i}
-        block += 4 * sum(n for name, n in lora_in.items() if name in targets)
+        if dtype_bytes < 4:  # the adapters run in float32: a float32 copy of each input
+            block += 4 * sum(n for name, n in lora_in.items() if name in targets)
         if checkpointing:
             return dtype_bytes * h * self.layers + block
         return block * self.layers
@@ -111,7 +133,12 @@ def _arch(values_json: str, name: str) -> Arch:
 
 
 def architecture(preset) -> Arch:
-    return _arch(json.dumps(_config_values(preset), sort_keys=True), preset.name)
+    return arch_of(_config_values(preset), preset.name)
+
+
+def arch_of(values: dict, name: str) -> Arch:
+    """The Arch of a config.json's values (counted on the meta device)."""
+    return _arch(json.dumps(values, sort_keys=True), name)
 
 
 def parse_size(text) -> float:
@@ -135,8 +162,8 @@ def max_model_len(run, role: str) -> int:
     a passage or an ARC task's demonstrations, then a self-edit; the student: a question with
     its prompt, then an answer, or an ARC query)."""
     arc = run.task.format == "arc"
-    if role == "teacher":
-        prompt = ARC_PROMPT_TOKENS if arc else PASSAGE_TOKENS
+    if role == "teacher":  # ARC: the demonstrations as text, capped as the student's queries are
+        prompt = run.student.arc.max_tokens if arc else PASSAGE_TOKENS
         return prompt + run.teacher.sampling.max_new_tokens
     if arc:
         return run.student.arc.max_tokens
@@ -166,7 +193,7 @@ def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row
     ckpt = checkpointing(t.train.checkpointing, gpu=True)
     tokens = micro * max_model_len(run, "teacher")
     act = tokens * teacher.activation_bytes_per_token(tb, lora.targets, ckpt)
-    driver.append(Row(f"M-step: teacher LoRA r={lora.r} + grads + Adam", lp * 16,
+    driver.append(Row(f"M-step: teacher LoRA r={lora.r}, grads, Adam", lp * 16,
                       f"{lp / 1e6:.1f}M parameters x (4 + 4 + 8) bytes",
                       "lower teacher.train.lora.r"))
     driver.append(Row(f"M-step: activations of {micro} pair(s) per pass", act,
@@ -199,7 +226,11 @@ def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row
     return devices, gpu_memory
 
 
-def student_rows(run, student: Arch, sb: int) -> list[Row]:
+def student_rows(run, student: Arch, sb: int, *, pass_tokens: int | None = None,
+                 adapters: int | None = None, longest: int | None = None) -> list[Row]:
+    """The student's rows: its weights (and the judge's), the inner loop's adapters and one
+    pass's activations. `pass_tokens`, `adapters`, `longest`: instead of the settings'
+    (student.train.pass_tokens, student.train.max_adapters, the longest sequence they allow)."""
     s = run.student
     arc = run.task.format == "arc"
     rows = [Row(f"student weights ({s.name})", student.params * sb,
@@ -214,24 +245,38 @@ def student_rows(run, student: Arch, sb: int) -> list[Row]:
                         f"{arch.params / 1e9:.2f}B parameters x {jb} bytes",
                         "choose a smaller reward.judge"))
     lora = s.arc.lora if arc else s.lora
-    k = max(1, s.train.max_adapters)
+    k = adapters or max(1, s.train.max_adapters)
     lp = student.lora_params(lora.r, lora.targets)
-    rows.append(Row(f"inner loop: {k} adapters r={lora.r} + grads + Adam", k * lp * 16,
+    rows.append(Row(f"inner loop: {k} adapters r={lora.r}, grads, Adam", k * lp * 16,
                     f"{lp / 1e6:.1f}M parameters each x 16 bytes",
                     "lower student.train.max_adapters"))
     if arc:
-        longest = s.arc.max_tokens
+        longest = longest or s.arc.max_tokens
         per_adapter = s.arc.batch_size * longest
-    else:
-        longest = min(s.data.max_length, run.teacher.sampling.max_new_tokens + PASSAGE_TOKENS)
-        per_adapter = min(s.train.batch_size * s.data.max_length, longest)
-    pass_tokens = s.train.pass_tokens
+    else:  # the passage is one sequence; a self-edit's units (lines) are one each, with a title
+        new = run.teacher.sampling.max_new_tokens
+        longest = longest or min(s.data.max_length, max(PASSAGE_TOKENS, new + TITLE_TOKENS))
+        # every sequence of one self-edit: its text (titles at most double it) and the passage
+        per_adapter = min(s.train.batch_size * longest, 2 * new + PASSAGE_TOKENS)
+    pass_tokens = s.train.pass_tokens if pass_tokens is None else pass_tokens
     tokens = max(pass_tokens, longest) if pass_tokens else k * per_adapter
     act = tokens * student.activation_bytes_per_token(sb, lora.targets, False)
     rows.append(Row(f"inner loop: activations of one pass ({tokens} tokens)", act,
                     f"student.train.pass_tokens={pass_tokens}" if pass_tokens else
                     "student.train.pass_tokens unset: every adapter's step in one pass",
-                    "set a lower student.train.pass_tokens (e.g. 4096)"))
+                    "set a lower student.train.pass_tokens"))
+    # the loss (student.batched.train): each target's float32 log-softmax over the vocabulary is
+    # kept for the backward; a slice of 256 targets' logits (model dtype, then float32) at a time
+    head = tokens * student.vocab * 4 + 256 * student.vocab * (sb + 4 + 4)
+    rows.append(Row(f"inner loop: log-softmax of {tokens} targets (vocabulary "
+                    f"{student.vocab})", head, "kept for the backward: 4 bytes per target and "
+                    "token of the vocabulary", "set a lower student.train.pass_tokens"))
+    batch = s.eval.batch_size
+    length = max_model_len(run, "student")
+    rows.append(Row(f"answering: {k} adapters' weights", k * lp * 4, "float32, after training"))
+    rows.append(Row(f"answering: KV cache of {batch} sequences",
+                    batch * length * student.kv_bytes_per_token(sb),
+                    f"student.eval.batch_size x {length} tokens", "lower student.eval.batch_size"))
     return rows
 
 
@@ -264,12 +309,14 @@ def table(run, gpu_memory: float | None) -> str:
     lines = []
     for device, rows in devices:
         lines.append(f"{device}:")
-        for row in rows:
-            lines.append(f"  {row.what:<58}{row.bytes / GiB:>9.1f} GiB  {row.note}")
-        total = sum(r.bytes for r in rows)
+        for phase in ("", *PHASES):
+            for row in (r for r in rows if r.phase == phase):
+                lines.append(f"  {row.what:<62}{row.bytes / GiB:>7.1f} GiB  {row.note}")
+        peak, resident, largest = total(rows)
         verdict = ("" if memory is None else
-                   f" of {memory / GiB:.0f} GiB: {'fits' if total <= memory else 'DOES NOT FIT'}")
-        lines.append(f"  {'total':<58}{total / GiB:>9.1f} GiB{verdict}")
+                   f" of {memory / GiB:.0f} GiB: {'fits' if peak <= memory else 'DOES NOT FIT'}")
+        lines.append(f"  {'peak: resident ' + f'{resident / GiB:.1f}' + ' + the ' + largest:<62}"
+                     f"{peak / GiB:>7.1f} GiB{verdict}")
     return "\n".join(lines)
 
 
@@ -292,10 +339,15 @@ def check(run) -> None:
                     f"the {r.what}: {r.note}, but its share is {r.bytes / GiB:.1f} GiB of "
                     f"{memory / GiB:.0f} GiB: raise {key} (python -m loop.plan <same overrides> "
                     "shows the whole plan)")
-        total = sum(r.bytes for r in rows)
-        if total > memory:
-            big = [r for r in sorted(rows, key=lambda r: -r.bytes) if r.lower][:3]
+        peak, _, largest = total(rows)
+        if peak > memory:
+            counted = sorted((r for r in rows if r.phase in ("", largest) and r.lower),
+                             key=lambda r: -r.bytes)
+            big = [r for n, r in enumerate(counted)  # each setting once, with its largest row
+                   if r.lower.split(" (")[0] not in [c.lower.split(" (")[0] for c in counted[:n]]]
+            big = big[:3]
             advice = "; ".join(f"{r.lower} ({r.bytes / GiB:.1f} GiB: {r.what})" for r in big)
             raise ConfigError(
-                f"this run plans {total / GiB:.1f} GiB on {device}, over its {memory / GiB:.0f} "
-                f"GiB: {advice} (python -m loop.plan <same overrides> shows every row)")
+                f"this run plans {peak / GiB:.1f} GiB at its peak ({largest}) on {device}, over "
+                f"its {memory / GiB:.0f} GiB: {advice} (python -m loop.plan <same overrides> "
+                "shows every row)")

@@ -33,6 +33,13 @@ def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
     key = (source, revision, dtype, trust_remote_code, rank, max_loras, gpu_memory, tensor_parallel,
            max_model_len)
     if key not in _ENGINES:
+        if max_model_len is not None:  # never past the model's own context (vLLM refuses it)
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(source, revision=revision,
+                                                trust_remote_code=trust_remote_code)
+            context = getattr(config, "max_position_embeddings", None)
+            max_model_len = min(max_model_len, context) if context else max_model_len
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM

@@ -18,7 +18,8 @@ FAST = ["student.train.epochs=1", "student.train.batch_size=64", "student.eval.m
 @pytest.mark.slow
 def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
     out = subprocess.run(
-        [str(PROJECT_ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--k", "1,2", *FAST],
+        [str(PROJECT_ROOT / "scripts" / "gpu_check.sh"), "--tiny", "--k", "1,2",
+         "--budget-s", "100000", *FAST],  # no budget: what is measured never depends on speed
         env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""},
         capture_output=True, text=True,
         timeout=600)
@@ -46,8 +47,44 @@ def test_the_gpu_check_runs_on_a_cpu_at_tiny_sizes():
             assert fraction, line
             achieved, share = float(fraction.group(1)), float(fraction.group(2))
             assert achieved > 0 and share == pytest.approx(achieved / peak, rel=0.02, abs=0.006)
-    assert re.fullmatch(r"gpu_check: 3 of 3 measured device=cpu dtype=float32 seconds=\d+",
-                        lines[-1])
+    checks = lines[lines.index("checks:") + 1 : -2]
+    for name in ("inner loop float32", "inner loop bfloat16"):
+        line = next(x for x in checks if x.startswith(f"PASS {name} (batched = one at a time)"))
+        assert "same answers 100%" in line  # a tiny random student: no near-ties
+    assert sum(x.startswith("PASS teacher sampling") for x in checks) == 2  # per dtype
+    assert sum(x.startswith("PASS M-step: one step on 2 pairs (TRL SFT)") for x in checks) == 2
+    assert sum(x.startswith("INFO memory plan: batched k=1") for x in checks) == 3  # per arch
+    assert re.fullmatch(r"gpu_check: PASS 6 passed 0 failed of 9 checks; 3 of 3 measured "
+                        r"device=cpu dtype=float32 seconds=\d+", lines[-1])
+
+
+def test_a_failing_check_fails_the_gpu_check(monkeypatch, capsys):
+    """A check that fails prints FAIL and the command exits 1: here the batched and the
+    one-at-a-time paths are held to a tolerance below zero, which nothing can meet."""
+    from loop.core import gpu_checks
+    from loop.gpu_check import main
+
+    monkeypatch.setitem(gpu_checks.TOLERANCE, "float32", (-1.0, -1.0))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tiny", "--k", "1", "--archs", "smollm2-135m", "--budget-s", "100000", *FAST])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1
+    assert "FAIL inner loop float32 (batched = one at a time)" in out
+    assert re.search(r"^gpu_check: FAIL \d+ passed 1 failed of \d+ checks", out, re.M)
+
+
+def test_paths_that_disagree_fail_the_comparison():
+    from loop.core.gpu_checks import compare_paths
+
+    row = {"prediction": "Piraeus", "logprob": -2.0}
+    alone = [([row, row], [3.0, 2.0])]
+    assert compare_paths(alone, alone, "float32").status == "PASS"
+    off = [([row, {**row, "logprob": -2.01}], [3.0, 2.0])]  # 0.01 nats: over float32's 2e-3
+    assert compare_paths(alone, off, "float32").status == "FAIL"
+    assert compare_paths(alone, off, "bfloat16").status == "PASS"  # within bf16's 0.1
+    other = [([row, {**row, "prediction": "Athens"}], [3.0, 2.0])]  # 50 % of answers differ
+    assert compare_paths(alone, other, "float32").status == "FAIL"
+    assert compare_paths(alone, other, "bfloat16").status == "PASS"  # answers reported only
 
 
 def test_the_gpu_check_skips_what_would_run_past_its_budget(capsys):
@@ -56,7 +93,7 @@ def test_the_gpu_check_skips_what_would_run_past_its_budget(capsys):
     main(["--tiny", "--k", "1", "--archs", "smollm2-135m", "--budget-s", "0", *FAST])
     out = capsys.readouterr().out
     assert "smollm2-135m: skipped: past the 0 s budget" in out
-    assert "gpu_check: 0 of 1 measured" in out
+    assert "; 0 of 1 measured" in out  # the correctness checks still ran
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -24,10 +24,17 @@ def test_the_plan_prints_a_row_per_resident_thing_and_the_presets_fit_80_gib(nam
     rows = re.findall(r"^  (.+?)\s+([\d.]+) GiB", out, re.M)
     named = [what for what, _ in rows]
     for part in ("teacher weights", "student weights", "M-step: teacher LoRA",
-                 "M-step: activations", "inner loop: ", "CUDA context"):
+                 "M-step: activations", "inner loop: activations", "inner loop: log-softmax",
+                 "teacher sampling: KV cache", "CUDA context"):
         assert any(w.startswith(part) for w in named), (part, named)
-    *parts, total = [float(gib) for _, gib in rows]
-    assert total == pytest.approx(sum(parts), abs=0.05 * len(parts))  # the rows add up
+    # the peak is what stays resident plus the largest of the phases, which follow each other
+    *parts, (last, peak) = [(what, float(gib)) for what, gib in rows]
+    phases = {p: sum(g for w, g in parts if w.startswith(p + ":")) for p in memory.PHASES}
+    resident = sum(g for w, g in parts if not any(w.startswith(p + ":") for p in phases))
+    largest = max(phases, key=phases.get)
+    assert last.startswith("peak: resident ") and last.endswith(f" + the {largest}")
+    assert float(last.split()[2]) == pytest.approx(resident, abs=0.05 * len(parts))
+    assert peak == pytest.approx(resident + phases[largest], abs=0.05 * len(parts))
     assert "of 80 GiB: fits" in out
     if name == "paper_squad":
         assert any(w.startswith("judge weights (qwen7b-instruct)") for w in named)
@@ -96,3 +103,24 @@ def test_ray_workers_see_a_gpu_by_default(setting, workers, gpus, want):
 
     cfg = ExecutorConfig(name="ray", num_workers=workers, gpus_per_worker=setting)
     assert worker_gpus(cfg, gpus) == want
+
+
+def test_loop_run_refuses_before_looking_for_the_models_and_leaves_no_folder(tmp_path):
+    """The users' command with a planted 24 GiB GPU: one line, exit 2, before the hub presets
+    are looked for (none is cached here) and without a run folder."""
+    import os
+    import subprocess
+    import sys
+
+    from loop.core.config import PROJECT_ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "loop.run", "teacher=qwen7b", "student=llama1b", "tracking=none",
+         "plan.gpu_memory=24GiB", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "over its 24 GiB" in errors[0], out.stderr[-2000:]
+    assert "Hugging Face cache" not in out.stderr  # refused before the models were looked for
+    assert not (tmp_path / "run").exists()
