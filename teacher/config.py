@@ -56,8 +56,8 @@ class TeacherTrainSettings:
     # shows what a pass holds: lower it where the plan does not fit
     micro_batch: int | None = None
     # recompute each block's activations in the backward instead of keeping them (about a third
-    # more compute, a small fraction of the memory); auto: on on a GPU, off on a CPU (40 % slower
-    # per step there, stack.md)
+    # more compute, a small fraction of the memory); auto: on on a GPU, off on a CPU (slower per
+    # step there, where memory is not what runs short)
     checkpointing: str = "auto"  # auto, true, false
     lora: TeacherLora = field(default_factory=TeacherLora)
 

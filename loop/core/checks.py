@@ -82,6 +82,7 @@ RULES: tuple[Rule, ...] = (
     ("teacher.train.batch_size", at_least(1), POSITIVE),
     ("teacher.train.processes", at_least(1), POSITIVE),
     ("teacher.train.micro_batch", optional(at_least(1)), "null or a positive integer"),
+    ("plan.gpus", optional(at_least(1)), "null or a positive integer"),
     ("teacher.train.checkpointing", lambda v: str(v).lower() in ("auto", "true", "false"),
      "auto, true or false"),
     ("teacher.train.lora.r", at_least(1), POSITIVE),

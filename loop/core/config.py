@@ -68,6 +68,9 @@ class PlanConfig:
 
     # the GPU memory to plan for (80GiB, 141GiB); unset: the GPU's own, and no check without one
     gpu_memory: str | None = None
+    # the GPUs to plan for (a local Ray on one GPU puts its workers beside the loop); unset: this
+    # machine's count (1 without a GPU)
+    gpus: int | None = None
 
 
 @dataclass

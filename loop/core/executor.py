@@ -39,7 +39,8 @@ class ExecutorConfig:
     num_workers: int = 2  # ray: actors, each with its own loaded student
     cpus_per_worker: float = 1.0
     # ray: GPUs per actor; null (auto): a whole GPU each where the cluster has one per worker,
-    # else an equal share of its GPUs (3 workers on 1 GPU: 0.3333 each), 0 where it has none
+    # else a share that packs whole GPUs (3 workers on 1 GPU: 0.3333 each; on 2 GPUs: 0.5), 0
+    # where it has none
     gpus_per_worker: float | None = None
     max_retries: int = 3  # ray: a batch whose worker died is retried this many times
 
@@ -103,7 +104,10 @@ def worker_gpus(cfg: ExecutorConfig, cluster_gpus: float) -> float:
         return float(cfg.gpus_per_worker)
     if cluster_gpus <= 0:
         return 0.0
-    return min(1.0, int(cluster_gpus / max(1, cfg.num_workers) * 1e4) / 1e4)
+    # 1 / (workers per GPU, rounded up): shares that fill whole GPUs (3 workers on 2 GPUs: 0.5
+    # each, as Ray cannot place two 0.67 shares on one GPU and the third would wait forever)
+    per_gpu = -(-max(1, cfg.num_workers) // max(1, int(cluster_gpus)))
+    return int(1e4 / per_gpu) / 1e4
 
 
 class RayExecutor:

@@ -26,7 +26,8 @@ import math
 from dataclasses import dataclass
 
 # dtype -> (largest |difference| of a loss, of a per-token gold log-probability)
-TOLERANCE = {"float32": (1e-3, 2e-3), "bfloat16": (0.05, 0.1)}
+# (bf16 on an AMX CPU: log-probabilities up to 0.051 apart on SmolLM2-135M's architecture)
+TOLERANCE = {"float32": (1e-3, 2e-3), "bfloat16": (0.05, 0.2)}
 ANSWERS = 0.9  # float32: the share of generated answers that must be the same
 
 
@@ -93,8 +94,12 @@ def m_step(model, tokenizer, run, tmp) -> Outcome:
         teacher = dataclasses.replace(run.teacher, instruct=False, train=dataclasses.replace(
             run.teacher.train, epochs=1, batch_size=2, micro_batch=None, processes=1,
             lora=dataclasses.replace(run.teacher.train.lora, r=8, alpha=16)))
+        from safetensors.torch import load_file
+
         stats = train_adapter(model, tokenizer, pairs, teacher, tmp / "adapter", seed=0)
-        moved = (tmp / "adapter" / "adapter_model.safetensors").exists()
+        saved = load_file(str(tmp / "adapter" / "adapter_model.safetensors"))
+        # B starts at zero: a saved B that is not all zero has had a step
+        moved = any(t.abs().sum().item() > 0 for n, t in saved.items() if "lora_B" in n)
         loss, how = stats.losses[-1] if stats.losses else float("nan"), "TRL SFT"
     else:
         from peft import LoraConfig, get_peft_model
@@ -150,11 +155,15 @@ def memory_plan(config_values: dict, run, dtype: str, k: int, pass_tokens: int, 
 
     arch = memory.arch_of(config_values, run.student.name)
     nbytes = memory.BYTES[dtype]
-    planned = sum(r.bytes for r in memory.student_rows(run, arch, nbytes, pass_tokens=pass_tokens,
-                                                       adapters=k) if "weights" not in r.what)
-    at_tokens = sum(r.bytes for r in memory.student_rows(run, arch, nbytes, pass_tokens=tokens,
-                                                         adapters=k, longest=tokens)
-                    if "weights" not in r.what)
+
+    def phase_peak(rows) -> float:  # the largest phase, as the plan adds it to what is resident
+        peak, resident, _ = memory.total(rows)
+        return peak - resident
+
+    planned = phase_peak(memory.student_rows(run, arch, nbytes, pass_tokens=pass_tokens,
+                                             adapters=k))
+    at_tokens = phase_peak(memory.student_rows(run, arch, nbytes, pass_tokens=tokens,
+                                               adapters=k, longest=tokens))
     ratio, ratio_at = measured / planned, measured / at_tokens
     detail = (f"batched k={k}: measured {measured / 2**30:.3f} GiB above the weights; planned "
               f"{planned / 2**30:.3f} GiB at the settings' bounds (ratio {ratio:.2f}), "

@@ -1,6 +1,6 @@
 """The memory plan of a composed run: what each resident thing holds on the GPU, before any
-model loads (`python -m loop.plan`, and the launch check of `loop.run` / `loop.evaluate` on a
-GPU, or wherever plan.gpu_memory is given).
+model loads (`python -m loop.plan`, and the launch check of `loop.run` on a GPU, or wherever
+plan.gpu_memory is given).
 
 Weights and LoRA sizes are exact: each model is built from its architecture config on the
 `meta` device (no weights read; the local checkpoint's config.json, else
@@ -14,17 +14,21 @@ sequence of student.arc.max_tokens), so the plan errs high. Allocator slack, CUD
 kernels' workspaces are one row, `RESERVE`. A round's phases follow each other (the teacher
 samples; the inner loop trains adapters, then they answer; the M-step trains), and what one
 frees the next reuses (the caching allocator keeps it): the peak is what stays resident
-(weights, vLLM engines' shares) plus the largest phase.
+(weights, vLLM engines' shares) plus the largest phase. A vLLM engine's share must hold its
+weights, its LoRA slots and a KV cache for one sequence of its max_model_len (its start-up
+activations and CUDA graphs are not counted: leave it some room).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
 from loop.core.errors import PROJECT_ROOT, ConfigError
 
+log = logging.getLogger(__name__)
 GiB = 2**30
 ARCHITECTURES = PROJECT_ROOT / "data" / "architectures"
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -106,9 +110,21 @@ def _config_values(preset) -> dict:
         source = values.get("_source", "").split()[0].removesuffix("-Instruct").lower()
         if source == wanted or source.replace("-coder", "") == wanted.replace("-coder", ""):
             return values
-    raise ConfigError(f"no architecture known for {preset.name} ({preset.hub_id}): the plan needs "
-                      f"its config.json (set {preset.name}'s path to a local checkpoint) or a copy "
-                      f"of it in {ARCHITECTURES}")
+    try:  # another hub model: its config.json (the Hugging Face cache, or the hub)
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(
+            preset.path or preset.hub_id, revision=preset.revision,
+            trust_remote_code=preset.trust_remote_code).to_dict()
+    except (OSError, ValueError) as e:
+        raise Unplannable(f"no architecture config for {preset.name} ({preset.path or preset.hub_id}"
+                          f"): {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+
+
+class Unplannable(ConfigError):
+    """A model whose architecture the plan cannot read (no config.json here or on the hub, a
+    config transformers cannot build): `loop.plan` says so; the launch check warns and lets the
+    run start, as before there was a plan."""
 
 
 @lru_cache(maxsize=16)
@@ -119,9 +135,13 @@ def _arch(values_json: str, name: str) -> Arch:
     values = {k: v for k, v in json.loads(values_json).items()
               if not k.startswith("_") and k not in ("architectures", "dtype", "torch_dtype",
                                                       "quantization_config")}
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        config = AutoConfig.for_model(values.pop("model_type"), **values)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:  # an unknown model_type
+        raise Unplannable(f"{name}: transformers cannot build its architecture on the meta "
+                          f"device ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     dims = {}
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and ".layers.0." in module_name:
@@ -193,6 +213,10 @@ def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row
     ckpt = checkpointing(t.train.checkpointing, gpu=True)
     tokens = micro * max_model_len(run, "teacher")
     act = tokens * teacher.activation_bytes_per_token(tb, lora.targets, ckpt)
+    if t.train.processes > 1:  # accelerate's process 0 loads its own teacher beside the loop's
+        driver.append(Row("M-step: the teacher again, in accelerate's process 0",
+                          teacher.params * tb, f"teacher.train.processes={t.train.processes}",
+                          "set teacher.train.processes=1"))
     driver.append(Row(f"M-step: teacher LoRA r={lora.r}, grads, Adam", lp * 16,
                       f"{lp / 1e6:.1f}M parameters x (4 + 4 + 8) bytes",
                       "lower teacher.train.lora.r"))
@@ -206,17 +230,26 @@ def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row
         driver.append(Row(f"teacher sampling: KV cache of {seqs} sequences", kv,
                           "teacher.sampling.batch_size x (prompt + max_new_tokens)",
                           "lower teacher.sampling.batch_size"))
-    share = run.executor.gpus_per_worker
-    workers = run.executor.name == "ray" and (share is None or share > 0)
     inner = student_rows(run, student, sb)
     if s.eval_backend == "vllm":
         inner.append(engine_row("student", run, student, sb, s.vllm_memory, gpu_memory))
     devices = [("GPU 0 (the driver)", driver)]
-    if workers:
-        devices.append((f"each Ray worker's GPU ({'auto' if share is None else share} GPU"
-                        f"{'' if share is None or share >= 1 else ': its share of the GPU'})",
-                        inner))
-        driver += [r for r in inner if "weights" in r.what]  # baselines and proxies, in the driver
+    if run.executor.name == "ray":
+        # the loop keeps its own student (and judge) for the baselines and proxies
+        driver += [r for r in inner if not r.phase and "vLLM" not in r.what]
+        share = run.executor.gpus_per_worker
+        if share == 0:
+            pass  # the workers' students are on their CPUs
+        elif run.executor.address is None and gpus(run) <= 1:
+            # a local Ray on one GPU: every worker's student beside the loop's, on GPU 0
+            n = run.executor.num_workers
+            driver += [Row(f"{r.what} (x {n} workers)" if r.phase else
+                           f"Ray workers: {r.what} (x {n})", r.bytes * n, r.note, r.lower)
+                       for r in inner]
+            devices[0] = (f"GPU 0 (the driver and {n} local Ray workers)", driver)
+        else:
+            devices.append((f"each Ray worker's GPU ({'auto' if share is None else share} GPU)",
+                            inner))
     else:
         driver += inner
     for _, rows in devices:
@@ -235,7 +268,7 @@ def student_rows(run, student: Arch, sb: int, *, pass_tokens: int | None = None,
     arc = run.task.format == "arc"
     rows = [Row(f"student weights ({s.name})", student.params * sb,
                 f"{student.params / 1e9:.2f}B parameters x {sb} bytes")]
-    if run.reward.metric == "judge" and run.reward.judge:
+    if run.reward.judge:  # loaded whenever it is named (it may also grade other metrics' rows)
         from loop.core.judge import judge_config
 
         judge = judge_config(run.reward.judge)
@@ -285,15 +318,30 @@ def engine_row(role: str, run, arch: Arch, dtype_bytes: int, share: float,
     """A vLLM engine takes `share` of the whole GPU (gpu_memory_utilization): its weights and
     a KV cache that must hold at least one sequence of max_model_len."""
     length = max_model_len(run, role)
-    need = arch.params * dtype_bytes + length * arch.kv_bytes_per_token(dtype_bytes)
+    cfg = getattr(run, role)
+    lora = cfg.train.lora if role == "teacher" else (
+        cfg.arc.lora if run.task.format == "arc" else cfg.lora)
+    slots = 1 if role == "teacher" else max(1, cfg.train.max_adapters)
+    loras = slots * arch.lora_params(lora.r, lora.targets) * dtype_bytes  # its LoRA slots
+    need = arch.params * dtype_bytes + loras + length * arch.kv_bytes_per_token(dtype_bytes)
     total = gpu_memory if gpu_memory is not None else detected_gpu_memory()
     taken = share * total if total else need
     key = f"{role}.vllm_memory"
     return Row(f"{role} vLLM engine ({key}={share})", taken,
-               f"weights {arch.params * dtype_bytes / GiB:.1f} GiB + KV for one "
+               f"weights {arch.params * dtype_bytes / GiB:.1f} GiB + {slots} LoRA slot(s) "
+               f"{loras / GiB:.2f} GiB + KV for one "
                f"{length}-token sequence {length * arch.kv_bytes_per_token(dtype_bytes) / GiB:.2f}"
                f" GiB = {need / GiB:.1f} GiB needed (max_model_len={length})",
                f"lower {key}", need)
+
+
+def gpus(run) -> int:
+    """The GPUs this machine has (plan.gpus when given; 1 where there is none to count)."""
+    if run.plan.gpus:
+        return run.plan.gpus
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 def detected_gpu_memory() -> float | None:
@@ -328,7 +376,11 @@ def check(run) -> None:
     gpu_memory = parse_size(run.plan.gpu_memory) if run.plan.gpu_memory else None
     if gpu_memory is None and not torch.cuda.is_available():
         return
-    devices, memory = plan(run, gpu_memory)
+    try:
+        devices, memory = plan(run, gpu_memory)
+    except Unplannable as e:
+        log.warning("memory plan skipped, the run starts unchecked: %s", e)
+        return
     if memory is None:
         return
     for device, rows in devices:

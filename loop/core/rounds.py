@@ -79,6 +79,11 @@ def validate(run: RunConfig) -> None:
     if t.batch_size % t.processes:
         raise ConfigError(f"teacher.train.batch_size={t.batch_size} is the M-step's global batch: it "
                           f"must split evenly over teacher.train.processes={t.processes}")
+    per_process = t.batch_size // t.processes
+    if t.micro_batch and per_process % t.micro_batch:
+        raise ConfigError(f"teacher.train.micro_batch={t.micro_batch} must divide the "
+                          f"{per_process} pairs each of teacher.train.processes={t.processes} "
+                          f"takes of teacher.train.batch_size={t.batch_size}")
     memory.check(run)  # on a GPU (or for plan.gpu_memory): refused here, not out of memory later
 
 

@@ -95,6 +95,7 @@ def test_a_bad_size_is_a_config_error():
 
 @pytest.mark.parametrize("setting, workers, gpus, want", [
     (None, 2, 0, 0.0), (None, 2, 2, 1.0), (None, 2, 8, 1.0), (None, 3, 1, 0.3333),
+    (None, 3, 2, 0.5),  # not 0.6667: two of those do not fit one GPU, the third would wait
     (0.0, 2, 8, 0.0), (0.5, 2, 1, 0.5)])
 def test_ray_workers_see_a_gpu_by_default(setting, workers, gpus, want):
     """executor.gpus_per_worker unset (auto): a whole GPU each where there is one per worker,
@@ -105,6 +106,7 @@ def test_ray_workers_see_a_gpu_by_default(setting, workers, gpus, want):
     assert worker_gpus(cfg, gpus) == want
 
 
+@pytest.mark.slow
 def test_loop_run_refuses_before_looking_for_the_models_and_leaves_no_folder(tmp_path):
     """The users' command with a planted 24 GiB GPU: one line, exit 2, before the hub presets
     are looked for (none is cached here) and without a run folder."""
@@ -124,3 +126,42 @@ def test_loop_run_refuses_before_looking_for_the_models_and_leaves_no_folder(tmp
     assert len(errors) == 1 and "over its 24 GiB" in errors[0], out.stderr[-2000:]
     assert "Hugging Face cache" not in out.stderr  # refused before the models were looked for
     assert not (tmp_path / "run").exists()
+
+
+def test_a_local_ray_on_one_gpu_puts_its_workers_beside_the_loop():
+    """executor=ray without a cluster on a one-GPU machine: the workers' students (now on the
+    GPU by default) share GPU 0 with the loop's models, so their rows add up there."""
+    run = compose_run("teacher=qwen7b", "student=llama1b", "executor=ray", "plan.gpus=1")
+    devices, _ = memory.plan(run, 80 * 2**30)
+    assert [d for d, _ in devices] == ["GPU 0 (the driver and 2 local Ray workers)"]
+    alone, _ = memory.plan(compose_run("teacher=qwen7b", "student=llama1b"), 80 * 2**30)
+    apart, _ = memory.plan(compose_run("teacher=qwen7b", "student=llama1b", "executor=ray",
+                                       "plan.gpus=4"), 80 * 2**30)
+    assert len(apart) == 2  # the driver's GPU and each worker's
+    together = memory.total(devices[0][1])[0]
+    inner = memory.total(alone[0][1])[0] - memory.total(alone[0][1])[1]
+    assert together > memory.total(alone[0][1])[0] + inner * 0.99  # two workers' inner loops
+    on_cpu, _ = memory.plan(compose_run("teacher=qwen7b", "student=llama1b", "executor=ray",
+                                        "executor.gpus_per_worker=0"), 80 * 2**30)
+    assert not any(r.phase == "inner loop" for r in on_cpu[0][1])  # the workers are on CPUs
+
+
+def test_a_micro_batch_that_does_not_divide_a_process_share_is_refused_at_launch():
+    from loop.core.rounds import validate
+
+    with pytest.raises(ConfigError, match="micro_batch=2 must divide the 5 pairs"):
+        validate(compose_run("teacher.train.batch_size=10", "teacher.train.processes=2",
+                             "teacher.train.micro_batch=2"))
+    validate(compose_run("experiment=paper_squad", "teacher.train.processes=2"))
+
+
+def test_a_model_the_plan_cannot_read_is_planned_by_loop_plan_never_refused_at_launch(caplog):
+    """No config.json here and no hub (HF_HUB_OFFLINE in the tests): `loop.plan` says so; a
+    run starts unchecked, with a warning, as it did before there was a plan."""
+    from loop.core.rounds import validate
+
+    run = compose_run("student=llama1b", "student.hub_id=nobody/nothing", "plan.gpu_memory=80GiB")
+    with pytest.raises(memory.Unplannable, match="no architecture config for llama1b"):
+        memory.plan(run, 80 * 2**30)
+    validate(run)
+    assert "memory plan skipped" in caplog.text
