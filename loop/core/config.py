@@ -71,6 +71,9 @@ class PlanConfig:
     # the GPUs to plan for (a local Ray on one GPU puts its workers beside the loop); unset: this
     # machine's count (1 without a GPU)
     gpus: int | None = None
+    # false: start even where the plan does not fit (it errs high: activations are estimated at
+    # the settings' upper bounds)
+    check: bool = True
 
 
 @dataclass

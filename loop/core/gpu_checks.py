@@ -77,8 +77,9 @@ def sampling(model, tokenizer, device: str) -> Outcome:
                    f"{'yes' if same else 'NO'}")
 
 
-def m_step(model, tokenizer, run, tmp) -> Outcome:
-    """One optimiser step of the M-step on two pairs."""
+def m_step(model, tokenizer, run, tmp, use_trl: bool | None = None) -> Outcome:
+    """One optimiser step of the M-step on two pairs: TRL's where it is importable (`use_trl`
+    None), else our completion head with torch's AdamW."""
     import importlib.util
 
     import torch
@@ -88,7 +89,9 @@ def m_step(model, tokenizer, run, tmp) -> Outcome:
              ("Write the implications of: Greece did not declare war.",
               "Greece stayed out of the war.\nNo war was declared by Greece.")]
     before = {n: p.detach().clone() for n, p in list(model.named_parameters())[:4]}
-    if importlib.util.find_spec("trl") is not None and importlib.util.find_spec("datasets"):
+    if use_trl is None:
+        use_trl = bool(importlib.util.find_spec("trl") and importlib.util.find_spec("datasets"))
+    if use_trl:
         from teacher.train import train_adapter
 
         teacher = dataclasses.replace(run.teacher, instruct=False, train=dataclasses.replace(

@@ -33,7 +33,7 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "teacher.vllm_tensor_parallel", "tracking.system_metrics",
                        "tracking.system_metrics_interval", "evaluate.sample_only",
                        "teacher.train.micro_batch", "teacher.train.checkpointing",
-                       "plan.gpu_memory", "plan.gpus"})
+                       "plan.gpu_memory", "plan.gpus", "plan.check"})
 
 
 # Settings whose default changes what a run computes, with the value that reproduces a run

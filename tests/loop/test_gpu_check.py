@@ -129,3 +129,18 @@ def test_the_gpu_assets_hold_tokenizers_any_transformers_reads_and_wheels(tmp_pa
         assert "chat_template" in config
     wheels = sorted(f.name.split("-")[0] for f in (tmp_path / "wheels").glob("*.whl"))
     assert wheels == ["antlr4_python3_runtime", "hydra_core", "omegaconf"]
+
+
+@pytest.mark.parametrize("use_trl", [True, False], ids=["TRL", "without TRL"])
+def test_the_m_step_check_takes_a_step_with_or_without_trl(tiny_qwen2, tmp_path, use_trl):
+    """The device machine may lack TRL: the check then steps our completion head with torch's
+    AdamW. Either way one step moves the LoRA and leaves the base as it was."""
+    from loop.core.gpu_checks import m_step
+    from student.model import load_student
+    from tests.conftest import compose_run
+
+    run = compose_run(f"student.path={tiny_qwen2}", "student.name=tiny")
+    model, tok = load_student(run.student)
+    outcome = m_step(model, tok, run, tmp_path, use_trl=use_trl)
+    assert outcome.status == "PASS", outcome.line()
+    assert ("TRL SFT" in outcome.detail) == use_trl

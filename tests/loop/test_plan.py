@@ -62,7 +62,10 @@ def test_a_run_that_cannot_fit_is_refused_at_launch_with_one_line():
     line = str(e.value)
     assert "\n" not in line and "over its 24 GiB" in line
     assert "student.train.pass_tokens" in line  # the largest row's setting comes first
+    assert "plan.check=false" in line  # and the way past an estimate that errs high
     validate(compose_run("teacher=qwen7b", "student=llama1b", "plan.gpu_memory=80GiB"))
+    validate(compose_run("teacher=qwen7b", "student=llama1b", "plan.gpu_memory=24GiB",
+                         "plan.check=false"))
 
 
 def test_a_vllm_engine_too_small_for_its_weights_and_one_sequence_is_refused():
