@@ -152,7 +152,8 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     "completion", the head on the self-edit's positions only (`completion_loss`); "auto": fused
     on a GPU, completion on a CPU. `micro_batch` (None: 1 on a CPU, the whole batch on a GPU):
     pairs per forward pass, the gradients accumulated over teacher.train.batch_size pairs; one
-    pair at a time pads nothing, and a CPU gains nothing from a wider matmul. Neither changes
+    pair at a time pads nothing, and a CPU gains nothing from a wider matmul;
+    teacher.train.micro_batch, when set, is used where `micro_batch` is None. Neither changes
     the optimiser's steps or the loss beyond float order (tests/teacher/test_train.py).
     """
     import torch
@@ -195,8 +196,8 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
             lr_scheduler_type="linear",
             logging_steps=1, save_strategy="no", report_to="none",  # MLflow is ours, not the Trainer's
             use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-            # TRL turns checkpointing on: 40% slower per step on CPU (stack.md), where it is off
-            # unless asked; on a GPU it is what lets a 7B's batch of 1,024-token self-edits fit
+            # TRL turns checkpointing on: slower per step on a CPU, where it is off unless
+            # asked; on a GPU it is what lets a 7B's batch of 1,024-token self-edits fit
             # (transformers renamed the setting: gradient_ before 5.20, activation_ after)
             **{checkpointing_key(SFTConfig): checkpointing(cfg.train.checkpointing, cuda)},
             # no truncation: a self-edit is already capped by teacher.sampling.max_new_tokens

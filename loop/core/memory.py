@@ -62,9 +62,9 @@ def total(rows: list[Row]) -> tuple[float, float, str]:
     largest = max(phases, key=phases.get)
     return resident + phases[largest], resident, largest
 
+
 def parse_size(text) -> float:
-    """'80GiB', '80GB' (taken as GiB, as nvidia-smi prints them), '81920MiB' or a number of
-    GiB -> bytes."""
+    """'80GiB', '80GB' (taken as GiB), '81920MiB' or a number of GiB -> bytes."""
     s = str(text).strip().lower().replace(" ", "")
     units = (("gib", GiB), ("gb", GiB), ("mib", 2**20), ("mb", 2**20), ("g", GiB), ("", GiB))
     unit, scale = next((u, x) for u, x in units if s.endswith(u))
@@ -96,7 +96,8 @@ def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row
     `gpu_memory` or, on a GPU machine, the first GPU's). The driver's GPU: the teacher, the
     student (and judge) the loop holds, the vLLM engines' shares, the inner loop's adapters and
     passes, the M-step. executor=ray with GPU workers: each worker's student and inner loop on
-    its GPU share, the driver keeping the rest."""
+    its own GPU, the driver keeping its own student; a local Ray on one GPU (plan.gpus, else
+    this machine's count): every worker's rows beside the driver's on GPU 0."""
     t, s = run.teacher, run.student
     teacher, student = architecture(t), architecture(s)
     tb, sb = _dtype_bytes(t.dtype), _dtype_bytes(s.dtype)
