@@ -11,6 +11,9 @@ Conditions (rows):
 - `base`: the frozen student, no adaptation (cached once per context: loop.core.baseline);
 - `passage`: a fresh LoRA trained on the passage alone (the title-prefixed passage as one
   sequence), then discarded;
+- `passage_matched`: the same passage alone, trained for as many optimiser steps as the
+  self-edit row's (`teacher`, else `teacher_base`, else `external`) on that passage, their
+  mean: a self-edit row's gain over it is what the self-edit's content adds, not more training;
 - `teacher`: a fresh LoRA trained on self-edits of the teacher (`evaluate.samples` per
   passage, each absorbed separately with SEAL's data rule: its lines plus the passage), with the
   trained adapter `teacher.adapter` when one is given;

@@ -17,7 +17,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from student.config import LoraSettings, StudentConfig
+from student.config import PASSAGE_STEPS, LoraSettings, StudentConfig
 from student.data import collate, encode, pack
 
 log = logging.getLogger(__name__)
@@ -97,25 +97,53 @@ class Plan:
 def plan(model, tokenizer, texts: list[str], cfg: StudentConfig, seed: int,
          packing: bool | None = None) -> Plan:
     """`texts` (each a sequence) as optimiser steps: student.train.epochs passes in a seeded
-    order, student.train.batch_size sequences per step, the lr schedule evaluated per step."""
+    order, student.train.batch_size sequences per step, the lr schedule evaluated per step.
+
+    With student.train.passage_steps=own and student.data.with_passage, the last text (the
+    passage, where `student.data.training_texts` puts it) trains alone in the first step of
+    every epoch, and the others in their own batches after it."""
     import torch
 
     # never train past the model's context, whatever student.data.max_length says
     context = getattr(model.config, "max_position_embeddings", None) or cfg.data.max_length
     enc = encode(tokenizer, texts, min(cfg.data.max_length, context))
     n, batch = len(enc.input_ids), max(1, cfg.train.batch_size)
-    total = cfg.train.epochs * math.ceil(n / batch)
+    own = separate_passage(n, cfg)
+    shuffled = enc.input_ids[:-1] if own else enc.input_ids
+    total = step_count(n, cfg)
     factor = schedule(cfg.train.schedule, total)
     packing = cfg.train.packing if packing is None else packing
+
+    def step(chunk):
+        return pack(chunk) if packing else collate(chunk, tokenizer.pad_token_id)
+
     order = torch.Generator().manual_seed(seed)
     steps = []
     for _ in range(cfg.train.epochs):
-        perm = torch.randperm(n, generator=order).tolist()
-        for i in range(0, n, batch):
-            chunk = [enc.input_ids[j] for j in perm[i : i + batch]]
-            steps.append(pack(chunk) if packing else collate(chunk, tokenizer.pad_token_id))
+        if own:
+            steps.append(step(enc.input_ids[-1:]))
+        perm = torch.randperm(len(shuffled), generator=order).tolist()
+        for i in range(0, len(shuffled), batch):
+            steps.append(step([shuffled[j] for j in perm[i : i + batch]]))
     return Plan(steps, [cfg.train.lr * factor(s) for s in range(total)], n,
                 sum(map(len, enc.input_ids)), enc.truncated)
+
+
+def separate_passage(n_texts: int, cfg: StudentConfig) -> bool:
+    """Whether the passage trains in steps of its own (student.train.passage_steps=own), which
+    needs it among the texts (student.data.with_passage) and something beside it."""
+    if cfg.train.passage_steps not in PASSAGE_STEPS:
+        raise ValueError(f"student.train.passage_steps must be one of {list(PASSAGE_STEPS)}, "
+                         f"got {cfg.train.passage_steps!r}")
+    return cfg.train.passage_steps == "own" and cfg.data.with_passage and n_texts > 1
+
+
+def step_count(n_texts: int, cfg: StudentConfig) -> int:
+    """The optimiser steps `plan` makes of `n_texts` sequences."""
+    batch = max(1, cfg.train.batch_size)
+    if separate_passage(n_texts, cfg):
+        return cfg.train.epochs * (1 + math.ceil((n_texts - 1) / batch))
+    return cfg.train.epochs * math.ceil(n_texts / batch)
 
 
 def schedule(name: str, total: int):

@@ -41,6 +41,11 @@ class TrainSettings:
     schedule: str = "linear"  # "linear" (decay to 0, as SEAL's Trainer) or "constant"
     # a batch's sequences in one row without padding (same loss as a padded batch, less compute)
     packing: bool = True
+    # where the passage (student.data.with_passage) trains beside a self-edit: `shared`, one
+    # more sequence among the self-edit's, in the same batches (SEAL's rule: with full-batch
+    # steps the self-edit dilutes it); `own`, in a step of its own each epoch, exactly the
+    # `passage` row's steps, with the self-edit's batches added beside them (additive)
+    passage_steps: str = "shared"
     method: str = "lora"  # lora: a fresh adapter; full: every weight, restored afterwards
     # true: LoRA self-edits are trained and answered many at once, sharing every pass over the
     # frozen base (student/batched.py); false: one adapter at a time with PEFT (the reference
@@ -60,6 +65,7 @@ class TrainSettings:
 
 
 BATCHED = ("auto", "true", "false")
+PASSAGE_STEPS = ("shared", "own")
 
 
 def batched_setting(value) -> str:

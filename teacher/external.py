@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from teacher.config import EndpointConfig, SamplingSettings
 from teacher.generate import Sample
-from teacher.prompts import Prompt, as_messages, as_text
+from teacher.prompts import Prompt, as_messages, as_text, cue
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ class EndpointGenerator:
         payload = {"model": self.model, "temperature": s.temperature, "top_p": s.top_p,
                    "max_tokens": s.max_new_tokens, "seed": seed, "n": 1}
         if self.cfg.chat:
+            if cue(prompt) is not None:  # the assistant's begun answer, continued (vLLM's keys)
+                payload |= {"continue_final_message": True, "add_generation_prompt": False}
             return "/chat/completions", {**payload, "messages": as_messages(prompt)}
         return "/completions", {**payload, "prompt": as_text(prompt)}
 

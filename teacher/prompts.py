@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+Prompt = str | list[dict]  # one user message, or a whole chat (e.g. a system message first)
+
 _PASSAGE = "Passage:\n{title}\n{context}\n\n"
 PROMPTS = {
     "implications": ("Let's read the following passage and produce a list of implications derived "
@@ -15,33 +17,59 @@ PROMPTS = {
     "rewrite": ("Let's read the following passage and rewrite it in a few different ways, each one "
                 "separated by a newline.\n\n" + _PASSAGE + "Rewritten passages:\n"),
     "self-qa": ("Let's read the following passage and rewrite it in a question-answer format.\n\n"
-                + _PASSAGE + "Question 1: "),
+                + _PASSAGE),
+    "self-qa-list": ("Let's read the following passage and rewrite it as a long list of "
+                     "question-answer pairs, one for every fact in it, each written as "
+                     "\"Question N: ...\" on one line and \"Answer: ...\" on the next.\n\n"
+                     + _PASSAGE),
 }
+# The start of the teacher's answer, written for it (the reference ends its self-qa prompt with
+# "Question 1: ", which a base model continues): for a chat model it opens the assistant's
+# turn, so the model goes on with its own list instead of answering a user who wrote it.
+CUES = {"self-qa": "Question 1: ", "self-qa-list": "Question 1: "}
 
 
-def self_edit_prompt(kind: str, title: str, context: str) -> str:
+def self_edit_prompt(kind: str, title: str, context: str) -> Prompt:
+    """The named prompt for a passage: one user message, or for a prompt with a cue (CUES) a
+    user message and the assistant's turn begun with the cue (`render` continues it)."""
     if kind not in PROMPTS:
         raise ValueError(f"unknown self-edit prompt '{kind}'; choose from {sorted(PROMPTS)}")
-    return PROMPTS[kind].format(title=title, context=context)
-
-
-Prompt = str | list[dict]  # one user message, or a whole chat (e.g. a system message first)
+    text = PROMPTS[kind].format(title=title, context=context)
+    if kind not in CUES:
+        return text
+    return [{"role": "user", "content": text}, {"role": "assistant", "content": CUES[kind]}]
 
 
 def as_messages(prompt: Prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
+def cue(prompt: Prompt) -> str | None:
+    """The assistant's begun answer that ends a chat prompt (CUES), or None."""
+    if isinstance(prompt, str) or not prompt or prompt[-1]["role"] != "assistant":
+        return None
+    return prompt[-1]["content"]
+
+
 def as_text(prompt: Prompt) -> str:
-    """A prompt for a model without a chat template: the messages' texts, a blank line apart."""
-    return prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+    """A prompt for a model without a chat template: the messages' texts, a blank line apart,
+    and a cue (the assistant's begun answer) right after them, as the model continues it."""
+    if isinstance(prompt, str):
+        return prompt
+    if cue(prompt) is not None:
+        return as_text(prompt[:-1]) + prompt[-1]["content"]
+    return "\n\n".join(m["content"] for m in prompt)
 
 
 def render(tokenizer, text: Prompt, instruct: bool) -> str:
     """The prompt as the model sees it: through the chat template for instruct models (a
-    string is one user message; a list is a whole chat, as `loop.serve` receives it)."""
+    string is one user message; a list is a whole chat, as `loop.serve` receives it; a chat
+    ending with the assistant's begun answer is continued, not answered)."""
     if not instruct:
         return as_text(text)
+    if cue(text) is not None:
+        return tokenizer.apply_chat_template(as_messages(text), tokenize=False,
+                                             continue_final_message=True)
     return tokenizer.apply_chat_template(as_messages(text), tokenize=False,
                                          add_generation_prompt=True)
 

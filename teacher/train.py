@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from teacher.config import TeacherConfig
-from teacher.prompts import Prompt, as_messages, as_text
+from teacher.prompts import Prompt, as_messages, as_text, cue
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,10 @@ def checkpointing(setting, gpu: bool) -> bool:
 
 def pair_rows(pairs: list[tuple[Prompt, str]], instruct: bool) -> list[dict]:
     """TRL's prompt/completion rows: chat messages for instruct models, plain text otherwise."""
-    if instruct:
-        return [{"prompt": as_messages(p),
-                 "completion": [{"role": "assistant", "content": c}]} for p, c in pairs]
+    if instruct:  # a cue (the assistant's begun answer) is part of what the teacher learns
+        return [{"prompt": as_messages(p)[:-1] if cue(p) is not None else as_messages(p),
+                 "completion": [{"role": "assistant", "content": (cue(p) or "") + c}]}
+                for p, c in pairs]
     return [{"prompt": as_text(p), "completion": c} for p, c in pairs]
 
 

@@ -23,7 +23,7 @@ from loop.core.errors import CONF_DIR, ConfigError
 from loop.core.reward import BASELINES, FILTERS, METRICS
 from loop.tasks import domain, formats
 from student.arc.augment import VIEW_TRANSFORMS
-from student.config import BATCHED, batched_setting
+from student.config import BATCHED, PASSAGE_STEPS, batched_setting
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ RULES: tuple[Rule, ...] = (
     ("student.train.batched", lambda v: str(v).lower() in BATCHED, "auto, true or false"),
     ("student.train.epochs", at_least(1), POSITIVE),
     ("student.train.batch_size", at_least(1), POSITIVE),
+    ("student.train.passage_steps", one_of(*PASSAGE_STEPS), " or ".join(PASSAGE_STEPS)),
     ("student.train.max_adapters", at_least(1), POSITIVE),
     ("student.train.pass_tokens", optional(at_least(1)), f"{POSITIVE}, or null (automatic)"),
     ("student.train.max_grad_norm", optional(above(0)), "above 0, or null (no clipping)"),
@@ -133,6 +134,7 @@ RULES: tuple[Rule, ...] = (
     ("reward.tau", lambda v: _number(v), "a finite number"),
     ("reward.fraction", between(0, 1, open_low=True), "a share of the round's self-edits, in (0, 1]"),
     ("reward.inner_seeds", at_least(1), POSITIVE),
+    ("reward.min_kept", at_least(0), "at least 0 (0: the threshold filter never falls back)"),
     ("reward.screen", optional(at_least(1)), f"{POSITIVE}, or null (absorb every self-edit)"),
     ("evaluate.samples", at_least(1), POSITIVE),
     ("evaluate.resamples", at_least(1), POSITIVE),

@@ -6,14 +6,18 @@ With a frozen student the baseline is fixed, so a reward depends only on the sel
 Filters choose which self-edits the teacher is trained on (the M-step of ReST-EM):
 - `best_of_k`: the best sample per context, whatever its reward (SEAL's rule);
 - `threshold`: every sample whose gain exceeds `tau` (a sample with no gain is never kept);
+  where fewer than `min_kept` pass, the round's `top_fraction` instead;
 - `top_fraction`: the best `fraction` of all samples of the round, ranked by reward.
 Ties go to the lower sample index, so a filter's choice is deterministic.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 # reward.metric -> the per-question field it averages (loop.evaluate's column names)
 METRICS = {"exact_match": "exact_match", "f1": "f1", "contains": "contains", "judge": "judge",
@@ -45,6 +49,9 @@ class RewardConfig:
     filter: str = "best_of_k"  # best_of_k (SEAL), threshold (gain > tau), top_fraction
     tau: float = 0.0  # threshold: keep gains above this (never below 0: no gain is never kept)
     fraction: float = 0.25  # top_fraction: the share of the round's self-edits kept
+    # threshold: where fewer self-edits than this pass the bar, the round keeps its best
+    # `fraction` instead (top_fraction), so an M-step is never starved; 0: never
+    min_kept: int = 0
     inner_seeds: int = 1  # each self-edit absorbed this many times with different seeds, averaged
     judge: str | None = None  # a model preset (conf/model/) for metric=judge
     # two-stage screening: rank each context's k self-edits by the proxy (context_logprob) and
@@ -122,7 +129,13 @@ def keep(samples: list[Scored], cfg: RewardConfig) -> list[Scored]:
     if cfg.filter == "best_of_k":
         return best_of_k(samples)
     if cfg.filter == "threshold":
-        return threshold(samples, cfg.tau)
+        kept = threshold(samples, cfg.tau)
+        if len(kept) < cfg.min_kept:  # too few beat the bar: the round's best share instead
+            log.info("reward.filter=threshold kept %d of %d self-edits, fewer than "
+                     "reward.min_kept=%d: keeping the best %g of them instead (top_fraction)",
+                     len(kept), len(samples), cfg.min_kept, cfg.fraction)
+            return top_fraction(samples, cfg.fraction)
+        return kept
     if cfg.filter == "top_fraction":
         return top_fraction(samples, cfg.fraction)
     raise ValueError(f"unknown reward.filter '{cfg.filter}'; choose from {list(FILTERS)}")

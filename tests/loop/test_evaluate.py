@@ -329,3 +329,43 @@ def test_resume_reads_back_what_was_recorded_and_computes_the_rest(tiny_llama, t
     assert sorted(keys) == sorted({*keys}) and len(keys) == 9  # each exactly once
     assert (out / "self_edits.jsonl").read_text() == "".join(edits)  # redrawn identically
     assert not (tmp_path / "ignored").exists()
+
+
+@pytest.mark.parametrize("overrides", [["student.train.passage_steps=own"],
+                                       ["student.train.batch_size=1"]])
+def test_passage_matched_trains_the_passage_as_long_as_the_self_edits(tiny_llama, tiny_qwen2,
+                                                                      tmp_path, overrides):
+    """`passage_matched`: the passage row's text and seed, trained for the mean steps of the
+    self-edit row on that passage (by hand from the recorded self-edits: `own` adds one
+    full-batch step per epoch to the passage's; batch 1 one step per unit), so its first
+    step's loss is the passage row's and its steps are recorded."""
+    from student.data import self_edit_units
+
+    run = compose_run(f"student.path={tiny_llama}", f"teacher.path={tiny_qwen2}",
+                      f"task.data={write_passages(tmp_path)}", "task.split=all",
+                      "tracking.enabled=false", "student.train.epochs=2",
+                      "student.eval.max_new_tokens=4", "teacher.sampling.max_new_tokens=12",
+                      "evaluate.samples=2", "evaluate.resamples=200",
+                      "evaluate.conditions=[passage,passage_matched,teacher_base]", *overrides)
+    out = tmp_path / "run"
+    results = evaluate(run, out)
+    assert {"vs_passage"} <= set(results["summary"]["passage_matched"]["f1"])
+    edits = {}
+    for e in read_lines(out / "self_edits.jsonl"):
+        edits.setdefault(e["context"], []).append(e["text"])
+    rows = {(x["context"], x["condition"]): x["questions"]
+            for x in read_lines(out / "scores.jsonl")}
+    for ctx, texts in edits.items():
+        units = [len(self_edit_units(t)) for t in texts]
+        if overrides[0].endswith("own"):
+            steps = [2 * (2 if n else 1) for n in units]
+        else:
+            steps = [2 * (n + 1) for n in units]
+        matched = rows[(ctx, "passage_matched")]
+        assert {q["steps"] for q in matched} == {max(1, round(sum(steps) / len(steps)))}
+        assert matched[0]["seed"] == rows[(ctx, "passage")][0]["seed"]
+        assert matched[0]["train_loss_first"] == pytest.approx(
+            rows[(ctx, "passage")][0]["train_loss_first"], abs=1e-6)
+    with pytest.raises(ConfigError, match="passage_matched trains the passage"):
+        evaluate(dataclasses.replace(run, evaluate=dataclasses.replace(
+            run.evaluate, conditions=["passage", "passage_matched"])), tmp_path / "other")

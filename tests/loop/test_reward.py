@@ -32,6 +32,22 @@ def test_threshold_never_keeps_a_sample_without_gain():
     assert key(threshold(SAMPLES, tau=-1.0)) == [("a", 0), ("a", 1), ("a", 2)]  # still > 0
 
 
+def test_threshold_falls_back_to_the_rounds_best_share_when_too_few_pass():
+    """reward.min_kept: with tau 0.25 only a's samples 1 and 2 pass (2); asking for at least 3
+    keeps the round's best half instead (a 0, 1, 2 by reward), asking for 2 keeps the two."""
+    from loop.core.reward import RewardConfig, keep
+
+    assert key(keep(SAMPLES, RewardConfig(filter="threshold", tau=0.25, min_kept=2))) == [
+        ("a", 1), ("a", 2)]
+    assert key(keep(SAMPLES, RewardConfig(filter="threshold", tau=0.25, min_kept=3,
+                                          fraction=0.5))) == [("a", 0), ("a", 1), ("a", 2)]
+    # nothing beats a bar of 1.0: the best sixth of six is one self-edit, a's sample 1 (tie
+    # with 2 goes to the lower index)
+    assert key(keep(SAMPLES, RewardConfig(filter="threshold", tau=1.0, min_kept=1,
+                                          fraction=1 / 6))) == [("a", 1)]
+    assert keep(SAMPLES, RewardConfig(filter="threshold", tau=1.0)) == []  # min_kept 0
+
+
 def test_top_fraction_ranks_the_whole_round():
     assert key(top_fraction(SAMPLES, 0.5)) == [("a", 0), ("a", 1), ("a", 2)]
     assert key(top_fraction(SAMPLES, 0.2)) == [("a", 1), ("a", 2)]  # ceil(1.2) = 2

@@ -132,3 +132,35 @@ def test_full_finetuning_learns_and_puts_the_base_back(tiny_llama):
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     with pytest.raises(ValueError, match="unknown student.train.method 'qlora'"):
         absorbing(model, dataclasses.replace(cfg, train=TrainSettings(method="qlora")), 0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_passage_steps_own_keeps_the_passages_steps_and_adds_the_self_edits(tiny_llama,
+                                                                           batch_size):
+    """student.train.passage_steps=own: the passage (the last text) trains alone in the first
+    step of every epoch, exactly the steps the passage alone gets, and the self-edit's units
+    train in steps added after it; `shared` (SEAL's rule) mixes it into their batches, so with
+    full-batch steps it is one sequence of four in every step."""
+    from student.absorb import plan, step_count
+
+    passage = "Crimean War\nThe war was fought from 1853 to 1856 by Russia and an alliance."
+    texts = [*TEXTS, passage]
+    model, tok = load_student(cfg_for(tiny_llama))
+    ids = tok(passage)["input_ids"] + [tok.eos_token_id]
+    for mode in ("shared", "own"):
+        cfg = cfg_for(tiny_llama, batch_size=batch_size, passage_steps=mode)
+        p = plan(model, tok, texts, cfg, seed=3)
+        assert len(p.steps) == len(p.lrs) == step_count(len(texts), cfg)
+        alone = plan(model, tok, [passage], cfg, seed=3)  # the `passage` row: unchanged
+        assert len(alone.steps) == cfg.train.epochs
+        assert all(s["input_ids"][0].tolist() == ids for s in alone.steps)
+        passage_only = [s for s in p.steps if s["input_ids"][0].tolist() == ids]
+        if mode == "own":
+            per_epoch = 1 + -(-3 // batch_size)
+            assert len(p.steps) == cfg.train.epochs * per_epoch
+            assert [i for i, s in enumerate(p.steps) if s["input_ids"][0].tolist() == ids] == [
+                e * per_epoch for e in range(cfg.train.epochs)]
+        elif batch_size == 64:  # one step per epoch, the passage one sequence of four in it
+            assert len(p.steps) == cfg.train.epochs and not passage_only
+    with pytest.raises(ValueError, match="passage_steps"):
+        plan(model, tok, texts, cfg_for(tiny_llama, passage_steps="mixed"), seed=0)

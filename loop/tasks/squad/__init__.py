@@ -3,8 +3,9 @@ absorbs through a fresh LoRA; the score is the student's answers to the question
 
     loop/tasks/squad/data.py    Passage, Question, load_squad (the file format)
     loop/tasks/squad/absorb.py  absorbing self-edits and scoring the questions; the baselines
-    loop/tasks/squad/rows.py    loop.evaluate's rows (base, passage, teacher_base, teacher,
-                                external) in the single, together and sequential settings
+    loop/tasks/squad/rows.py    loop.evaluate's rows (base, passage, passage_matched,
+                                teacher_base, teacher, external) in the single, together and
+                                sequential settings
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def load(task: TaskConfig, held_out: bool = False) -> list[Passage]:
 
 class Squad(Domain):
     name = "squad"
-    conditions = ("base", "passage", "teacher_base", "teacher", "external")
+    conditions = ("base", "passage", "passage_matched", "teacher_base", "teacher", "external")
     logs_teacher_model = True  # its teacher writes self-edits: a model others can sample
     unread_settings = ("student.arc.",)  # ARC's student settings
     metrics_note = ("EM, F1 and contains are percents of questions, logprob is nats per "
@@ -45,6 +46,16 @@ class Squad(Domain):
         if run.teacher.sampling.prompt not in PROMPTS:
             raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
                               f"{run.teacher.sampling.prompt!r}")
+        if "passage_matched" in run.evaluate.conditions:
+            from loop.tasks.squad.rows import matched_row
+
+            if matched_row(run.evaluate.conditions) is None:
+                raise ConfigError("evaluate.conditions: passage_matched trains the passage for as "
+                                  "many steps as a self-edit row's; add teacher, teacher_base "
+                                  "or external")
+            if run.task.absorb != "single":
+                raise ConfigError("evaluate.conditions: passage_matched is a row of "
+                                  f"task.absorb=single, not {run.task.absorb}")
 
     def prompt_note(self, run: RunConfig) -> str:
         return f" (prompt `{run.teacher.sampling.prompt}`)"

@@ -41,7 +41,10 @@ def score_condition(condition: str, passage, model, tokenizer, run: RunConfig,
 def score_condition_many(condition: str, passages, model, tokenizer, run: RunConfig,
                          self_edits: dict[str, list[str]]) -> list[list[dict]]:
     """`score_condition` (not `base`) for many passages: all their adapters are absorbed and
-    scored together, student.train.max_adapters per pass when student.train.batched."""
+    scored together, student.train.max_adapters per pass when student.train.batched.
+    `passage_matched` gets the self-edits of the row it is matched to (`matched_row`)."""
+    if condition == "passage_matched":
+        return score_matched(passages, model, tokenizer, run, self_edits)
     jobs, owner = [], []
     for n, passage in enumerate(passages):
         if condition == "passage":
@@ -54,15 +57,60 @@ def score_condition_many(condition: str, passages, model, tokenizer, run: RunCon
         for i, (seed, texts) in enumerate(mine):
             jobs.append((passage, texts, seed))
             owner.append((n, i))
+    return absorbed(jobs, owner, len(passages), model, tokenizer, run)
+
+
+def absorbed(jobs, owner, n_passages: int, model, tokenizer, run: RunConfig,
+             extra: dict | None = None) -> list[list[dict]]:
+    """The jobs absorbed and scored; each passage's question rows (with the sample, seed and
+    first and last training losses, and `extra`'s fields)."""
     # judged later, with the other conditions
     # through the module: tests spy on the batches it forms
     results = absorb.absorb_and_score_many(model, tokenizer, jobs, run, judge_model=None,
                                            generate=True)
-    out: list[list[dict]] = [[] for _ in passages]
+    out: list[list[dict]] = [[] for _ in range(n_passages)]
     for (n, i), (_, _, seed), (scores, losses) in zip(owner, jobs, results, strict=True):
         first, last = losses or (None, None)
         out[n] += [{**s, "sample": i, "seed": seed, "train_loss_first": first,
-                    "train_loss_last": last} for s in scores]
+                    "train_loss_last": last, **(extra or {})} for s in scores]
+    return out
+
+
+def matched_row(conditions) -> str | None:
+    """The self-edit row `passage_matched` matches its training steps to: `teacher`, else
+    `teacher_base`, else `external` (None: none is asked for)."""
+    return next((c for c in ("teacher", "teacher_base", "external") if c in conditions), None)
+
+
+def matched_steps(passage, run: RunConfig, self_edits: list[str]) -> int:
+    """The optimiser steps the matched row's self-edits train for on this passage (their mean,
+    rounded; `student.absorb.step_count`): the steps `passage_matched` gives the passage alone."""
+    from student.absorb import step_count
+
+    counts = [step_count(len(condition_texts("teacher", passage, run, text)), run.student)
+              for text in self_edits or [""]]
+    return max(1, round(sum(counts) / len(counts)))
+
+
+def score_matched(passages, model, tokenizer, run: RunConfig,
+                  self_edits: dict[str, list[str]]) -> list[list[dict]]:
+    """The `passage_matched` row: the passage alone (the `passage` row's text and seed), trained
+    for as many optimiser steps as the matched row's self-edits on that passage, so that a
+    self-edit row's gain over it is the self-edit's content, not its extra training. The
+    passage alone is one sequence, one step per epoch: the steps are student.train.epochs."""
+    by_steps: dict[int, list[int]] = {}
+    for n, passage in enumerate(passages):
+        by_steps.setdefault(matched_steps(passage, run, self_edits.get(passage.id)), []).append(n)
+    out: list[list[dict]] = [[] for _ in passages]
+    for steps, members in by_steps.items():
+        longer = dataclasses.replace(run, student=dataclasses.replace(
+            run.student, train=dataclasses.replace(run.student.train, epochs=steps)))
+        jobs = [(passages[n], passage_texts(passages[n], run),
+                 derive_seed(run.seed, "absorb", "passage", passages[n].id)) for n in members]
+        rows = absorbed(jobs, [(k, 0) for k in range(len(members))], len(members), model,
+                        tokenizer, longer, {"steps": steps})
+        for n, scores in zip(members, rows, strict=True):
+            out[n] = scores
     return out
 
 
@@ -70,7 +118,7 @@ def condition_texts(condition: str, passage, run: RunConfig, self_edit: str | No
     """What a condition trains on for one passage: the passage alone, or a self-edit by SEAL's rule."""
     from student.data import training_texts
 
-    if condition == "passage":
+    if condition in ("passage", "passage_matched"):
         return passage_texts(passage, run)
     return training_texts(self_edit or "", passage.title, passage.context, run.student.data)
 
@@ -235,7 +283,9 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
             seconds[cond] += time.perf_counter() - t0
         if run.task.absorb == "single":  # many passages' adapters per batched pass
             for cond in [c for c in run.evaluate.conditions if c != "base"]:
-                per = 1 if cond == "passage" else max(1, run.evaluate.samples)
+                per = 1 if cond in ("passage", "passage_matched") else max(1, run.evaluate.samples)
+                edits = self_edits.get(matched_row(run.evaluate.conditions)
+                                       if cond == "passage_matched" else cond, {})
                 # a batch recorded in part is computed whole: every passage keeps its companions
                 recorded = {p.id for p in passages if (p.id, cond) in done}
                 groups = batches_to_run([p.id for p in passages],
@@ -243,8 +293,7 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
                 for ids in tqdm(groups, desc=cond, unit="batch", disable=not groups):
                     group = [by_id[pid] for pid in ids]
                     t0 = time.perf_counter()
-                    results = score_condition_many(cond, group, model, tokenizer, run,
-                                                   self_edits.get(cond, {}))
+                    results = score_condition_many(cond, group, model, tokenizer, run, edits)
                     share = (time.perf_counter() - t0) / len(group)
                     for passage, scores in zip(group, results, strict=True):
                         if passage.id in recorded:
