@@ -3,6 +3,7 @@
     python -m loop.compare outputs/dev_a:passage outputs/dev_a:teacher_base=implications-long \
         outputs/dev_b:teacher_base=rewrite
     python -m loop.compare --rewards outputs/dev_a:teacher_base   # would two rewards agree?
+    python -m loop.compare --noise outputs/dev_a:teacher_base outputs/dev_a_seed1:teacher_base
 
 Each argument is `<evaluation folder>:<condition>[=<label>]`. The rows are read back from the
 folders' `scores.jsonl` (nothing is recomputed, nothing is written) and printed as
@@ -223,6 +224,77 @@ def rewards_report(specs: list[str]) -> str:
             f"{k} {v:.0%} of {int(a['both_ordered'][k])}" for k, v in a["alike"].items())])
 
 
+def noise(first: dict, second: dict, baseline: dict[str, dict[str, float]] | None
+          ) -> dict[str, dict[str, float | None]]:
+    """The same self-edits absorbed under two seeds (`sample_means` of each; `baseline`: per
+    passage, the means subtracted from both, e.g. the `passage` row): per metric, the Spearman
+    correlation of the self-edits' gains, the share whose gain has the same sign (> 0 or not:
+    what `reward.filter=threshold` at 0 keeps), and of a passage's pairs that both seeds
+    order, the share ordered alike (what best-of-k picks). Self-edits of both are paired by
+    passage and sample."""
+    from loop.core.stats import spearman
+
+    keys = [(c, i) for c in first if c in second and (baseline is None or c in baseline)
+            for i in range(min(len(first[c]), len(second[c])))]
+    if len(keys) < 3:
+        raise ConfigError(f"--noise pairs the two rows' self-edits by passage and sample; "
+                          f"{len(keys)} are in both (at least 3 needed)")
+    out: dict[str, dict[str, float | None]] = {"n": {"all": float(len(keys))}}
+    for m in REWARD_METRICS:
+        def gain(row, c, i, m=m):
+            return row[c][i][m] - (baseline[c][m] if baseline is not None else 0.0)
+
+        a = [gain(first, c, i) for c, i in keys]
+        b = [gain(second, c, i) for c, i in keys]
+        pairs = [((c, i), (c, j)) for c in {k[0] for k in keys}
+                 for i in range(len(first[c])) for j in range(i + 1, len(first[c]))
+                 if (c, j) in keys and (c, i) in keys]
+        ordered = [(x, y) for x, y in pairs
+                   if gain(first, *x) != gain(first, *y) and gain(second, *x) != gain(second, *y)]
+        alike = sum((gain(first, *x) > gain(first, *y)) == (gain(second, *x) > gain(second, *y))
+                    for x, y in ordered)
+        out[m] = {"spearman": spearman(a, b),
+                  "same_sign": sum((x > 0) == (y > 0) for x, y in zip(a, b, strict=True)) / len(a),
+                  "positive": sum(x > 0 for x in a) / len(a),
+                  "pairs_alike": alike / len(ordered) if ordered else None,
+                  "pairs": float(len(ordered))}
+    return out
+
+
+def noise_report(specs: list[str]) -> str:
+    """`--noise`: two rows of the same self-edits absorbed under two seeds
+    (evaluate.absorb_seed), their gains over the first folder's `passage` row where it has one."""
+    if len(specs) != 2:
+        raise ConfigError("--noise compares two rows: the same self-edits under two absorb seeds")
+    (fa, ca, _), (fb, cb, _) = (parse_row(s) for s in specs)
+    texts = []
+    for folder, cond in ((fa, ca), (fb, cb)):
+        texts.append({(r["context"], r["sample"]): r["text"]
+                      for r in read_jsonl(folder / "self_edits.jsonl", repair=False)
+                      if r["condition"] == cond})
+    shared = texts[0].keys() & texts[1].keys()
+    if any(texts[0][k] != texts[1][k] for k in shared):
+        raise ConfigError(f"{fa}:{ca} and {fb}:{cb} hold different self-edits: --noise needs the "
+                          "same ones absorbed twice (copy self_edits.jsonl, change "
+                          "evaluate.absorb_seed)")
+    try:
+        base = {r["context"]: {m: v for m, v in passage_means(r["questions"]).items()
+                               if m in REWARD_METRICS} for r in read_records(fa, "passage")}
+    except ConfigError:  # no passage row: the scores themselves
+        base = None
+    n = noise(sample_means(fa, ca), sample_means(fb, cb), base)
+    what = "gain over the passage row" if base is not None else "score"
+    lines = [f"{int(n['n']['all'])} self-edits absorbed under both seeds; per self-edit, its {what}"]
+    for m in REWARD_METRICS:
+        e = n[m]
+        rho = "-" if e["spearman"] is None else f"{e['spearman']:.2f}"
+        alike = "-" if e["pairs_alike"] is None else f"{e['pairs_alike']:.0%}"
+        lines.append(f"{m}: Spearman {rho}; same sign under both seeds {e['same_sign']:.0%} "
+                     f"(above 0 under the first: {e['positive']:.0%}); a passage's pairs ordered "
+                     f"alike {alike} of {int(e['pairs'])}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loop.compare",
                                      description=__doc__.split("\n")[0])
@@ -235,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rewards", action="store_true",
                         help="instead: would the metrics, as rewards, pick the same of a passage's "
                              "self-edits? (ties, and pairs ordered alike, over the rows' samples)")
+    parser.add_argument("--noise", action="store_true",
+                        help="instead: two rows of the same self-edits absorbed under two seeds "
+                             "(evaluate.absorb_seed): how much do their rewards agree?")
     args = parser.parse_args(argv)
     try:
+        if args.noise:
+            print(noise_report(args.rows))
+            return 0
         if args.rewards:
             print(rewards_report(args.rows))
             return 0

@@ -36,6 +36,9 @@ class EvaluateConfig:
     # adapter into the weights before the next (the paper's forgetting experiment)
     forgetting: str = "grow"
     resamples: int = 10_000  # bootstrap resamples for the 95% intervals
+    # the adapters' seeds (SQuAD): 0 as always; another value absorbs the same self-edits (and
+    # the passage) with other seeds, to measure a reward's noise (`loop.compare --noise`)
+    absorb_seed: int = 0
     judge: str | None = None  # a model preset (conf/model/) that also grades, SEAL's yes/no prompt
     # the `external` row: self-edits from an OpenAI-compatible endpoint (a hosted model, vLLM)
     external: EndpointConfig = field(default_factory=EndpointConfig)

@@ -178,3 +178,40 @@ def test_arc_rows_pair_by_task_and_shared_reads_an_evaluation_still_running(tmp_
     assert main([f"{d}:teacher_base", f"{d}:teacher"]) == 0
     out = capsys.readouterr().out
     assert "2 task families resampled" in out and "d:teacher minus d:teacher_base" in out
+
+
+def test_noise_compares_the_same_self_edits_under_two_absorb_seeds(tmp_path, capsys):
+    """--noise: gains over the first folder's passage row, by hand. p0 passage logprob -3; seed
+    0 gains +1, -1 (samples 0, 1), seed 1 +0.5, +0.5 (tied: the pair is not ordered by both);
+    p1 passage -2; seed 0 gains +1, +2, seed 1 -1, +1 (ordered alike)."""
+    from loop.compare import noise_report
+
+    def edits(folder):
+        with open(folder / "self_edits.jsonl", "w") as f:
+            for c in ("p0", "p1"):
+                for i in (0, 1):
+                    f.write(json.dumps({"condition": "teacher_base", "context": c, "sample": i,
+                                        "text": f"{c}{i}"}) + "\n")
+
+    a = write(tmp_path / "a", [("p0", "passage", [q(-3.0, 0.0)]), ("p1", "passage", [q(-2.0, 0.0)]),
+                               ("p0", "teacher_base", [q(-2.0, 0.0, sample=0), q(-4.0, 0.0, sample=1)]),
+                               ("p1", "teacher_base", [q(-1.0, 0.0, sample=0), q(0.0, 0.0, sample=1)])])
+    b = write(tmp_path / "b", [("p0", "teacher_base", [q(-2.5, 0.0, sample=0), q(-2.5, 0.0, sample=1)]),
+                               ("p1", "teacher_base", [q(-3.0, 0.0, sample=0), q(-1.0, 0.0, sample=1)])])
+    edits(a), edits(b)
+    report = noise_report([f"{a}:teacher_base", f"{b}:teacher_base"])
+    # logprob gains: seed 0 [1, -1, 1, 2], seed 1 [0.5, 0.5, -1, 1]; same sign: 1, 0, 0, 1
+    assert "4 self-edits absorbed under both seeds; per self-edit, its gain over the passage" in report
+    assert "logprob: Spearman" in report and "same sign under both seeds 50%" in report
+    assert "above 0 under the first: 75%" in report and "ordered alike 100% of 1" in report
+    from loop.compare import noise, sample_means
+    n = noise(sample_means(a, "teacher_base"), sample_means(b, "teacher_base"),
+              {"p0": {"logprob": -3.0, "f1": 0.0, "contains": 0.0},
+               "p1": {"logprob": -2.0, "f1": 0.0, "contains": 0.0}})
+    # ranks of [1, -1, 1, 2] -> [2.5, 1, 2.5, 4]; of [0.5, 0.5, -1, 1] -> [2.5, 2.5, 1, 4]:
+    # centred [0, -1.5, 0, 1.5] and [0, 0, -1.5, 1.5], covariance 2.25 over variance 4.5
+    assert n["logprob"]["spearman"] == pytest.approx(0.5)
+    (b / "self_edits.jsonl").write_text(json.dumps({"condition": "teacher_base", "context": "p0",
+                                                    "sample": 0, "text": "other"}) + "\n")
+    assert main(["--noise", f"{a}:teacher_base", f"{b}:teacher_base"]) == 2
+    assert "hold different self-edits" in capsys.readouterr().err

@@ -369,3 +369,17 @@ def test_passage_matched_trains_the_passage_as_long_as_the_self_edits(tiny_llama
     with pytest.raises(ConfigError, match="passage_matched trains the passage"):
         evaluate(dataclasses.replace(run, evaluate=dataclasses.replace(
             run.evaluate, conditions=["passage", "passage_matched"])), tmp_path / "other")
+
+
+def test_absorb_seed_redraws_the_adapters_and_nothing_else():
+    """evaluate.absorb_seed: 0 keeps every recorded seed (folders resume and pair as before);
+    another value gives the adapters other seeds, for the same self-edits (--noise)."""
+    from loop.core.seeds import derive_seed
+    from loop.tasks.squad.rows import absorb_seed
+
+    run = compose_run("tracking.enabled=false")
+    assert absorb_seed(run, "teacher", "p/0", 1) == derive_seed(run.seed, "absorb", "teacher",
+                                                                "p/0", 1)
+    other = dataclasses.replace(run, evaluate=dataclasses.replace(run.evaluate, absorb_seed=1))
+    assert absorb_seed(other, "teacher", "p/0", 1) != absorb_seed(run, "teacher", "p/0", 1)
+    assert absorb_seed(other, "passage", "p/0") != absorb_seed(run, "passage", "p/0")

@@ -48,16 +48,23 @@ def score_condition_many(condition: str, passages, model, tokenizer, run: RunCon
     jobs, owner = [], []
     for n, passage in enumerate(passages):
         if condition == "passage":
-            mine = [(derive_seed(run.seed, "absorb", condition, passage.id),
+            mine = [(absorb_seed(run, "passage", passage.id),
                      condition_texts(condition, passage, run, None))]
         else:  # the same absorb seeds for both teacher conditions: paired down to the sample
-            mine = [(derive_seed(run.seed, "absorb", "teacher", passage.id, i),
+            mine = [(absorb_seed(run, "teacher", passage.id, i),
                      condition_texts(condition, passage, run, text))
                     for i, text in enumerate(self_edits.get(passage.id) or [])]
         for i, (seed, texts) in enumerate(mine):
             jobs.append((passage, texts, seed))
             owner.append((n, i))
     return absorbed(jobs, owner, len(passages), model, tokenizer, run)
+
+
+def absorb_seed(run: RunConfig, *where) -> int:
+    """An adapter's seed: the run's seed, the row kind and the passage (and sample); with
+    evaluate.absorb_seed set, another draw of the same absorbing (the reward's noise)."""
+    extra = ("absorb_seed", run.evaluate.absorb_seed) if run.evaluate.absorb_seed else ()
+    return derive_seed(run.seed, "absorb", *where, *extra)
 
 
 def absorbed(jobs, owner, n_passages: int, model, tokenizer, run: RunConfig,
@@ -106,7 +113,7 @@ def score_matched(passages, model, tokenizer, run: RunConfig,
         longer = dataclasses.replace(run, student=dataclasses.replace(
             run.student, train=dataclasses.replace(run.student.train, epochs=steps)))
         jobs = [(passages[n], passage_texts(passages[n], run),
-                 derive_seed(run.seed, "absorb", "passage", passages[n].id)) for n in members]
+                 absorb_seed(run, "passage", passages[n].id)) for n in members]
         rows = absorbed(jobs, [(k, 0) for k in range(len(members))], len(members), model,
                         tokenizer, longer, {"steps": steps})
         for n, scores in zip(members, rows, strict=True):
