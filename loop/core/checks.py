@@ -138,6 +138,7 @@ RULES: tuple[Rule, ...] = (
     ("reward.screen", optional(at_least(1)), f"{POSITIVE}, or null (absorb every self-edit)"),
     ("evaluate.samples", at_least(1), POSITIVE),
     ("evaluate.resamples", at_least(1), POSITIVE),
+    ("evaluate.absorb_seed", at_least(0), "at least 0 (0: the adapters' usual seeds)"),
     ("evaluate.external.concurrency", at_least(1), POSITIVE),
     ("evaluate.external.timeout", above(0), "seconds, above 0"),
     ("evaluate.external.retries", at_least(0), "at least 0"),

@@ -49,6 +49,8 @@ def test_recipes_match_the_presets():
 
 def test_prepare_is_a_no_op_when_the_cache_is_complete(monkeypatch):
     for name, model in assets.BUNDLED.items():
+        if not model.on_setup and not assets.is_prepared(name):
+            continue  # prepared on demand (python -m loop.assets qwen1.5b), not by make setup
         weights = bundled_dir(name) / "model.safetensors"
         before = weights.stat().st_mtime_ns
 
@@ -90,6 +92,9 @@ def test_check_available_explains_what_to_do(monkeypatch, tmp_path):
     missing = str(assets.bundled_model_dir("smollm135m"))
     with pytest.raises(assets.AssetError, match=r"not prepared yet.*make setup"):
         assets.check_available("student", "smollm135m", "HuggingFaceTB/x", missing)
+    on_demand = str(assets.bundled_model_dir("qwen1.5b"))
+    with pytest.raises(assets.AssetError, match=r"python -m loop.assets qwen1.5b"):
+        assets.check_available("teacher", "qwen1.5b", "Qwen/x", on_demand)
     with pytest.raises(assets.AssetError, match=r"teacher.path=/no/such is not a model folder"):
         assets.check_available("teacher", "llama1b", "meta-llama/x", "/no/such")
 
@@ -103,3 +108,12 @@ def test_a_hub_preset_offline_fails_at_launch_with_advice(tmp_path):
     assert "teacher=qwen7b needs Qwen/Qwen2.5-7B" in out.stderr
     assert "hf download Qwen/Qwen2.5-7B" in out.stderr and "teacher.path=" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_make_setup_prepares_the_small_models_and_leaves_the_larger_teacher_on_demand(monkeypatch):
+    from loop import assets as cli
+
+    asked = []
+    monkeypatch.setattr(cli, "prepare", lambda model: asked.append(model.name))
+    assert cli.main([]) == 0 and asked == ["smollm135m", "qwen0.5b"]
+    assert cli.main(["qwen1.5b"]) == 0 and asked[-1] == "qwen1.5b"

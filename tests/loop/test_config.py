@@ -23,6 +23,7 @@ HUB_IDS = {
     "qwen3b": "Qwen/Qwen2.5-3B",
     "llama1b": "meta-llama/Llama-3.2-1B-Instruct",
     "qwen0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    "qwen1.5b": "Qwen/Qwen2.5-Coder-1.5B-Instruct",
     "smollm135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 
@@ -103,7 +104,7 @@ def test_typos_fail_at_launch_with_hydras_message(args, message):
 def test_help_lists_presets_and_imports_nothing_heavy():
     out = cli("--help")
     assert out.returncode == 0
-    assert "teacher: llama1b, qwen0.5b, qwen3b, qwen7b, qwen7b-instruct, smollm135m" in out.stdout
+    assert "teacher: llama1b, qwen0.5b, qwen1.5b, qwen3b, qwen7b, qwen7b-instruct, smollm135m" in out.stdout
     probe = ("import sys, loop.run; "
              "print([m for m in ('torch', 'transformers', 'peft', 'trl', 'mlflow') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True,
