@@ -19,7 +19,11 @@ ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 @dataclass
 class SamplingSettings:
-    prompt: str = "implications"  # implications(-long, -very-long), rewrite, self-qa (SEAL's)
+    # SQuAD: implications(-long, -very-long), rewrite, self-qa (SEAL's), self-qa-list
+    prompt: str = "implications"
+    # task=arc: `seal` (the reference's instruction, verbatim) or `limits` (the same, then the
+    # limits student.arc enforces, written from those settings and the task's own demonstrations)
+    arc_prompt: str = "seal"
     temperature: float = 1.0  # 0: greedy (every sample of a context is the same)
     top_p: float = 0.95
     max_new_tokens: int = 1024  # a self-edit is cut here; longer means slower inner loops too

@@ -118,13 +118,19 @@ ARC_SYSTEM = ("You are a helpful assistant that provide the correct output for t
               "immediately.")  # the reference's system message, verbatim
 
 
-def arc_prompt(demos: list[tuple[list[list[int]], list[list[int]]]]) -> list[dict]:
+ARC_PROMPTS = ("seal", "limits")
+
+
+def arc_prompt(demos: list[tuple[list[list[int]], list[list[int]]]],
+               limits: str | None = None) -> list[dict]:
     """SEAL's ARC self-edit prompt, a chat: the reference's system message, then the task's
     demonstrations (rows of space-separated digits under Input: / Output:) and the instruction
-    to answer with a JSON training configuration. The test input is not shown."""
+    to answer with a JSON training configuration. The test input is not shown. `limits`: a
+    section appended to the instruction (teacher.sampling.arc_prompt=limits)."""
     def grid(g):
         return "".join(" ".join(str(v) for v in row) + "\n" for row in g)
 
     shown = "".join(f"Input:\n{grid(i)}\nOutput:\n{grid(o)}\n" for i, o in demos)
     return [{"role": "system", "content": ARC_SYSTEM},
-            {"role": "user", "content": shown + "------\n\n" + ARC_INSTRUCTION}]
+            {"role": "user", "content": shown + "------\n\n" + ARC_INSTRUCTION
+             + (f"\n\n{limits}" if limits else "")}]

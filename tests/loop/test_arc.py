@@ -554,6 +554,60 @@ def test_the_teacher_samples_as_the_reference_does_top_p_1_and_its_system_messag
     assert pair_rows([(chat, "{}")], instruct=False)[0]["prompt"] == render(tok, chat, False)
 
 
+def test_the_limits_prompt_states_what_the_student_enforces_and_following_it_trains(tiny_llama):
+    """teacher.sampling.arc_prompt=limits: SEAL's prompt, then the limits written from
+    student.arc (they move with the settings). Taking a family at the epochs the prompt allows
+    is never over the budget, and one epoch more is (up to max_epochs); SEAL's prompt is
+    unchanged and is the default."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from loop.tasks.arc.data import ArcTask, Example
+    from loop.tasks.arc.solve import pairs, prompt
+    from student.arc.ttt import prepare
+    from teacher.prompts import ARC_INSTRUCTION
+    from tests.conftest import compose_run
+
+    demos = [([[1, 0, 0, 2]], [[0, 0, 1, 2]]), ([[3, 0, 0, 0]], [[0, 0, 3, 0]]),
+             ([[0, 4, 0, 0]], [[0, 0, 0, 4]])]
+    task = ArcTask("t", [Example(i, o) for i, o in demos], [])
+    seal = compose_run("task=arc1d")
+    assert seal.teacher.sampling.arc_prompt == "seal"
+    assert prompt(task, seal)[1]["content"].endswith(ARC_INSTRUCTION)
+    run = compose_run("task=arc1d", "teacher.sampling.arc_prompt=limits",
+                      "student.arc.max_steps=24", "student.arc.lr_range=[1e-5,1e-3]",
+                      "student.arc.max_epochs=6", "student.arc.batch_size=2")
+    text = prompt(task, run)[1]["content"]
+    assert text.startswith(prompt(task, seal)[1]["content"] + "\n\n### Limits")
+    assert "a number from 1e-05 to 0.001" in text and "a whole number from 1 to 6" in text
+    assert "at most 24 optimiser steps in all, 2 training tasks per step" in text
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    found = re.findall(r"- (\w+|no augmentation|all four)(?: only)?: about (\d+) training tasks, "
+                       r"(\d+) steps per epoch: (at most (\d+) epochs?|over the budget)", text)
+    assert len(found) == 6
+    flags = {"no augmentation": {}, "all four": {k: True for k in GOOD["data_generation"]}}
+    for label, n, per_epoch, _, most in found:
+        gen = {k: False for k in GOOD["data_generation"]}
+        gen.update(flags.get(label, {label: True}))
+        assert int(per_epoch) == math.ceil(int(n) / 2)
+        if not most:
+            continue
+        for epochs, over in ((int(most), False), (int(most) + 1, True)):
+            if epochs > 6:
+                continue
+            edit = json.dumps({"data_generation": gen, "training": {
+                "strategy": "train_using_output_tokens", "learning_rate": 1e-4,
+                "num_train_epochs": epochs}})
+            failed, _, _ = prepare(tok, pairs(task.train), edit, run.student.arc, False, seed=0)
+            assert (failed is not None and failed.failure.startswith("over budget")) == over, (
+                label, epochs)
+    with pytest.raises(ConfigError, match="teacher.sampling.arc_prompt must be one of"):
+        from loop.core.checks import check_settings
+
+        check_settings(compose_run("task=arc1d", "teacher.sampling.arc_prompt=told"))
+
+
 def test_student_lora_with_task_arc_fails_at_launch_naming_the_key_to_use(tmp_path):
     """ARC's test-time training adapter is student.arc.lora: student.lora.* would be ignored."""
     import subprocess

@@ -56,6 +56,13 @@ class Arc(Domain):
     def load(self, task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
         return load(task, held_out)
 
+    def check_settings(self, run: RunConfig) -> None:
+        from teacher.prompts import ARC_PROMPTS
+
+        if run.teacher.sampling.arc_prompt not in ARC_PROMPTS:
+            raise ConfigError(f"teacher.sampling.arc_prompt must be one of {list(ARC_PROMPTS)}, "
+                              f"got {run.teacher.sampling.arc_prompt!r}")
+
     def check(self, run: RunConfig) -> None:
         metric, baseline = run.reward.metric, run.reward.baseline
         if not (metric == "success" and baseline in ("none", "student")
@@ -70,7 +77,11 @@ class Arc(Domain):
                               "proxy reads a self-edit's text before the questions)")
 
     def prompt(self, run: RunConfig, context: ArcTask) -> Prompt:
-        return prompt(context)
+        return prompt(context, run)
+
+    def prompt_note(self, run: RunConfig) -> str:
+        told = run.teacher.sampling.arc_prompt == "limits"
+        return " (prompt `limits`: SEAL's with the student's limits)" if told else ""
 
     def baseline(self, student, run: RunConfig, context: ArcTask, cache,
                  judge_model) -> list[list[dict]]:

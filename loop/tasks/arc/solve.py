@@ -21,10 +21,59 @@ def pairs(examples) -> list[tuple]:
     return [(e.input, e.output) for e in examples]
 
 
-def prompt(task: ArcTask) -> list[dict]:
+def prompt(task: ArcTask, run: RunConfig | None = None) -> list[dict]:
+    """The teacher's prompt for a task: SEAL's, or with teacher.sampling.arc_prompt=limits the
+    same with the limits the student enforces (`limits`) appended."""
     from teacher.prompts import arc_prompt
 
-    return arc_prompt(pairs(task.train))
+    told = run is not None and run.teacher.sampling.arc_prompt == "limits"
+    return arc_prompt(pairs(task.train), limits(task, run.student.arc) if told else None)
+
+
+def limits(task: ArcTask, settings) -> str:
+    """What makes an ARC self-edit fail before training, written from the settings that decide
+    it (student.arc: the learning-rate range, the epochs, the step budget, the batch) and, for
+    the budget, this task's own number of training tasks under each augmentation family (no
+    family, each alone, all four), as `student.arc.ttt.training_tasks` builds them (the seed of
+    a family's random transforms moves the counts a little; tasks longer than
+    student.arc.max_tokens, dropped later, are counted)."""
+    import math
+
+    from student.arc.augment import FAMILIES
+    from student.arc.selfedit import FLAGS, STRATEGIES, TTTConfig
+    from student.arc.ttt import training_tasks
+
+    low, high = settings.lr_range
+    batch = max(1, settings.batch_size)
+    flag = {fam: key for key, fam in FLAGS.items()}
+
+    def line(label: str, families: tuple[str, ...]) -> str:
+        n = len(training_tasks(pairs(task.train), TTTConfig(families, "output", low, 1),
+                               settings, 0))
+        per_epoch = math.ceil(n / batch)
+        most = min(settings.max_epochs, settings.max_steps // per_epoch)
+        allowed = (f"at most {most} epoch{'s' if most > 1 else ''}" if most else
+                   "over the budget even for 1 epoch")
+        return f"    - {label}: about {n} training tasks, {per_epoch} steps per epoch: {allowed}"
+
+    options = [line("no augmentation", ())]
+    options += [line(f"{flag[f]} only", (f,)) for f in FAMILIES]
+    options.append(line("all four", tuple(FAMILIES)))
+    strategies = " or ".join(f'"{s}"' for s in STRATEGIES)
+    return "\n".join([
+        "### Limits",
+        "",
+        "This pipeline refuses a configuration outside these limits; a refused configuration "
+        "trains nothing and counts as a failure:",
+        f"- learning_rate: a number from {low:g} to {high:g}",
+        f"- num_train_epochs: a whole number from 1 to {settings.max_epochs}",
+        f"- strategy: exactly {strategies}",
+        "- each use_..._augmentations: true or false",
+        f"- at most {settings.max_steps} optimiser steps in all, {batch} training tasks per step: "
+        f"steps = num_train_epochs x ceil(training tasks / {batch}). The augmentations switched "
+        "on decide how many training tasks there are; for this task:",
+        *options,
+    ])
 
 
 def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:

@@ -36,7 +36,7 @@ class Squad(Domain):
     name = "squad"
     conditions = ("base", "passage", "passage_matched", "teacher_base", "teacher", "external")
     logs_teacher_model = True  # its teacher writes self-edits: a model others can sample
-    unread_settings = ("student.arc.",)  # ARC's student settings
+    unread_settings = ("student.arc.", "teacher.sampling.arc_prompt")  # ARC's settings
     metrics_note = ("EM, F1 and contains are percents of questions, logprob is nats per "
                     "gold-answer token")
 
