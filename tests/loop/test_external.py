@@ -227,3 +227,25 @@ def test_a_resume_adds_conditions_and_keeps_what_is_recorded(tiny_llama, tiny_qw
     assert "vs_passage" in after["summary"]["external"]["logprob"]
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["evaluate.conditions"] == ["base", "passage", "external"]
+
+
+def test_a_prompt_with_a_cue_asks_the_endpoint_to_continue_the_assistants_turn():
+    """The self-qa cue is the start of the assistant's turn: a chat endpoint gets it as the last
+    message with vLLM's continue_final_message (an OpenAI-style server would otherwise answer
+    after it); /completions gets the text with the cue at its end, as a base model continues."""
+    from teacher.prompts import as_text, self_edit_prompt
+
+    gen = EndpointGenerator(EndpointConfig(url="http://127.0.0.1:9/v1", model="m"),
+                            SamplingSettings(max_new_tokens=8))
+    chat = self_edit_prompt("self-qa", "T", "C")
+    path, payload = gen._payload(chat, 0)
+    assert path == "/chat/completions" and payload["messages"][-1] == {
+        "role": "assistant", "content": "Question 1: "}
+    assert payload["continue_final_message"] is True and payload["add_generation_prompt"] is False
+    _, plain = gen._payload(self_edit_prompt("implications", "T", "C"), 0)
+    assert "continue_final_message" not in plain
+    text = EndpointGenerator(EndpointConfig(url="http://127.0.0.1:9/v1", model="m", chat=False),
+                             SamplingSettings(max_new_tokens=8))
+    assert text._payload(chat, 0) == ("/completions", {**{k: v for k, v in plain.items()
+                                                          if k != "messages"},
+                                                       "prompt": as_text(chat)})
