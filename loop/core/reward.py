@@ -28,7 +28,7 @@ LOG_PROBABILITIES = ("answer_logprob", "context_logprob")  # means as they are, 
 # compares the self-edit in context with the frozen student's closed-book log-probability
 BASELINE_FIELD = {"context_logprob": "logprob"}
 FILTERS = ("best_of_k", "threshold", "top_fraction")
-BASELINES = ("student", "passage", "none")
+BASELINES = ("student", "passage", "passage_matched", "none")
 
 
 @dataclass
@@ -44,7 +44,10 @@ class RewardConfig:
     # what a self-edit's score is compared with: `student`, the frozen student (SEAL); or
     # `passage`, the student after absorbing the passage alone (a gain is then what the
     # self-edit adds to the passage, which the inner loop trains on too); or `none` (0: the
-    # reward is the score itself, the paper's ARC reward)
+    # reward is the score itself, the paper's ARC reward); or `passage_matched`, the passage
+    # alone trained for as many steps as a self-edit whose units fill one batch (with
+    # student.train.passage_steps=own: twice the passage's; a gain is then what the self-edit's
+    # content adds beyond training longer)
     baseline: str = "student"
     filter: str = "best_of_k"  # best_of_k (SEAL), threshold (gain > tau), top_fraction
     tau: float = 0.0  # threshold: keep gains above this (never below 0: no gain is never kept)

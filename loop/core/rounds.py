@@ -63,7 +63,7 @@ def validate(run: RunConfig) -> None:
     if run.reward.metric == "judge" and not run.reward.judge:
         raise ConfigError("reward.metric=judge needs a judge: reward.judge=<model preset>")
     in_context = run.reward.metric == "context_logprob"
-    if in_context and (run.reward.baseline == "passage" or run.reward.inner_seeds != 1):
+    if in_context and (run.reward.baseline.startswith("passage") or run.reward.inner_seeds != 1):
         raise ConfigError("reward.metric=context_logprob absorbs nothing: it is measured against "
                           "the frozen student (reward.baseline=student or none), once per self-"
                           f"edit (reward.inner_seeds=1); got reward.baseline={run.reward.baseline} "
@@ -293,6 +293,7 @@ def round_table(summaries: list[dict], metric: str, baseline: str = "student") -
             + (f"{'invalid':>7} {'over':>5} " if failing else "")
             + f"{'sample s':>9} {'inner s':>8} {'train s':>8} {'evals/min':>9}")
     against = {"student": " - the frozen student's", "passage": " - the passage-only student's",
+               "passage_matched": " - the passage-only student's, trained as many steps",
                "none": ""}[baseline]
     what = ("the frozen student's log-prob with the self-edit in its prompt" if metric ==
             "context_logprob" else f"{metric} after absorbing the self-edit")

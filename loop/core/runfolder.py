@@ -186,7 +186,9 @@ def run_description(run: RunConfig, entry: str, command: str) -> str:
     unit = "nats per gold-answer token" if run.reward.metric in LOG_PROBABILITIES else "points"
     if entry == "loop.run":
         base = {"student": "the frozen student's", "passage": "the student's after absorbing the "
-                "passage alone", "none": "0"}.get(run.reward.baseline, run.reward.baseline)
+                "passage alone", "passage_matched": "the student's after absorbing the passage "
+                "alone for as many steps", "none": "0"}.get(run.reward.baseline,
+                                                             run.reward.baseline)
         prompt = tasks.domain(run.task).prompt_note(run)
         how = ("with it in its prompt (nothing absorbed)" if run.reward.metric == "context_logprob"
                else "after absorbing it through a fresh LoRA")

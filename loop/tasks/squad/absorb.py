@@ -204,18 +204,35 @@ def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
     """The per-question scores rewards are measured against (reward.baseline), once per passage
     and kept in `cache`: one list for the frozen student, one per inner seed for the passage
     alone (the self-edits' rewards average reward.inner_seeds adapters, so the baseline averages
-    as many), none for reward.baseline=none."""
+    as many), none for reward.baseline=none. `passage_matched`: the passage alone trained for
+    `matched_baseline_steps` steps."""
     if run.reward.baseline == "none":
         return []
     generate = run.reward.metric not in LOG_PROBABILITIES  # answers only where they are graded
     if run.reward.baseline == "student":
         return [cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
                                                             judge_model, generate))]
+    longer, tag = run, ""
+    if run.reward.baseline == "passage_matched":
+        steps = matched_baseline_steps(run)
+        longer = dataclasses.replace(run, student=dataclasses.replace(
+            run.student, train=dataclasses.replace(run.student.train, epochs=steps)))
+        tag = f":steps{steps}"
     runs = []
     for j in range(run.reward.inner_seeds):  # seed and key of j = 0 as before inner seeds
         seed = derive_seed(run.seed, "baseline", "passage", passage.id, *([j] if j else []))
-        runs.append(cache.get(f"passage:{passage.id}" + (f":{j}" if j else ""),
+        runs.append(cache.get(f"passage:{passage.id}{tag}" + (f":{j}" if j else ""),
                               lambda seed=seed: absorb_and_score(
-                                  model, tokenizer, passage, passage_texts(passage, run), run, seed,
-                                  judge_model, generate)[0]))
+                                  model, tokenizer, passage, passage_texts(passage, run), longer,
+                                  seed, judge_model, generate)[0]))
     return runs
+
+
+def matched_baseline_steps(run: RunConfig) -> int:
+    """reward.baseline=passage_matched: the steps of a self-edit whose units fill one batch,
+    with its passage (`student.absorb.step_count` of two texts; with
+    student.train.passage_steps=own and full-batch steps, what every non-empty self-edit
+    trains). The passage alone is one sequence, one step per epoch."""
+    from student.absorb import step_count
+
+    return step_count(2, run.student)
