@@ -13,8 +13,9 @@ hold together (two self-edit prompts, two inner-loop settings) are compared on t
 passages. The rows must hold the same passages, from evaluations with the same seed, student
 and data (`run.json`), else the command says what differs: `loop.evaluate` derives every seed
 from the run's seed and the passage, so a `passage` row recorded in one folder is then the one
-another evaluation of those passages records. The settings that do differ between the folders
-are printed under the table.
+another evaluation of those passages records (unless `evaluate.absorb_seed` or the student's
+settings differ). The settings that do differ between the folders are printed under the
+table.
 
 ARC folders (`task=arc`, `task=arc1d`) compare the same way, paired by task: a row's unit is a
 task's success rate over its self-edits, as `loop.evaluate` bootstraps it. `--shared` pairs the
@@ -267,13 +268,14 @@ def noise_report(specs: list[str]) -> str:
     if len(specs) != 2:
         raise ConfigError("--noise compares two rows: the same self-edits under two absorb seeds")
     (fa, ca, _), (fb, cb, _) = (parse_row(s) for s in specs)
+    check_pairable([fa, fb])  # the same seed, student and data
     texts = []
     for folder, cond in ((fa, ca), (fb, cb)):
         texts.append({(r["context"], r["sample"]): r["text"]
                       for r in read_jsonl(folder / "self_edits.jsonl", repair=False)
                       if r["condition"] == cond})
     shared = texts[0].keys() & texts[1].keys()
-    if any(texts[0][k] != texts[1][k] for k in shared):
+    if not shared or any(texts[0][k] != texts[1][k] for k in shared):
         raise ConfigError(f"{fa}:{ca} and {fb}:{cb} hold different self-edits: --noise needs the "
                           "same ones absorbed twice (copy self_edits.jsonl, change "
                           "evaluate.absorb_seed)")

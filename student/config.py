@@ -43,8 +43,9 @@ class TrainSettings:
     packing: bool = True
     # where the passage (student.data.with_passage) trains beside a self-edit: `shared`, one
     # more sequence among the self-edit's, in the same batches (SEAL's rule: with full-batch
-    # steps the self-edit dilutes it); `own`, in a step of its own each epoch, exactly the
-    # `passage` row's steps, with the self-edit's batches added beside them (additive)
+    # steps the self-edit dilutes it); `own`, alone in the first step of each epoch (the
+    # `passage` row's batches), the self-edit's batches added after it (additive: the schedule
+    # then spans the added steps too)
     passage_steps: str = "shared"
     method: str = "lora"  # lora: a fresh adapter; full: every weight, restored afterwards
     # true: LoRA self-edits are trained and answered many at once, sharing every pass over the

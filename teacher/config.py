@@ -75,7 +75,13 @@ class EndpointConfig:
     url: str | None = None  # e.g. http://localhost:8000/v1; unset: $OPENAI_BASE_URL
     model: str | None = None  # the served model's name; unset: $SEAL_EXTERNAL_MODEL
     key_env: str = "OPENAI_API_KEY"  # the variable holding the key (unset: no key is sent)
-    chat: bool = True  # /chat/completions with the prompt as one user message; false: /completions
+    # /chat/completions with the prompt's messages (one user message; a cue such as self-qa's
+    # "Question 1: " ends it, see continue_cue); false: /completions with the prompt as text
+    chat: bool = True
+    # chat and a prompt with a cue: true sends the cue as the assistant's begun turn with
+    # vLLM's `continue_final_message` (vllm serve, python -m loop.serve); false (hosted APIs
+    # that refuse unknown keys) appends it to the user message
+    continue_cue: bool = False
     concurrency: int = 8  # requests in flight at once
     timeout: float = 300.0  # seconds per request
     retries: int = 3  # per request, on connection errors, 429 and 5xx, with backoff

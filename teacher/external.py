@@ -109,9 +109,12 @@ class EndpointGenerator:
         payload = {"model": self.model, "temperature": s.temperature, "top_p": s.top_p,
                    "max_tokens": s.max_new_tokens, "seed": seed, "n": 1}
         if self.cfg.chat:
-            if cue(prompt) is not None:  # the assistant's begun answer, continued (vLLM's keys)
+            messages = as_messages(prompt)
+            if cue(prompt) is not None and self.cfg.continue_cue:  # continued (vLLM's keys)
                 payload |= {"continue_final_message": True, "add_generation_prompt": False}
-            return "/chat/completions", {**payload, "messages": as_messages(prompt)}
+            elif cue(prompt) is not None:  # an API without them: the cue ends the user's text
+                messages = [*messages[:-2], {"role": "user", "content": as_text(prompt[-2:])}]
+            return "/chat/completions", {**payload, "messages": messages}
         return "/completions", {**payload, "prompt": as_text(prompt)}
 
     def _complete(self, prompt: Prompt, seed: int) -> Sample:

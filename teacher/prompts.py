@@ -67,8 +67,9 @@ def render(tokenizer, text: Prompt, instruct: bool) -> str:
     ending with the assistant's begun answer is continued, not answered)."""
     if not instruct:
         return as_text(text)
-    if cue(text) is not None:
-        return tokenizer.apply_chat_template(as_messages(text), tokenize=False,
+    if cue(text) is not None:  # ends on the cue's last word: the model writes " What ..."
+        begun = [*text[:-1], {**text[-1], "content": text[-1]["content"].rstrip()}]
+        return tokenizer.apply_chat_template(begun, tokenize=False,
                                              continue_final_message=True)
     return tokenizer.apply_chat_template(as_messages(text), tokenize=False,
                                          add_generation_prompt=True)

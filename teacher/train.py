@@ -1,10 +1,12 @@
 """The M-step of ReST-EM: TRL SFT of a LoRA adapter on the kept (prompt -> self-edit) pairs.
 
 TRL has no ReST trainer; the idiomatic form is what this does: a fresh `SFTTrainer` per round on
-prompt/completion data, so the loss covers the self-edit only, never the prompt. For an
-instruct teacher the pairs are chat messages, so TRL renders them with the same chat template
-the teacher samples with. The adapter is saved in PEFT's format, staged and renamed into place:
-a killed run never leaves half an adapter where a resumed run would load it.
+prompt/completion data, so the loss covers the self-edit only, never the prompt (for an
+instruct teacher a prompt's cue, the assistant's begun answer such as self-qa's "Question 1:",
+is trained with the self-edit: it is the assistant's text). For an instruct teacher the pairs
+are chat messages, so TRL renders them with the same chat template the teacher samples with.
+The adapter is saved in PEFT's format, staged and renamed into place: a killed run never
+leaves half an adapter where a resumed run would load it.
 
 On a CPU the trainer computes the same loss its own way (`completion_loss`): the LM head only
 at the self-edit's positions, one pair per forward pass, gradients accumulated over the batch.
@@ -133,9 +135,11 @@ def checkpointing(setting, gpu: bool) -> bool:
 
 def pair_rows(pairs: list[tuple[Prompt, str]], instruct: bool) -> list[dict]:
     """TRL's prompt/completion rows: chat messages for instruct models, plain text otherwise."""
-    if instruct:  # a cue (the assistant's begun answer) is part of what the teacher learns
+    if instruct:  # a cue (the assistant's begun answer) is part of what the teacher learns,
+        # spelt as it was sampled: the cue's last word, then the model's " What ..."
         return [{"prompt": as_messages(p)[:-1] if cue(p) is not None else as_messages(p),
-                 "completion": [{"role": "assistant", "content": (cue(p) or "") + c}]}
+                 "completion": [{"role": "assistant",
+                                 "content": f"{cue(p).rstrip()} {c}" if cue(p) else c}]}
                 for p, c in pairs]
     return [{"prompt": as_text(p), "completion": c} for p, c in pairs]
 

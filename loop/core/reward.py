@@ -6,7 +6,7 @@ With a frozen student the baseline is fixed, so a reward depends only on the sel
 Filters choose which self-edits the teacher is trained on (the M-step of ReST-EM):
 - `best_of_k`: the best sample per context, whatever its reward (SEAL's rule);
 - `threshold`: every sample whose gain exceeds `tau` (a sample with no gain is never kept);
-  where fewer than `min_kept` pass, the round's `top_fraction` instead;
+  where fewer than `min_kept` pass, the round's `top_fraction` instead (at least `min_kept`);
 - `top_fraction`: the best `fraction` of all samples of the round, ranked by reward.
 Ties go to the lower sample index, so a filter's choice is deterministic.
 """
@@ -53,7 +53,8 @@ class RewardConfig:
     tau: float = 0.0  # threshold: keep gains above this (never below 0: no gain is never kept)
     fraction: float = 0.25  # top_fraction: the share of the round's self-edits kept
     # threshold: where fewer self-edits than this pass the bar, the round keeps its best
-    # `fraction` instead (top_fraction), so an M-step is never starved; 0: never
+    # `fraction` instead (top_fraction; never fewer than min_kept), so an M-step is never
+    # starved; 0: never
     min_kept: int = 0
     inner_seeds: int = 1  # each self-edit absorbed this many times with different seeds, averaged
     judge: str | None = None  # a model preset (conf/model/) for metric=judge
@@ -134,10 +135,12 @@ def keep(samples: list[Scored], cfg: RewardConfig) -> list[Scored]:
     if cfg.filter == "threshold":
         kept = threshold(samples, cfg.tau)
         if len(kept) < cfg.min_kept:  # too few beat the bar: the round's best share instead
+            n = max(cfg.min_kept, math.ceil(cfg.fraction * len(samples)))
             log.info("reward.filter=threshold kept %d of %d self-edits, fewer than "
-                     "reward.min_kept=%d: keeping the best %g of them instead (top_fraction)",
-                     len(kept), len(samples), cfg.min_kept, cfg.fraction)
-            return top_fraction(samples, cfg.fraction)
+                     "reward.min_kept=%d: keeping the best %d of them instead (the best "
+                     "reward.fraction=%g, never fewer than min_kept)", len(kept), len(samples),
+                     cfg.min_kept, n, cfg.fraction)
+            return top_fraction(samples, min(1.0, n / len(samples)))
         return kept
     if cfg.filter == "top_fraction":
         return top_fraction(samples, cfg.fraction)

@@ -602,6 +602,9 @@ def test_the_limits_prompt_states_what_the_student_enforces_and_following_it_tra
             failed, _, _ = prepare(tok, pairs(task.train), edit, run.student.arc, False, seed=0)
             assert (failed is not None and failed.failure.startswith("over budget")) == over, (
                 label, epochs)
+    tiny = compose_run("task=arc1d", "teacher.sampling.arc_prompt=limits", "student.arc.max_side=2")
+    assert prompt(task, tiny)[1]["content"].count("no training task (every configuration "
+                                                  "fails)") == 6  # no grid fits: no crash
     with pytest.raises(ConfigError, match="teacher.sampling.arc_prompt must be one of"):
         from loop.core.checks import check_settings
 

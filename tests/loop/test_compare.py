@@ -211,6 +211,14 @@ def test_noise_compares_the_same_self_edits_under_two_absorb_seeds(tmp_path, cap
     # ranks of [1, -1, 1, 2] -> [2.5, 1, 2.5, 4]; of [0.5, 0.5, -1, 1] -> [2.5, 2.5, 1, 4]:
     # centred [0, -1.5, 0, 1.5] and [0, 0, -1.5, 1.5], covariance 2.25 over variance 4.5
     assert n["logprob"]["spearman"] == pytest.approx(0.5)
+    with open(b / "run.json", "w") as f, open(a / "run.json", "w") as g:
+        f.write(json.dumps({"command": "", "config": {**CONFIG, "evaluate.absorb_seed": 1}}))
+        g.write(json.dumps({"command": "", "config": CONFIG}))
+    assert "4 self-edits" in noise_report([f"{a}:teacher_base", f"{b}:teacher_base"])
+    (b / "run.json").write_text(json.dumps({"command": "", "config": {**CONFIG, "seed": 1}}))
+    assert main(["--noise", f"{a}:teacher_base", f"{b}:teacher_base"]) == 2
+    assert "differ in seed" in capsys.readouterr().err
+    (b / "run.json").unlink(), (a / "run.json").unlink()
     (b / "self_edits.jsonl").write_text(json.dumps({"condition": "teacher_base", "context": "p0",
                                                     "sample": 0, "text": "other"}) + "\n")
     assert main(["--noise", f"{a}:teacher_base", f"{b}:teacher_base"]) == 2

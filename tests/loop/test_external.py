@@ -230,14 +230,20 @@ def test_a_resume_adds_conditions_and_keeps_what_is_recorded(tiny_llama, tiny_qw
 
 
 def test_a_prompt_with_a_cue_asks_the_endpoint_to_continue_the_assistants_turn():
-    """The self-qa cue is the start of the assistant's turn: a chat endpoint gets it as the last
-    message with vLLM's continue_final_message (an OpenAI-style server would otherwise answer
-    after it); /completions gets the text with the cue at its end, as a base model continues."""
+    """The self-qa cue is the start of the assistant's turn: with continue_cue a chat endpoint
+    gets it as the last message with vLLM's continue_final_message; by default (hosted APIs
+    refuse unknown keys) it ends the user's message; /completions gets the text with the cue at
+    its end, as a base model continues."""
     from teacher.prompts import as_text, self_edit_prompt
 
-    gen = EndpointGenerator(EndpointConfig(url="http://127.0.0.1:9/v1", model="m"),
+    gen = EndpointGenerator(EndpointConfig(url="http://127.0.0.1:9/v1", model="m",
+                                           continue_cue=True),
                             SamplingSettings(max_new_tokens=8))
     chat = self_edit_prompt("self-qa", "T", "C")
+    hosted = EndpointGenerator(EndpointConfig(url="http://127.0.0.1:9/v1", model="m"),
+                               SamplingSettings(max_new_tokens=8))._payload(chat, 0)[1]
+    assert hosted["messages"] == [{"role": "user", "content": as_text(chat)}]  # the default
+    assert "continue_final_message" not in hosted
     path, payload = gen._payload(chat, 0)
     assert path == "/chat/completions" and payload["messages"][-1] == {
         "role": "assistant", "content": "Question 1: "}

@@ -46,6 +46,10 @@ def test_threshold_falls_back_to_the_rounds_best_share_when_too_few_pass():
     assert key(keep(SAMPLES, RewardConfig(filter="threshold", tau=1.0, min_kept=1,
                                           fraction=1 / 6))) == [("a", 1)]
     assert keep(SAMPLES, RewardConfig(filter="threshold", tau=1.0)) == []  # min_kept 0
+    # the best fifth (ceil(1.2) = 2) is fewer than min_kept=4: the best 4 (b's best has 0.0)
+    assert key(keep(SAMPLES, RewardConfig(filter="threshold", tau=1.0, min_kept=4,
+                                          fraction=0.2))) == [("a", 0), ("a", 1), ("a", 2),
+                                                              ("b", 1)]
 
 
 def test_top_fraction_ranks_the_whole_round():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from loop.core.config import PROJECT_ROOT
+from loop.core.config import PROJECT_ROOT, ConfigError
 from loop.tasks.base import DataError, TaskConfig
 from loop.tasks.squad.data import load_squad
 
@@ -86,3 +86,40 @@ def test_every_package_in_loop_tasks_is_a_domain_that_task_format_names():
         assert isinstance(d, Domain) and d.name == name and "base" in d.conditions
     with pytest.raises(DataError, match="unknown task.format 'csv'; choose arc or squad"):
         domain(TaskConfig(name="t", format="csv", data="x"))
+
+
+def test_settings_that_cannot_apply_are_refused_at_launch():
+    """passage_steps=own with every passage in one run, an absorb seed outside single-passage
+    absorbing: refused with what to do, not silently ignored."""
+    from loop.core.checks import check_settings
+    from tests.conftest import compose_run
+
+    with pytest.raises(ConfigError, match="passage_steps=shared there"):
+        check_settings(compose_run("task=squad_cpt", "student.train.passage_steps=own"))
+    with pytest.raises(ConfigError, match="evaluate.absorb_seed redraws"):
+        check_settings(compose_run("task=squad_cpt", "evaluate.absorb_seed=1"))
+
+
+def test_a_self_qa_folder_from_before_the_cue_moved_is_refused(tmp_path):
+    """A loop.run folder that sampled self-qa before its cue opened the chat teacher's turn
+    would go on with another prompt: refused, with what to do; other prompts resume."""
+    import json
+
+    from loop.core.runfolder import check_resume
+    from loop.core.tracking import flatten
+    from tests.conftest import compose_run
+
+    run = compose_run("teacher.sampling.prompt=self-qa", "tracking.enabled=false")
+    old = {k: v for k, v in flatten(run).items()
+           if k not in ("resume", "student.train.passage_steps")}
+    (tmp_path / "run.json").write_text(json.dumps({"command": "python -m loop.run",
+                                                   "config": old, "mlflow_run_id": None}))
+    resumed = dataclasses.replace(run, resume=str(tmp_path))
+    with pytest.raises(ConfigError, match="start it again in a new folder"):
+        check_resume(resumed, tmp_path, "python -m loop.run")
+    other = compose_run("tracking.enabled=false")
+    old = {k: v for k, v in flatten(other).items()
+           if k not in ("resume", "student.train.passage_steps")}
+    (tmp_path / "run.json").write_text(json.dumps({"command": "python -m loop.run",
+                                                   "config": old, "mlflow_run_id": None}))
+    check_resume(dataclasses.replace(other, resume=str(tmp_path)), tmp_path, "python -m loop.run")

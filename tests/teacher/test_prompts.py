@@ -26,8 +26,9 @@ def test_every_prompt_holds_the_passage_and_unknown_names_fail():
 def test_the_self_qa_cue_opens_the_assistants_turn(tiny_qwen2):
     """SEAL's self-qa prompt ends with "Question 1: ", which a base model continues: for a base
     model the text is the reference's byte for byte; a chat model gets the cue as the start of
-    its own answer (the chat template continued, not a user message that ends with it), and
-    the M-step teaches the cue with the completion, not as the user's words."""
+    its own answer (the chat template continued, not a user message that ends with it; it ends
+    on the cue's last word, so the model writes " What ..." as the M-step's completion spells
+    it), and the M-step teaches the cue with the completion, not as the user's words."""
     from transformers import AutoTokenizer
 
     from teacher.prompts import render
@@ -40,7 +41,7 @@ def test_the_self_qa_cue_opens_the_assistants_turn(tiny_qwen2):
     rendered = render(tok, chat, instruct=True)
     assert rendered.endswith("<|im_start|>user\nLet's read the following passage and rewrite "
                              "it in a question-answer format.\n\nPassage:\nT\nC\n\n<|im_end|>"
-                             "\n<|im_start|>assistant\nQuestion 1: ")
+                             "\n<|im_start|>assistant\nQuestion 1:")
     assert render(tok, chat, instruct=False) == as_text(chat)
     plain = render(tok, self_edit_prompt("implications", "T", "C"), instruct=True)
     assert plain.endswith("Implications:\n<|im_end|>\n<|im_start|>assistant\n")

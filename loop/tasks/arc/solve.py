@@ -50,6 +50,8 @@ def limits(task: ArcTask, settings) -> str:
     def line(label: str, families: tuple[str, ...]) -> str:
         n = len(training_tasks(pairs(task.train), TTTConfig(families, "output", low, 1),
                                settings, 0))
+        if not n:
+            return f"    - {label}: no training task (every configuration fails)"
         per_epoch = math.ceil(n / batch)
         most = min(settings.max_epochs, settings.max_steps // per_epoch)
         allowed = (f"at most {most} epoch{'s' if most > 1 else ''}" if most else

@@ -18,7 +18,11 @@ from loop.core.reward import LOG_PROBABILITIES
 from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
 from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
 from loop.tasks.squad.data import Passage, load_squad
-from teacher.prompts import Prompt
+from teacher.prompts import CUES, Prompt
+
+# A run folder whose record lacks this key started before the self-qa cue opened the chat
+# teacher's turn (`resume_refusal`).
+CUE_SINCE = "student.train.passage_steps"
 
 
 def prompt(run: RunConfig, passage: Passage) -> Prompt:
@@ -46,6 +50,13 @@ class Squad(Domain):
         if run.teacher.sampling.prompt not in PROMPTS:
             raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
                               f"{run.teacher.sampling.prompt!r}")
+        if run.student.train.passage_steps == "own" and run.task.absorb == "together":
+            raise ConfigError("student.train.passage_steps=own trains each passage in steps of "
+                              "its own beside its self-edits; task.absorb=together absorbs "
+                              "every passage in one run: use passage_steps=shared there")
+        if run.evaluate.absorb_seed and run.task.absorb != "single":
+            raise ConfigError("evaluate.absorb_seed redraws the adapters of task.absorb=single; "
+                              f"task.absorb={run.task.absorb} has one run of its own")
         if "passage_matched" in run.evaluate.conditions:
             from loop.tasks.squad.rows import matched_row
 
@@ -56,6 +67,15 @@ class Squad(Domain):
             if run.task.absorb != "single":
                 raise ConfigError("evaluate.conditions: passage_matched is a row of "
                                   f"task.absorb=single, not {run.task.absorb}")
+
+    def resume_refusal(self, run: RunConfig, added: list[str]) -> str | None:
+        if not (CUE_SINCE in added and run.teacher.instruct
+                and run.teacher.sampling.prompt in CUES):
+            return None
+        return (f"resume={run.resume} sampled `{run.teacher.sampling.prompt}` self-edits before "
+                "its cue (\"Question 1:\") moved into the chat teacher's own turn; the rest "
+                "would be drawn from another prompt, which no setting restores: start it again "
+                "in a new folder")
 
     def prompt_note(self, run: RunConfig) -> str:
         return f" (prompt `{run.teacher.sampling.prompt}`)"
