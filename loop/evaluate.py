@@ -47,6 +47,7 @@ from pathlib import Path
 
 import hydra
 
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
 from loop.core.cli import command_line, launch
 from loop.core.config import CONF_DIR, RunConfig, register
 

@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
 from loop.core.config import PROJECT_ROOT, ConfigError
 from loop.core.gpu_checks import Outcome
 
@@ -102,7 +103,7 @@ def tokenizer_for(folder: Path):
 
 def jobs_for(run, tokenizer, k: int):
     """k (passage, training texts, seed) jobs: the bench's sample cycled, distinct seeds."""
-    from loop.core.bench_inner import SAMPLE, load_sample
+    from loop.bench.inner import SAMPLE, load_sample
     from student.data import training_texts
 
     items = load_sample(SAMPLE, run, len(json.loads(SAMPLE.read_text())["self_edits"]))
@@ -195,7 +196,7 @@ def check(archs: list[str], ks: list[int], tiny: bool, tokenizers: Path | None,
           budget_s: float, overrides: list[str]) -> None:
     import torch
 
-    from loop.core.bench_inner import compose, matmul_peak
+    from loop.core.measure import compose, matmul_peak
 
     tokenizer_dirs = {arch: tokenizer_folder(tokenizers, STUDENTS[arch][1]) for arch in archs}
     for folder in tokenizer_dirs.values():  # a user's error: before anything runs
@@ -252,8 +253,9 @@ def correctness(arch: str, tiny: bool, tokenizer, device: str, overrides: list[s
 
     import torch
 
-    from loop.core.bench_inner import compose, run_path
+    from loop.bench.inner import run_path
     from loop.core.gpu_checks import Outcome, compare_paths, m_step, sampling
+    from loop.core.measure import compose
 
     run = compose([f"student={STUDENTS[arch][0]}", "tracking=none", "reward.metric=f1",
                    *overrides])
@@ -292,7 +294,7 @@ def measure(arch: str, run, tokenizer, ks: list[int], tiny: bool, dtype, device:
     plan's check of its first batched row, or None)."""
     import dataclasses
 
-    from loop.core.bench_inner import run_path
+    from loop.bench.inner import run_path
     from loop.core.gpu_checks import largest_pass, memory_plan
     from student.batched import pass_tokens
 

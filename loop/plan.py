@@ -17,9 +17,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
 
-    from loop.core.bench_inner import compose
     from loop.core.cli import reported
     from loop.core.errors import ConfigError
+    from loop.core.measure import compose
     from loop.core.memory import check, parse_size, table
 
     argv = list(sys.argv[1:] if argv is None else argv)

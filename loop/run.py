@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
 from loop.core.cli import check_models, command_line, launch
 from loop.core.config import CONF_DIR, RunConfig, register
 

@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import hydra
 
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
 from loop.core.checks import check_settings
 from loop.core.cli import check_models, launch
 from loop.core.config import CONF_DIR, ConfigError, RunConfig, register

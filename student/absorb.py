@@ -209,13 +209,3 @@ def optimise(model, batches, opt, sched, max_grad_norm: float | None = None) -> 
     model.eval()
     return losses
 
-
-def mean_loss(model, tokenizer, texts: list[str], max_length: int) -> float:
-    """Token-weighted cross-entropy of `texts` under `model` (no gradients)."""
-    import torch
-
-    enc = encode(tokenizer, texts, max_length)
-    inputs = collate(enc.input_ids, tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        return model(**{k: v.to(device) for k, v in inputs.items()}).loss.item()

@@ -67,6 +67,8 @@ class TrainSettings:
 
 BATCHED = ("auto", "true", "false")
 PASSAGE_STEPS = ("shared", "own")
+# the views student.arc.views may name (student/arc/augment.py's VIEW_TRANSFORMS, one each)
+VIEWS = ("identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180", "rot270")
 
 
 def batched_setting(value) -> str:

@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test ever waits on a model hu
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+import loop.tasks  # noqa: E402,F401 (hands loop.core the domains, as every entry point does)
 from loop.core import assets  # noqa: E402
 from loop.core.config import CONF_DIR, RunConfig, register, to_run_config  # noqa: E402
 

@@ -122,18 +122,58 @@ def test_the_cycle_finder_finds_cycles():
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
+def entry_points() -> set[str]:
+    """loop/'s `python -m` entry points: a top-level module with a `__main__` guard, or a
+    package with a `__main__.py` (loop/bench/)."""
+    loop_dir = PROJECT_ROOT / "loop"
+    modules = {f.stem for f in loop_dir.glob("*.py")
+               if 'if __name__ == "__main__":' in f.read_text()}
+    return modules | {d.name for d in loop_dir.iterdir() if (d / "__main__.py").is_file()}
+
+
 def test_entry_points_sit_on_top_of_the_library():
     """loop/'s top level holds the `python -m` entry points, plus the MLflow model module that
     every logged teacher imports by name; the library below them (loop/core, loop/tasks) never
     imports an entry point."""
     loop_dir = PROJECT_ROOT / "loop"
     top = {f.stem for f in loop_dir.glob("*.py")} - {"__init__"}
-    entries = {m for m in top if 'if __name__ == "__main__":' in (loop_dir / f"{m}.py").read_text()}
+    entries = entry_points()
     assert top - entries == {"teacher_model", "teacher_model_code"}
     assert {"run", "evaluate", "bench", "serve", "compare", "assets", "tracking", "mstep"} <= entries
     library = sorted(f for d in ("core", "tasks") for f in (loop_dir / d).rglob("*.py"))
     assert len(library) > 30
     for f in library:
         bad = {n for n in module_imports(f, {"loop"})
-               if n.count(".") >= 1 and n.split(".")[1] in entries}
+               if n.count(".") >= 1 and n.split(".")[1] in entries | {"teacher_model"}}
         assert not bad, f"{f.relative_to(PROJECT_ROOT)} imports the entry point(s) {sorted(bad)}"
+
+
+def core_imports_a_domain(f) -> set[str]:
+    """What a loop/core file imports that core must not know: a domain (`loop.tasks`, and the
+    ARC student's code), an entry point or the MLflow model module."""
+    entries = entry_points() | {"teacher_model", "teacher_model_code"}
+    return {n for n in module_imports(f, {"loop", "student"})
+            if n == "loop.tasks" or n.startswith(("loop.tasks.", "student.arc"))
+            or (n.count(".") >= 1 and n.split(".")[0] == "loop" and n.split(".")[1] in entries)}
+
+
+def test_the_library_core_knows_no_domain_and_no_entry_point():
+    """loop/core is the library every domain uses: it is handed the domains (loop.tasks calls
+    loop.core.domain.provide) and imports none of them, nor ARC's student code, nor an entry
+    point, at the top, in a function or for annotations."""
+    files = sorted((PROJECT_ROOT / "loop" / "core").rglob("*.py"))
+    assert len(files) > 25
+    bad = {str(f.relative_to(PROJECT_ROOT)): sorted(core_imports_a_domain(f)) for f in files}
+    assert {f: b for f, b in bad.items() if b} == {}
+
+
+def test_the_core_import_check_sees_each_kind_of_arrow(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from loop.tasks import domain\nimport loop.tasks.squad.rows\n"
+                 "def g():\n    from student.arc.augment import VIEW_TRANSFORMS\n"
+                 "    from loop import bench\n    from loop.teacher_model import SelfEditWriter\n"
+                 "from loop.core.domain import Domain\nfrom student.config import VIEWS\n")
+    assert core_imports_a_domain(f) == {
+        "loop.tasks", "loop.tasks.domain", "loop.tasks.squad.rows", "student.arc.augment",
+        "student.arc.augment.VIEW_TRANSFORMS", "loop.bench", "loop.teacher_model",
+        "loop.teacher_model.SelfEditWriter"}

@@ -67,8 +67,8 @@ def check_adapter_base(path: Path, spec: str, run: RunConfig) -> None:
 
 
 def find_adapter(spec: str, run: RunConfig) -> Path:
-    if spec.startswith(("runs:/", "models:/")):  # a logged teacher model (loop.teacher_model)
-        from loop.teacher_model import download_adapter
+    if spec.startswith(("runs:/", "models:/")):  # a logged teacher model (loop.core.teacher_model)
+        from loop.core.teacher_model import download_adapter
 
         try:
             return download_adapter(spec, run.tracking.uri)

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from loop.core.config import RunConfig
+from loop.core.domain import domain_of, formats
 from loop.core.errors import CONF_DIR, ConfigError
 from loop.core.reward import BASELINES, FILTERS, METRICS
-from loop.tasks import domain, formats
-from student.arc.augment import VIEW_TRANSFORMS
-from student.config import BATCHED, PASSAGE_STEPS, batched_setting
+from student.config import BATCHED, PASSAGE_STEPS, VIEWS, batched_setting
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +125,8 @@ RULES: tuple[Rule, ...] = (
     ("student.arc.lr_range", lambda v: len(v) == 2 and all(map(_number, v)) and 0 < v[0] <= v[1],
      "two learning rates [low, high] with 0 < low <= high"),
     ("student.arc.max_epochs", at_least(1), POSITIVE),
-    ("student.arc.views", lambda v: bool(v) and all(n in VIEW_TRANSFORMS for n in v),
-     f"a non-empty list of views among {list(VIEW_TRANSFORMS)}"),
+    ("student.arc.views", lambda v: bool(v) and all(n in VIEWS for n in v),
+     f"a non-empty list of views among {list(VIEWS)}"),
     ("student.arc.view_orders", at_least(0), "at least 0"),
     ("student.arc.oracle.lr", above(0), LEARNING_RATE),
     ("student.arc.oracle.epochs", at_least(1), POSITIVE),
@@ -165,7 +164,6 @@ CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("teacher.backend", "teacher.backend", ("transformers", "vllm")),
     ("student.eval_backend", "student.eval_backend", ("transformers", "vllm")),
     ("executor.name", "executor", ("local", "ray")),
-    ("task.format", "task.format", tuple(formats())),  # the packages of loop/tasks/
     ("task.absorb", "task.absorb", ("single", "together", "sequential")),
     ("evaluate.forgetting", "evaluate.forgetting", ("grow", "merge")),
 )
@@ -192,7 +190,9 @@ def check_settings(run: RunConfig) -> None:
     for key, name, known in CHOICES:
         if (value := setting(run, key)) not in known:
             raise ConfigError(f"unknown {name} '{value}'; choose {choices(known)}")
-    domain(run.task).check_settings(run)
+    if run.task.format not in formats():  # the packages of loop/tasks/
+        raise ConfigError(f"unknown task.format '{run.task.format}'; choose {choices(formats())}")
+    domain_of(run.task).check_settings(run)
     presets = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))
     for key, name in (("reward.judge", run.reward.judge), ("evaluate.judge", run.evaluate.judge)):
         if name is not None and name not in presets:

@@ -34,8 +34,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     loaded, an endpoint, memory, a tracking server. Every entry point reports them the same way
     (`reported`); anything else is a bug and keeps its traceback."""
     from loop.core.assets import AssetError
+    from loop.core.domain import DataError
     from loop.core.tracking import TrackingError
-    from loop.tasks.base import DataError
     from student.batched import OutOfMemory
     from teacher.external import EndpointError
 
@@ -82,9 +82,9 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
 def check_overrides(run: RunConfig, overrides: list[str]) -> None:
     """A command-line setting the run's task never reads is a ConfigError, not a silent no-op
     (the domain's `check_overrides`: ARC names `student.arc.lora` for `student.lora.*`)."""
-    from loop import tasks
+    from loop.core.domain import domain_of
 
-    tasks.domain(run.task).check_overrides(run, overrides)
+    domain_of(run.task).check_overrides(run, overrides)
 
 
 def only_hydra_records(folder: Path, subdir: str, log_name: str) -> bool:

@@ -18,7 +18,6 @@ float sums when the workers use another number of threads).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -86,9 +85,6 @@ def _worker_class():
             self.student = load_student(run.student)
             self.judge = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None
 
-        def pid(self) -> int:
-            return os.getpid()
-
         def score(self, item):
             faults.point("worker")
             return timed(self.score_fn, self.student, self.run, self.judge, item)
@@ -130,11 +126,6 @@ class RayExecutor:
         self.actors = [self.worker.remote(run, *self.args) for _ in range(cfg.num_workers)]
         log.info("ray: %d workers (%s CPU, %s GPU each) at %s", cfg.num_workers,
                  cfg.cpus_per_worker, self.gpus, cfg.address or "a local Ray")
-
-    def pids(self) -> list[int]:
-        import ray
-
-        return ray.get([a.pid.remote() for a in self.actors])
 
     def map(self, run, items: list) -> Iterator[tuple[int, tuple[list, float]]]:
         import ray

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from loop.core import faults
 from loop.core.config import RunConfig
+from loop.core.domain import Absorbed, Domain, Key
 from loop.core.ledger import Evaluation, Ledger
 from loop.core.reward import METRICS, context_score, paired_gain
 from loop.core.sampling import SelfEdit
 from loop.core.seeds import derive_seed
-from loop.tasks.base import Absorbed, Domain, Key
 from student.config import batched_setting
 
 

@@ -173,7 +173,7 @@ class MlflowTracker:
                     "ids": list(ids), "context": context})
 
     def log_model(self, adapter, config, step=0) -> None:
-        """A teacher adapter as the run's MLflow model `teacher` (loop.teacher_model), with the
+        """A teacher adapter as the run's MLflow model `teacher` (loop.core.teacher_model), with the
         run's metrics of `step` (the last round)."""
         self._call({"op": "model", "adapter": str(Path(adapter).resolve()), "config": config,
                     "step": step})
@@ -200,7 +200,7 @@ class MlflowTracker:
         """Log the teacher model; a failure that is not the server being away (a moved adapter
         folder, an MLflow validation error) is a warning and the record is dropped, so that it
         never holds back the records behind it (the adapter stays in the run folder)."""
-        from loop import teacher_model
+        from loop.core import teacher_model
 
         try:
             uri = teacher_model.log(self.client, self.uri, self.run_id, record["adapter"],

@@ -39,6 +39,7 @@ from loop.core import executor as executors
 from loop.core import memory
 from loop.core.checks import check_settings, validate_backends
 from loop.core.config import ConfigError, RunConfig
+from loop.core.domain import Domain, domain_of, select
 from loop.core.inner import inner_round, self_edit_rows
 from loop.core.ledger import Ledger, write_json_atomic
 from loop.core.mstep import m_step, m_step_text
@@ -46,8 +47,6 @@ from loop.core.reward import Scored, keep
 from loop.core.runfolder import check_resume, check_tracking, dataset_name, tracked
 from loop.core.sampling import make_generator, sample_round
 from loop.core.seeds import derive_seed
-from loop.tasks import domain as domain_of
-from loop.tasks.base import Domain, select
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +156,7 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
             write_json_atomic(out_dir / "results.json", results)
             tracker.log_artifact(out_dir / "results.json")
             if adapter and domain.logs_teacher_model and tracker.run_id:
-                from loop.teacher_model import model_config
+                from loop.core.teacher_model import model_config
 
                 tracker.log_model(adapter, model_config(run.teacher), step=len(summaries) - 1)
             print(round_table(summaries, run.reward.metric, run.reward.baseline))

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from loop import tasks
 from loop.core.config import ConfigError, RunConfig
+from loop.core.domain import domain_of
 from loop.core.ledger import write_json_atomic
 from loop.core.tracking import flatten
 
@@ -36,15 +36,10 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "plan.gpu_memory", "plan.gpus", "plan.check"})
 
 
-# Settings whose default changes what a run computes, with the value that reproduces a run
-# folder started before the setting existed: such a resume must ask for that value.
-BEFORE_THE_KEY = {"task.split": "all", "student.train.max_grad_norm": None,
-                  "student.arc.max_grad_norm": None, "teacher.sampling.merged": False}
-
-
-def spelled(value) -> str:
-    """A value as a command-line override writes it (null, false, 3e-4)."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+# The newest setting an older run-folder format lacked: a record without it was written by a
+# version whose runs this one does not continue (prompts, passages or training that no setting
+# restores), so its resume is refused with the command that starts it afresh.
+OLDEST_RESUMABLE = "student.train.passage_steps"
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -73,21 +68,13 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     if not path.exists():
         raise ConfigError(f"resume={run.resume}: no run.json there; is it a loop.run folder?")
     record = json.loads(path.read_text())
+    if OLDEST_RESUMABLE not in record["config"]:
+        raise ConfigError(f"resume={run.resume} was started by an earlier version of seal-ts (its "
+                          f"run.json has no {OLDEST_RESUMABLE}), whose runs this version does not "
+                          f"continue; start it afresh in a new folder: {record['command']}")
     old = {k: str(v) for k, v in record["config"].items()}
     new = {k: str(v) for k, v in config.items()}
     added = sorted(new.keys() - old.keys())
-    domain = tasks.domain(run.task)
-    refusal = domain.resume_refusal(run, added)
-    if refusal:
-        raise ConfigError(refusal)
-    # settings the domain never reads (student.arc.* for SQuAD) never change the run
-    applies = [k for k in added if not k.startswith(domain.unread_settings)]
-    changed = [k for k in applies if k in BEFORE_THE_KEY and new[k] != str(BEFORE_THE_KEY[k])]
-    if changed:
-        fix = " ".join(f"{k}={spelled(BEFORE_THE_KEY[k])}" for k in changed)
-        raise ConfigError(f"resume={run.resume} started before {', '.join(changed)} existed, when "
-                          f"the run behaved as {fix}; today's default would change what it "
-                          f"computes. Resume it with: {record['command']} {fix} resume={run.resume}")
     if added:
         log.warning("resume=%s: settings added since this run started take their current values: "
                     "%s", run.resume, ", ".join(f"{k}={new[k]}" for k in added))
@@ -141,7 +128,7 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
                                    "student": run.student.name, "task": run.task.name},
                              run_id=record["mlflow_run_id"], pending=out_dir / tracking.PENDING,
                              description=run_description(run, entry, record["command"]),
-                             unread=tasks.domain(run.task).unread_settings)
+                             unread=domain_of(run.task).unread_settings)
     if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
         write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
     for name, contexts in (datasets or {}).items():  # again on a resume: MLflow keeps one
@@ -189,7 +176,7 @@ def run_description(run: RunConfig, entry: str, command: str) -> str:
                 "passage alone", "passage_matched": "the student's after absorbing the passage "
                 "alone for as many steps", "none": "0"}.get(run.reward.baseline,
                                                              run.reward.baseline)
-        prompt = tasks.domain(run.task).prompt_note(run)
+        prompt = domain_of(run.task).prompt_note(run)
         how = ("with it in its prompt (nothing absorbed)" if run.reward.metric == "context_logprob"
                else "after absorbing it through a fresh LoRA")
         lines.append(
@@ -199,7 +186,7 @@ def run_description(run: RunConfig, entry: str, command: str) -> str:
             f"trained on the `{run.reward.filter}` self-edits. `round_<r>/self_edits.json` "
             "lists every one.")
     else:
-        what = tasks.domain(run.task).metrics_note
+        what = domain_of(run.task).metrics_note
         lines.append(
             f"Rows `{', '.join(run.evaluate.conditions)}`, scored on the same contexts: "
             f"`<row>/<metric>` is the mean over contexts; {what}. `results.json` and "

@@ -12,8 +12,8 @@ import re
 import pytest
 
 from loop.core.config import PROJECT_ROOT, ConfigError
+from loop.core.domain import DataError
 from loop.tasks.arc.data import load_arc
-from loop.tasks.base import DataError
 from student.arc import augment, grids
 from student.arc.selfedit import TTTConfig, parse, to_json
 from student.config import ArcSettings
@@ -46,13 +46,13 @@ def test_the_papers_task_files_load_with_their_solutions():
 
 
 def test_1d_arc_loads_as_18_families_of_one_row_tasks_with_a_fixed_dev_split():
-    from loop.tasks import load_contexts
+    from loop.tasks import domain
     from loop.tasks.arc.rows import family
     from tests.conftest import compose_run
 
     run = compose_run("task=arc1d")
-    train = load_contexts(run.task)
-    dev = load_contexts(dataclasses.replace(run.task, split="dev"))
+    train = domain(run.task).load(run.task)
+    dev = domain(run.task).load(dataclasses.replace(run.task, split="dev"))
     evals = load_arc(PROJECT_ROOT / "data" / "arc1d" / "arc1d_evaluation_challenges.json")
     assert (len(train), len(dev), len(evals)) == (360, 90, 451)
     assert not {t.id for t in train} & {t.id for t in dev}
@@ -112,6 +112,14 @@ def test_every_transform_is_undone_by_its_inverse():
             copy = [list(r) for r in g]
             assert t.inverse(t(g)) == g, t.name
             assert g == copy, t.name  # pure: the input grid is never changed
+
+
+def test_the_views_a_setting_may_name_are_the_view_transforms():
+    """student.config.VIEWS (what the launch check accepts) and the transforms a view applies
+    are one list: a view added to one and not the other fails here, not mid-run."""
+    from student.config import VIEWS
+
+    assert tuple(augment.VIEW_TRANSFORMS) == VIEWS
 
 
 def test_transforms_by_hand():
@@ -248,8 +256,8 @@ def test_1d_arc_differences_are_also_given_with_families_resampled():
 def test_an_evaluation_scores_tasks_in_a_seeded_order_that_mixes_the_families():
     """A long evaluation stopped part way has scored a random sample of its tasks, not the
     file's first families: the order is a seeded shuffle, the same for the same seed."""
+    from loop.core.domain import select
     from loop.tasks.arc.rows import family, work_order
-    from loop.tasks.base import select
 
     tasks = select(load_arc(PROJECT_ROOT / "data" / "arc1d" / "arc1d_evaluation_challenges.json"),
                    100, 0)  # what experiment=arc1d_cpu task.n_contexts=100 evaluates
@@ -648,12 +656,12 @@ def test_arc_inner_loop_scores_valid_self_edits_and_records_why_others_failed(
     from loop.core import inner, sampling
     from loop.core.baseline import BaselineCache
     from loop.core.ledger import Ledger
-    from loop.tasks import load_contexts
+    from loop.tasks import domain
     from loop.tasks.arc import Arc
     from student.model import load_student
 
     run = arc_run(tiny_llama, tiny_qwen2, tmp_path)
-    [task] = load_contexts(run.task)
+    [task] = domain(run.task).load(run.task)
     texts = [to_json(TTTConfig(("basic",), "output", 1e-3, 1)), "not json",
              to_json(TTTConfig(("basic", "size"), "all", 1e-3, 9))]  # 9 epochs: over budget
     edits = {(task.id, i): sampling.SelfEdit(task.id, i, i, t, sampling.text_hash(t), 0.0)
@@ -677,13 +685,13 @@ def test_answer_logprob_rewards_arc_self_edits_by_gain_and_never_keeps_a_failed_
     from loop.core.baseline import BaselineCache
     from loop.core.ledger import Ledger
     from loop.core.rounds import kept_self_edits
-    from loop.tasks import load_contexts
+    from loop.tasks import domain
     from loop.tasks.arc import Arc
     from student.model import load_student
 
     run = arc_run(tiny_llama, tiny_qwen2, tmp_path, "reward.metric=answer_logprob",
                   "reward.baseline=student", "reward.filter=best_of_k", "loop.k=3")
-    [task] = load_contexts(run.task)
+    [task] = domain(run.task).load(run.task)
     texts = ["not json", to_json(TTTConfig(("basic",), "output", 1e-3, 1)),
              to_json(TTTConfig((), "output", 1e-2, 1))]
     edits = {(task.id, i): sampling.SelfEdit(task.id, i, i, t, sampling.text_hash(t), 0.0)

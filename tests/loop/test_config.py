@@ -176,14 +176,14 @@ def test_evaluate_reads_the_tasks_held_out_set():
         squad = to_run_config(compose("evaluate"))
         arc = to_run_config(compose("evaluate", overrides=["task=arc"]))
         mine = to_run_config(compose("evaluate", overrides=["task=arc", "task.ids=[66e6c45b]"]))
-    from loop.tasks import load_contexts
+    from loop.tasks import domain
 
-    assert squad.task.data.endswith("eval200.json") and len(load_contexts(squad.task, True)) == 200
+    assert squad.task.data.endswith("eval200.json") and len(domain(squad.task).load(squad.task, True)) == 200
     assert arc.task.data.endswith("evaluation_challenges_filtered_1B_eval_set.json")
-    assert [t.id for t in load_contexts(arc.task, held_out=True)] == [
+    assert [t.id for t in domain(arc.task).load(arc.task, held_out=True)] == [
         "66e6c45b", "59341089", "68b67ca3", "b1fc8b8e"]
     assert arc.evaluate.conditions == ["base", "teacher_base", "oracle"]
-    assert [t.id for t in load_contexts(mine.task, held_out=True)] == ["66e6c45b"]  # it wins
+    assert [t.id for t in domain(mine.task).load(mine.task, held_out=True)] == ["66e6c45b"]  # it wins
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

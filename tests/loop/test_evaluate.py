@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from loop.core.config import PROJECT_ROOT, ConfigError
+from loop.core.domain import select
 from loop.core.evaluation import passage_means
 from loop.evaluate import evaluate
-from loop.tasks.base import select
 from loop.tasks.squad.data import load_squad
 from tests.conftest import compose_run
 

@@ -159,42 +159,23 @@ def test_resume_of_a_run_from_before_a_setting_existed_takes_its_current_value(t
         runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
-def test_a_run_from_before_the_dev_split_or_clipping_resumes_only_as_it_ran(tmp_path):
-    """Today's defaults of these would change an older run's passages or training midway: the
-    resume is refused with the overrides that keep the run as it was, and accepted with them."""
+@pytest.mark.parametrize("task", ["squad", "arc"])
+def test_a_folder_from_before_the_oldest_resumable_format_is_refused_with_the_command(tmp_path,
+                                                                                      task):
+    """A run folder written before the record had `runfolder.OLDEST_RESUMABLE` (older prompts,
+    passages and training that no setting restores) is not continued: the resume is refused
+    with the command that starts it afresh; a record that has it resumes."""
     import json
 
-    run = compose_run("experiment=smoke")
-    runfolder.check_resume(run, tmp_path, "python -m loop.run experiment=smoke")
-    record = json.loads((tmp_path / "run.json").read_text())
-    for key in ("task.split", "student.train.max_grad_norm", "student.arc.max_grad_norm",
-                "teacher.sampling.merged"):
-        del record["config"][key]
-    (tmp_path / "run.json").write_text(json.dumps(record))
-    # a SQuAD run is not asked for ARC's settings (student.arc.*), which it never reads
-    with pytest.raises(ConfigError, match=r"started before student.train.max_grad_norm, task."
-                                          r"split, teacher.sampling.merged existed.*experiment="
-                                          r"smoke student.train.max_grad_norm=null task.split=all "
-                                          r"teacher.sampling.merged=false resume="):
-        runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
-    old = compose_run("experiment=smoke", "task.split=all", "student.train.max_grad_norm=null",
-                      "teacher.sampling.merged=false")
-    runfolder.check_resume(dataclasses.replace(old, resume=str(tmp_path)), tmp_path, "ignored")
-
-
-def test_an_arc_run_from_before_the_arc_fixes_is_not_resumed(tmp_path):
-    """No setting restores ARC's test-time training and teacher prompt as they were before issue
-    21: such a folder is refused, not silently continued with other rules."""
-    import json
-
-    run = compose_run("task=arc", "experiment=smoke")
-    runfolder.check_resume(run, tmp_path, "python -m loop.run task=arc experiment=smoke")
+    run = compose_run(f"task={task}", "experiment=smoke")
+    command = f"python -m loop.run task={task} experiment=smoke"
+    runfolder.check_resume(run, tmp_path, command)
     runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
     record = json.loads((tmp_path / "run.json").read_text())
-    del record["config"]["student.arc.permute_colors"], record["config"]["student.arc.views"]
+    del record["config"][runfolder.OLDEST_RESUMABLE], record["config"]["task.split"]
     (tmp_path / "run.json").write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match=r"is an ARC run started before .* cannot be resumed as "
-                                          r"it ran: start it again"):
+    with pytest.raises(ConfigError, match=rf"was started by an earlier version of seal-ts .*"
+                                          rf"start it afresh in a new folder: {command}$"):
         runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
@@ -573,7 +554,7 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
 
 
 def _dev_ids() -> set[str]:
-    from loop.tasks import load_contexts
+    from loop.tasks import domain
 
     run = compose_run("task.split=dev")
-    return {p.id for p in load_contexts(run.task)}
+    return {p.id for p in domain(run.task).load(run.task)}

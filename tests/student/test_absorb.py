@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from student.absorb import fresh_adapter, mean_loss, train
+from student.absorb import fresh_adapter, train
 from student.config import LoraSettings, StudentConfig, TrainSettings
+from student.data import collate, encode
 from student.model import load_student
 from tests.conftest import compose_run
 from tests.student.test_models import tiny_student
@@ -23,6 +24,15 @@ def cfg_for(path: str, **train) -> StudentConfig:
     return dataclasses.replace(cfg, lora=LoraSettings(r=8, alpha=16),
                                train=TrainSettings(**{"lr": 1e-3, "epochs": 3, "batch_size": 2,
                                                       **train}))
+
+
+def mean_loss(model, tokenizer, texts: list[str], max_length: int) -> float:
+    """Token-weighted cross-entropy of `texts` under `model` (no gradients)."""
+    enc = encode(tokenizer, texts, max_length)
+    inputs = collate(enc.input_ids, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model(**{k: v.to(device) for k, v in inputs.items()}).loss.item()
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:

@@ -385,7 +385,7 @@ def test_bench_times_the_m_step_against_trls_way(tiny_qwen2, capsys):
     import re
 
     from loop.bench import main
-    from loop.core.bench_teacher import MSTEP_PATHS
+    from loop.bench.teacher import MSTEP_PATHS
 
     main(["--mstep", "--repeats", "2", f"teacher.path={tiny_qwen2}", "teacher.name=tiny",
           "loop.contexts_per_round=4", "teacher.train.batch_size=2", "teacher.train.epochs=1",

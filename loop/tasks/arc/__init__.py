@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loop.core.config import ConfigError, RunConfig
+from loop.core.config import ConfigError, RunConfig, TaskConfig
+from loop.core.domain import Absorbed, Domain, Key, pick
 from loop.tasks.arc.data import ArcTask, load_arc
 from loop.tasks.arc.solve import ArcBatch, prompt, score_base, score_self_edits
-from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
 from teacher.prompts import Prompt
-
-# An ARC run folder whose record lacks this key started before the ARC fixes of issue 21, which
-# no setting undoes.
-SINCE = "student.arc.permute_colors"
 
 
 def load(task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
@@ -43,15 +39,6 @@ class Arc(Domain):
                 raise ConfigError(f"{override}: task={run.task.name} does not read student.lora "
                                   "(the SQuAD student's adapter); ARC's test-time training "
                                   f"adapter is student.arc.lora: set {use}=... instead")
-
-    def resume_refusal(self, run: RunConfig, added: list[str]) -> str | None:
-        if SINCE not in added:
-            return None
-        return (f"resume={run.resume} is an ARC run started before ARC's test-time training and "
-                "the teacher's prompt changed (issue 21: colour-permuted copies, reordered "
-                "views, warm-up from 0, the reference's system message and top-p 1.0); no "
-                "setting restores them, so it cannot be resumed as it ran: start it again in a "
-                "new folder")
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
         return load(task, held_out)

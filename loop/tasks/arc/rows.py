@@ -6,8 +6,8 @@ for 1D-ARC.
 from __future__ import annotations
 
 from loop.core.config import ConfigError, RunConfig
+from loop.core.domain import Domain, select
 from loop.tasks.arc.solve import score_base, score_self_edits
-from loop.tasks.base import Domain, select
 
 
 def family(task_id: str) -> str | None:

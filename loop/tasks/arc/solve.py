@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loop.core.config import RunConfig
+from loop.core.domain import Absorbed
 from loop.tasks.arc.data import ArcTask
-from loop.tasks.base import Absorbed
 
 
 def pairs(examples) -> list[tuple]:

@@ -13,16 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
-from loop.core.config import ConfigError, RunConfig
+from loop.core.config import ConfigError, RunConfig, TaskConfig
+from loop.core.domain import Absorbed, Domain, Key, pick
 from loop.core.reward import LOG_PROBABILITIES
-from loop.tasks.base import Absorbed, Domain, Key, TaskConfig, pick
 from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
 from loop.tasks.squad.data import Passage, load_squad
-from teacher.prompts import CUES, Prompt
-
-# A run folder whose record lacks this key started before the self-qa cue opened the chat
-# teacher's turn (`resume_refusal`).
-CUE_SINCE = "student.train.passage_steps"
+from teacher.prompts import Prompt
 
 
 def prompt(run: RunConfig, passage: Passage) -> Prompt:
@@ -67,15 +63,6 @@ class Squad(Domain):
             if run.task.absorb != "single":
                 raise ConfigError("evaluate.conditions: passage_matched is a row of "
                                   f"task.absorb=single, not {run.task.absorb}")
-
-    def resume_refusal(self, run: RunConfig, added: list[str]) -> str | None:
-        if not (CUE_SINCE in added and run.teacher.instruct
-                and run.teacher.sampling.prompt in CUES):
-            return None
-        return (f"resume={run.resume} sampled `{run.teacher.sampling.prompt}` self-edits before "
-                "its cue (\"Question 1:\") moved into the chat teacher's own turn; the rest "
-                "would be drawn from another prompt, which no setting restores: start it again "
-                "in a new folder")
 
     def prompt_note(self, run: RunConfig) -> str:
         return f" (prompt `{run.teacher.sampling.prompt}`)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from loop.tasks.base import DataError, read_json
+from loop.core.domain import DataError, read_json
 
 
 @dataclass

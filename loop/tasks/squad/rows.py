@@ -14,11 +14,11 @@ from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
 from loop.core.config import RunConfig
+from loop.core.domain import Domain, select
 from loop.core.evaluation import passage_means
 from loop.core.judge import add_verdicts, load_judge
 from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
 from loop.core.seeds import derive_seed
-from loop.tasks.base import Domain, select
 from loop.tasks.squad.absorb import passage_texts, score_context
 
 log = logging.getLogger(__name__)

@@ -1,22 +1,25 @@
-"""What every domain shares: the task settings, the data errors, the dev split and the seeded
-subset, and the small interface (`Domain`) through which the rounds, the executor and
-`loop.evaluate` use a domain without knowing which one it is.
+"""What every domain shares, and all that `loop.core` knows of domains: the data errors, the dev
+split and the seeded subset, and the small interface (`Domain`) through which the rounds, the
+executor and `loop.evaluate` use a domain without knowing which one it is (the `task` settings,
+TaskConfig, are in `loop.core.config`).
 
-The domains (`loop.tasks.squad`, `loop.tasks.arc`) each own their data format, the teacher's
-prompt, the student's baseline, the scoring of a batch of self-edits and their evaluation rows;
-`loop.tasks.domain(task)` returns the one a task names (`task.format`).
+The domains themselves (`loop/tasks/<name>/`) each own their data format, the teacher's prompt,
+the student's baseline, the scoring of a batch of self-edits and their evaluation rows. `loop.core`
+never imports them: `loop.tasks` hands its lookup to `provide` when it is imported (every entry
+point imports it), and core asks `domain_of(task)` for the one `task.format` names.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from loop.tasks.config import TaskConfig
+from loop.core.config import TaskConfig
 
-if TYPE_CHECKING:  # annotations only: the domains import the config, not the other way round
+if TYPE_CHECKING:
     from loop.core.config import RunConfig
     from teacher.prompts import Prompt
 
@@ -98,7 +101,7 @@ Key = tuple[str, int, int]  # (context id, sample, inner seed): one evaluation o
 
 class Domain:
     """What the rounds (`loop.core.rounds`, `loop.core.inner`), the executor and `loop.evaluate` ask of a
-    domain. One stateless instance per domain, from `loop.tasks.domain(task)`; each Ray worker
+    domain. One stateless instance per domain, from `domain_of(task)`; each Ray worker
     gets its `score_batch` once, when it starts (it pickles by reference to its class).
 
     A context is the domain's unit (a SQuAD `Passage`, an `ArcTask`): it has an `id`. A work
@@ -111,7 +114,7 @@ class Domain:
     metrics_note = ""  # what loop.evaluate's metrics mean (the MLflow run's description)
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list:
-        """The contexts of `task.data` (`loop.tasks.base.pick` says which), validated: a bad
+        """The contexts of `task.data` (`pick` says which), validated: a bad
         entry is a DataError naming its file and entry."""
         raise NotImplementedError
 
@@ -160,11 +163,32 @@ class Domain:
         """Which teacher prompt a loop.run uses, for the MLflow run's description."""
         return ""
 
-    def resume_refusal(self, run: RunConfig, added: list[str]) -> str | None:
-        """Why a run folder whose record lacks the keys `added` (settings newer than the run)
-        cannot be resumed as it ran, when no setting restores what it computed; else None."""
-        return None
-
     def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
         """`python -m loop.evaluate` on this domain: its rows, intervals, table and plots."""
         raise NotImplementedError
+
+
+_formats: tuple[str, ...] = ()
+_lookup: Callable[[str], Domain] | None = None
+
+
+def provide(formats: tuple[str, ...], lookup: Callable[[str], Domain]) -> None:
+    """The domains there are (`task.format` values) and how to get one by name: `loop.tasks`
+    calls this when it is imported, so that core never imports a domain."""
+    global _formats, _lookup
+    _formats, _lookup = tuple(formats), lookup
+
+
+def formats() -> tuple[str, ...]:
+    """The `task.format` values provided (empty before `loop.tasks` is imported)."""
+    return _formats
+
+
+def domain_of(task: TaskConfig) -> Domain:
+    """The domain `task.format` names (its package imported on first use)."""
+    if _lookup is None:
+        raise RuntimeError("no domains provided: import loop.tasks before asking loop.core for "
+                           "a domain (every entry point does)")
+    if task.format not in _formats:
+        raise DataError(f"unknown task.format '{task.format}'; choose {' or '.join(_formats)}")
+    return _lookup(task.format)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 
-from loop.core.bench_inner import Phases, compose, matmul_peak
 from loop.core.config import ConfigError
+from loop.core.measure import Phases, compose, matmul_peak
 
 DTYPES = ("float32", "bfloat16")
 
@@ -50,9 +50,9 @@ def bench_arc(args, overrides: list[str]) -> None:
 
     from loop import tasks as domains
     from loop.core.cli import check_models
+    from loop.core.domain import select
     from loop.core.seeds import derive_seed
     from loop.tasks.arc.rows import oracle_text
-    from loop.tasks.base import select
     from student.model import load_student
 
     run = compose(["experiment=arc1d_cpu", "task.split=dev", *overrides])

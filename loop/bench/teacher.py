@@ -10,7 +10,8 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from loop.core.bench_inner import compose, load_sample, matmul_peak
+from loop.bench.inner import load_sample
+from loop.core.measure import compose, matmul_peak
 
 
 def bench_sampling(args, overrides: list[str]) -> None:

@@ -69,7 +69,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from loop.core.bench_inner import SAMPLE
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
+from loop.bench.inner import SAMPLE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from loop.core.bench_arc import bench_arc
-    from loop.core.bench_inner import bench
-    from loop.core.bench_teacher import bench_mstep, bench_sampling
+    from loop.bench.arc import bench_arc
+    from loop.bench.inner import bench
+    from loop.bench.teacher import bench_mstep, bench_sampling
     from loop.core.cli import reported
 
     if args.sampling + args.mstep + args.arc > 1:
@@ -126,6 +127,3 @@ def main(argv: list[str] | None = None) -> None:
     with reported(also=(HydraException, OmegaConfBaseException)):
         chosen(args, overrides)
 
-
-if __name__ == "__main__":
-    main()
