@@ -36,9 +36,10 @@ from pathlib import Path
 
 from loop.core.cli import user_errors
 from loop.core.errors import ConfigError
-from loop.core.evaluation import QUESTION_METRICS, condition_table, passage_means, summarise
+from loop.core.evaluation import condition_table, summarise
 from loop.core.ledger import read_jsonl
 from loop.tasks.arc.rows import add_family_differences, family_difference_lines
+from loop.tasks.squad.metrics import QUESTION_METRICS, passage_means
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
 # (not student.path: a bundled model's path is the machine's cache folder)

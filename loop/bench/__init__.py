@@ -20,7 +20,7 @@ score difference between the paths. The last line is
     speedup=<one at a time s / default s> default=<true|alone|false> default_per_min=<x>
     batched_per_min=<y> sequential_per_min=<z> peak_fraction=<default path's training phase>
 
-It also times the in-context proxy (`reward.metric=context_logprob`, `loop.core.proxy`) on the same
+It also times the in-context proxy (`reward.metric=context_logprob`, `loop.tasks.squad.proxy`) on the same
 self-edits, median over repeats, and prints what absorbing costs as a multiple of it.
 
 `python -m loop.bench --sampling` times the teacher's sampling instead (k self-edits with an

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loop.core.config import PROJECT_ROOT, ConfigError, RunConfig
 from loop.core.measure import PeakMemory, Phases, compose, matmul_peak
-from loop.core.reward import LOG_PROBABILITIES
+from loop.core.metrics import is_log_probability
 
 SAMPLE = PROJECT_ROOT / "data" / "bench" / "self_edits.json"
 
@@ -77,7 +77,7 @@ def run_path(model, tokenizer, jobs, run: RunConfig, setting: str, device: str, 
     (student.train.batched=`setting`)."""
     from loop.tasks.squad.absorb import absorb_and_score_many
 
-    generate = run.reward.metric not in LOG_PROBABILITIES
+    generate = not is_log_probability(run.reward.metric)
     phases = Phases(count)
     with PeakMemory(device) as mem:
         t0 = time.perf_counter()
@@ -92,8 +92,8 @@ def run_path(model, tokenizer, jobs, run: RunConfig, setting: str, device: str, 
 
 
 def time_proxy(model, tokenizer, items, run: RunConfig) -> float:
-    """Seconds to read every (passage, self-edit) in context (loop.core.proxy): the cheap reward."""
-    from loop.core.proxy import context_rows
+    """Seconds to read every (passage, self-edit) in context (loop.tasks.squad.proxy): the cheap reward."""
+    from loop.tasks.squad.proxy import context_rows
 
     t0 = time.perf_counter()
     for passage, text in items:
@@ -134,7 +134,7 @@ def bench(args, overrides: list[str]) -> None:
 
     # what auto is here: true (a GPU), trained alone and answered together (a CPU, answers
     # generated), or one at a time (a CPU, answers only scored)
-    generate = run.reward.metric not in LOG_PROBABILITIES
+    generate = not is_log_probability(run.reward.metric)
     auto = ("true" if train_together(with_batched(run, "auto"), device)
             else "alone" if generate else "false")
     paths = ["false", "true"] + (["auto"] if auto == "alone" else [])

@@ -21,7 +21,8 @@ from typing import Any
 from loop.core.config import RunConfig
 from loop.core.domain import domain_of, formats
 from loop.core.errors import CONF_DIR, ConfigError
-from loop.core.reward import BASELINES, FILTERS, METRICS
+from loop.core.metrics import rewards
+from loop.core.reward import BASELINES, FILTERS
 from student.config import BATCHED, PASSAGE_STEPS, VIEWS, batched_setting
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,6 @@ RULES: tuple[Rule, ...] = (
 # Enumerated settings: (setting, how a message names it, the values the code knows). Each is
 # checked here, at launch, by every entry point; the code below launch never meets another value.
 CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("reward.metric", "reward.metric", tuple(METRICS)),
     ("reward.filter", "reward.filter", tuple(FILTERS)),
     ("reward.baseline", "reward.baseline", tuple(BASELINES)),
     ("student.train.schedule", "student.train.schedule", ("linear", "constant")),
@@ -190,6 +190,8 @@ def check_settings(run: RunConfig) -> None:
     for key, name, known in CHOICES:
         if (value := setting(run, key)) not in known:
             raise ConfigError(f"unknown {name} '{value}'; choose {choices(known)}")
+    if run.reward.metric not in rewards():  # the domains' metrics (loop.core.metrics)
+        raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose {choices(tuple(rewards()))}")
     if run.task.format not in formats():  # the packages of loop/tasks/
         raise ConfigError(f"unknown task.format '{run.task.format}'; choose {choices(formats())}")
     domain_of(run.task).check_settings(run)

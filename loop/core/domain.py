@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from loop.core.config import TaskConfig
+from loop.core.metrics import Metric, register
 
 if TYPE_CHECKING:
     from loop.core.config import RunConfig
@@ -112,6 +112,7 @@ class Domain:
     logs_teacher_model = False  # whether the final teacher adapter is logged as an MLflow model
     unread_settings: tuple[str, ...] = ()  # prefixes of settings this domain never reads
     metrics_note = ""  # what loop.evaluate's metrics mean (the MLflow run's description)
+    metrics: tuple[Metric, ...] = ()  # the fields of its score rows (loop.core.metrics)
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list:
         """The contexts of `task.data` (`pick` says which), validated: a bad
@@ -168,27 +169,33 @@ class Domain:
         raise NotImplementedError
 
 
-_formats: tuple[str, ...] = ()
-_lookup: Callable[[str], Domain] | None = None
+_domains: dict[str, Domain] = {}
 
 
-def provide(formats: tuple[str, ...], lookup: Callable[[str], Domain]) -> None:
-    """The domains there are (`task.format` values) and how to get one by name: `loop.tasks`
-    calls this when it is imported, so that core never imports a domain."""
-    global _formats, _lookup
-    _formats, _lookup = tuple(formats), lookup
+def provide(domains: dict[str, Domain]) -> None:
+    """The domains there are, by `task.format`: `loop.tasks` calls this when it is imported, so
+    that core never imports a domain."""
+    _domains.clear()
+    _domains.update(domains)
+    register([m for d in domains.values() for m in d.metrics])
+
+
+def provided() -> dict[str, Domain]:
+    """The domains by `task.format`, in order (none before `loop.tasks` is imported)."""
+    if not _domains:
+        raise RuntimeError("no domains provided: import loop.tasks before asking loop.core for "
+                           "a domain (every entry point does)")
+    return dict(_domains)
 
 
 def formats() -> tuple[str, ...]:
-    """The `task.format` values provided (empty before `loop.tasks` is imported)."""
-    return _formats
+    """The `task.format` values provided."""
+    return tuple(provided())
 
 
 def domain_of(task: TaskConfig) -> Domain:
-    """The domain `task.format` names (its package imported on first use)."""
-    if _lookup is None:
-        raise RuntimeError("no domains provided: import loop.tasks before asking loop.core for "
-                           "a domain (every entry point does)")
-    if task.format not in _formats:
-        raise DataError(f"unknown task.format '{task.format}'; choose {' or '.join(_formats)}")
-    return _lookup(task.format)
+    """The domain `task.format` names."""
+    domains = provided()
+    if task.format not in domains:
+        raise DataError(f"unknown task.format '{task.format}'; choose {' or '.join(domains)}")
+    return domains[task.format]

@@ -25,27 +25,6 @@ TEACHER_CONDITIONS = ("teacher_base", "teacher")  # sampled from the local teach
 SELF_EDIT_CONDITIONS = (*TEACHER_CONDITIONS, "external")
 
 
-QUESTION_METRICS = ("exact_match", "f1", "contains", "logprob")  # per question; EM/F1/contains in percent
-
-
-def passage_means(question_scores: list[dict]) -> dict[str, float | None]:
-    """Per-context means of each metric; EM, F1, contains and judge as percentages.
-
-    Judge errors (no clear yes/no) are left out of the judge's mean and counted in
-    `judge_errors`; a context whose verdicts are all errors has no judge mean (None).
-    """
-    n = len(question_scores)
-    out: dict[str, float | None] = {}
-    for m in QUESTION_METRICS:
-        mean = sum(q[m] for q in question_scores) / n
-        out[m] = mean if m == "logprob" else 100 * mean
-    if "judge" in question_scores[0]:
-        verdicts = [q["judge"] for q in question_scores if q["judge"] is not None]
-        out["judge"] = 100 * sum(verdicts) / len(verdicts) if verdicts else None
-        out["judge_errors"] = n - len(verdicts)
-    return out
-
-
 def open_evaluation(run: RunConfig, out_dir: Path, command: str,
                     allowed: tuple[str, ...]) -> tuple[Path, dict, list[str]]:
     """What every evaluation checks before working, so a mistake fails at launch: the
@@ -183,7 +162,7 @@ def load_generator(run: RunConfig):
 
 
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resamples: int,
-              metrics: tuple[str, ...] = QUESTION_METRICS) -> dict[str, dict]:
+              metrics: tuple[str, ...]) -> dict[str, dict]:
     """Per condition and metric: mean with interval, and the paired difference from every
     condition before it (`vs_<other>`). Rows are paired units (passages; ARC: tasks, see
     `loop.tasks.arc.rows.summarise`)."""
@@ -212,10 +191,10 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resampl
 def condition_table(summary: dict[str, dict], n_passages: int, n_questions: int,
                     footer: str | None = None) -> str:
     """Means with 95% intervals per condition, then paired differences from `base`."""
-    metrics = [m for m in (*QUESTION_METRICS, "judge", "success")
-               if any(m in s for s in summary.values())]
-    names = {"exact_match": "EM %", "f1": "F1 %", "contains": "contains %", "logprob": "logprob",
-             "judge": "judge %", "success": "success %"}
+    from loop.core.metrics import shown
+
+    names = {m.name: m.header for m in shown()}
+    metrics = [m for m in names if any(m in s for s in summary.values())]
 
     def cell(e: dict | None) -> str:
         return f"{e['mean']:6.2f} [{e['low']:6.2f}, {e['high']:6.2f}]" if e else f"{'-':>22}"

@@ -7,14 +7,15 @@ from loop.core import faults
 from loop.core.config import RunConfig
 from loop.core.domain import Absorbed, Domain, Key
 from loop.core.ledger import Evaluation, Ledger
-from loop.core.reward import METRICS, context_score, paired_gain
+from loop.core.metrics import rewards
+from loop.core.reward import context_score, paired_gain
 from loop.core.sampling import SelfEdit
 from loop.core.seeds import derive_seed
 from student.config import batched_setting
 
 
 def metric_means(questions: list[dict]) -> dict[str, float]:
-    return {m: v for m in METRICS if (v := context_score(questions, m)) is not None}
+    return {m: v for m in rewards() if (v := context_score(questions, m)) is not None}
 
 
 def inner_round(student, run: RunConfig, domain: Domain, r: int, contexts: list,
@@ -23,7 +24,7 @@ def inner_round(student, run: RunConfig, domain: Domain, r: int, contexts: list,
                 absorb: set[tuple[str, int]] | None = None) -> list[Evaluation]:
     """Every (self-edit, inner seed) of the round absorbed and scored, or read from the ledger;
     with `absorb` (reward.screen) only those self-edits. With reward.metric=context_logprob
-    each self-edit is read in context by the frozen student instead (loop.core.proxy).
+    each self-edit is read in context by the frozen student instead (loop.tasks.squad.proxy).
 
     The missing ones are absorbed in batches of student.train.max_adapters (one with
     student.train.batched=false), cut by the domain (`Domain.groups`: ARC batches one task's

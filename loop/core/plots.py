@@ -5,8 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-LABELS = {"exact_match": "exact match %", "f1": "token F1 %", "contains": "gold contained %",
-          "logprob": "gold log-prob / token", "judge": "judge %", "success": "ARC success %"}
+from loop.core.metrics import by_name, shown
 
 
 def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
@@ -16,7 +15,8 @@ def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in LABELS if any(isinstance(s.get(m), dict) for s in summary.values())]
+    metrics = [m.name for m in shown() if any(isinstance(s.get(m.name), dict)
+                                              for s in summary.values())]
     conditions = list(summary)
     width = max(3.2, 0.9 * len(conditions))  # per panel: room for each condition's label
     fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.4), squeeze=False)
@@ -28,7 +28,7 @@ def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
         ax.bar(conditions, means, yerr=err, capsize=4, color=[f"C{i}" for i in range(len(means))])
         if m != "logprob":  # percentages: start at 0, and keep an all-zero panel readable
             ax.set_ylim(0, max(1.0, *(mean + hi for mean, hi in zip(means, err[1], strict=True))) * 1.1)
-        ax.set_title(LABELS[m], fontsize=10)
+        ax.set_title(by_name(m).label, fontsize=10)
         ax.axhline(0, color="black", linewidth=0.5)
         ax.tick_params(axis="x", labelrotation=25)  # long names (teacher_base) would overlap
         for label in ax.get_xticklabels():
@@ -89,7 +89,7 @@ def forgetting(matrices: dict[str, list[list[dict]]], path: Path, mode: str) -> 
                 grid[j, i] = means["logprob"]
         im = ax.imshow(grid, cmap="viridis")
         ax.set(title=f"{cond} ({mode})", xlabel="passage i", ylabel="after edit j")
-        fig.colorbar(im, ax=ax, label=LABELS["logprob"])
+        fig.colorbar(im, ax=ax, label=by_name("logprob").label)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -114,7 +114,7 @@ def family_bars(per_family: dict[str, dict[str, float]], counts: dict[str, int],
                 color=f"C{j}")
     ax.set_yticks(range(len(families)), [f"{f} ({counts[f]})" for f in families], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 100), xlabel=LABELS["success"] + " (tasks in the family)")
+    ax.set(xlim=(0, 100), xlabel=by_name("success").label + " (tasks in the family)")
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

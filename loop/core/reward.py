@@ -17,13 +17,10 @@ import logging
 import math
 from dataclasses import dataclass
 
+from loop.core.metrics import is_log_probability, reward_field
+
 log = logging.getLogger(__name__)
 
-# reward.metric -> the per-question field it averages (loop.evaluate's column names)
-METRICS = {"exact_match": "exact_match", "f1": "f1", "contains": "contains", "judge": "judge",
-           "answer_logprob": "logprob", "context_logprob": "context_logprob",
-           "success": "success"}  # success: ARC pass@2
-LOG_PROBABILITIES = ("answer_logprob", "context_logprob")  # means as they are, not percents
 # where a baseline's value is read from when it is not the metric's own field: the proxy
 # compares the self-edit in context with the frozen student's closed-book log-probability
 BASELINE_FIELD = {"context_logprob": "logprob"}
@@ -69,12 +66,12 @@ def context_score(questions: list[dict], metric: str, field: str | None = None) 
 
     Judge errors (no clear yes/no) are left out; None when no question has a verdict.
     """
-    field = field or METRICS[metric]
+    field = field or reward_field(metric)
     values = [q[field] for q in questions if q.get(field) is not None]
     if not values:
         return None
     mean = sum(values) / len(values)
-    return mean if metric in LOG_PROBABILITIES else 100 * mean
+    return mean if is_log_probability(metric) else 100 * mean
 
 
 def paired_gain(after: list[dict], before: list[list[dict]],
@@ -85,7 +82,7 @@ def paired_gain(after: list[dict], before: list[list[dict]],
     same questions: those with a value after and in every baseline run, so a judge that gave
     no verdict on a question leaves it out of both sides, never out of one. Nothing to compare:
     (None, None, 0.0)."""
-    field = METRICS[metric]
+    field = reward_field(metric)
     base_field = BASELINE_FIELD.get(metric, field)
     use = [n for n, q in enumerate(after) if q.get(field) is not None
            and all(b[n].get(base_field) is not None for b in before)]

@@ -176,7 +176,8 @@ def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: P
               teacher, student, ledger: Ledger, baseline, judge_model, adapter: Path | None,
               tracker, executor=None) -> tuple[dict, Path | None]:
     """One round, or its record when it finished before (a resumed run)."""
-    from loop.core import plots, proxy
+    from loop.core import plots
+    from loop.core.stats import agreement
 
     rdir = out_dir / f"round_{r}"
     rdir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +213,7 @@ def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: P
     inner_s = sum(e.seconds for e in evals)
     absorbed = [x for x in rows if x["reward"] is not None]
     both = [x for x in absorbed if x["proxy"] is not None]
-    agree = proxy.agreement([x["proxy"] for x in both], [x["reward"] for x in both])
+    agree = agreement([x["proxy"] for x in both], [x["reward"] for x in both])
     summary = {
         "round": r, "contexts": [c.id for c in contexts], "self_edits": len(rows),
         "evaluations": len(evals),

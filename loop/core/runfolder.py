@@ -160,7 +160,7 @@ def dataset_name(task) -> str:
 def run_description(run: RunConfig, entry: str, command: str) -> str:
     """The MLflow run's description (Markdown): the command, the pairing, the data, and what
     the numbers mean."""
-    from loop.core.reward import LOG_PROBABILITIES
+    from loop.core.metrics import is_log_probability
 
     def model(m) -> str:
         adapter = getattr(m, "adapter", None)
@@ -170,7 +170,7 @@ def run_description(run: RunConfig, entry: str, command: str) -> str:
     lines = [f"`{command}`", "",
              f"Teacher {model(run.teacher)}, student {model(run.student)}, task **{run.task.name}** "
              f"(`{data}`, split `{run.task.split}`), seed {run.seed}.", ""]
-    unit = "nats per gold-answer token" if run.reward.metric in LOG_PROBABILITIES else "points"
+    unit = "nats per gold-answer token" if is_log_probability(run.reward.metric) else "points"
     if entry == "loop.run":
         base = {"student": "the frozen student's", "passage": "the student's after absorbing the "
                 "passage alone", "passage_matched": "the student's after absorbing the passage "

@@ -91,3 +91,11 @@ def ranks(values: list[float]) -> list[float]:
 def spearman(x: list[float], y: list[float]) -> float | None:
     """Spearman's rank correlation (Pearson's r of the ranks, ties at their mean rank)."""
     return pearson(ranks(x), ranks(y))
+
+
+def agreement(proxy: list[float], absorbed: list[float]) -> dict[str, float | None]:
+    """Spearman's and Pearson's r between a cheap reward (a proxy) and the absorbed reward over
+    the same self-edits; None where either side is constant or fewer than 3 self-edits were absorbed."""
+    if len(proxy) < 3:
+        return {"spearman": None, "pearson": None}
+    return {"spearman": spearman(proxy, absorbed), "pearson": pearson(proxy, absorbed)}

@@ -7,7 +7,7 @@
 `__init__` defines `DOMAIN` (an instance of a `Domain` subclass), and one
 `conf/task/<name>.yaml` with `format: <name>`; nothing else names the domains.
 
-`loop.core` never imports this package: importing it hands core the lookup (`provide`), and
+`loop.core` never imports this package: importing it hands core the domains (`provide`), and
 every entry point (`loop.run`, `loop.evaluate`, ...) imports it.
 """
 
@@ -25,10 +25,9 @@ def formats() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.ispkg)
 
 
-def by_name(name: str) -> Domain:
-    """The domain package `name`'s DOMAIN, its package imported on first use."""
-    return importlib.import_module(f"{__name__}.{name}").DOMAIN
-
-
-provide(tuple(formats()), by_name)
+# every domain, imported now (each is a few modules of plain Python; the heavy libraries load
+# on first use), so that core knows them all: their names, rows and metrics
+DOMAINS: dict[str, Domain] = {name: importlib.import_module(f"{__name__}.{name}").DOMAIN
+                              for name in formats()}
+provide(DOMAINS)
 domain = domain_of  # `loop.tasks.domain(task)`: the domain `task.format` names

@@ -12,9 +12,9 @@ import torch
 
 from loop.core.config import PROJECT_ROOT, ConfigError
 from loop.core.domain import select
-from loop.core.evaluation import passage_means
 from loop.evaluate import evaluate
 from loop.tasks.squad.data import load_squad
+from loop.tasks.squad.metrics import passage_means
 from tests.conftest import compose_run
 
 PASSAGES = [

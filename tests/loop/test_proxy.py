@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from loop.core import proxy, rounds
+from loop.core import rounds
 from loop.core.config import ConfigError
 from loop.core.ledger import read_jsonl
+from loop.tasks.squad import proxy
 from loop.tasks.squad.data import Passage, Question
 from tests.conftest import compose_run
 from tests.loop.test_rounds import tiny_run

@@ -3,6 +3,7 @@
 test-time training on the task's demonstrations as configured.
 
     loop/tasks/arc/data.py   ArcTask, load_arc (Kaggle's challenges and solutions files)
+    loop/tasks/arc/metrics.py  its metric, success (pass@2)
     loop/tasks/arc/solve.py  test-time training on a self-edit, pass@2; the in-context base
     loop/tasks/arc/rows.py   loop.evaluate's rows (base, teacher_base, teacher, oracle) and the
                              per-family table of 1D-ARC
@@ -15,6 +16,7 @@ from pathlib import Path
 from loop.core.config import ConfigError, RunConfig, TaskConfig
 from loop.core.domain import Absorbed, Domain, Key, pick
 from loop.tasks.arc.data import ArcTask, load_arc
+from loop.tasks.arc.metrics import METRICS
 from loop.tasks.arc.solve import ArcBatch, prompt, score_base, score_self_edits
 from teacher.prompts import Prompt
 
@@ -23,8 +25,10 @@ def load(task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
     return pick(load_arc(task.data, task.solutions), task, held_out)
 
 
+
 class Arc(Domain):
     name = "arc"
+    metrics = METRICS
     conditions = ("base", "teacher_base", "teacher", "oracle")
     logs_teacher_model = False  # its teacher writes JSON configurations, not self-edits to share
     unread_settings = ("student.lora.", "student.data.")  # SQuAD's; ARC has student.arc.*

@@ -3,6 +3,8 @@ absorbs through a fresh LoRA; the score is the student's answers to the question
 
     loop/tasks/squad/data.py    Passage, Question, load_squad (the file format)
     loop/tasks/squad/absorb.py  absorbing self-edits and scoring the questions; the baselines
+    loop/tasks/squad/metrics.py its metrics (EM, F1, contains, log-prob, judge), passage means
+    loop/tasks/squad/proxy.py   the cheap reward (the self-edit in context) and its honesty check
     loop/tasks/squad/rows.py    loop.evaluate's rows (base, passage, passage_matched,
                                 teacher_base, teacher, external) in the single, together and
                                 sequential settings
@@ -15,9 +17,10 @@ from pathlib import Path
 import loop.tasks.squad.absorb as absorb
 from loop.core.config import ConfigError, RunConfig, TaskConfig
 from loop.core.domain import Absorbed, Domain, Key, pick
-from loop.core.reward import LOG_PROBABILITIES
+from loop.core.metrics import is_log_probability
 from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
 from loop.tasks.squad.data import Passage, load_squad
+from loop.tasks.squad.metrics import METRICS
 from teacher.prompts import Prompt
 
 
@@ -34,6 +37,7 @@ def load(task: TaskConfig, held_out: bool = False) -> list[Passage]:
 
 class Squad(Domain):
     name = "squad"
+    metrics = METRICS
     conditions = ("base", "passage", "passage_matched", "teacher_base", "teacher", "external")
     logs_teacher_model = True  # its teacher writes self-edits: a model others can sample
     unread_settings = ("student.arc.", "teacher.sampling.arc_prompt")  # ARC's settings
@@ -96,13 +100,13 @@ class Squad(Domain):
         return SquadBatch([(contexts[cid], training_texts(texts[(cid, i)], contexts[cid].title,
                                                           contexts[cid].context, run.student.data),
                             seeds[(cid, i, j)]) for cid, i, j in group],
-                          run.reward.metric not in LOG_PROBABILITIES)
+                          not is_log_probability(run.reward.metric))
 
     def score_batch(self, student, run: RunConfig, judge_model,
                     item: SquadBatch | ProxyBatch) -> list[Absorbed]:
         model, tokenizer = student
-        if isinstance(item, ProxyBatch):  # read in context, nothing absorbed (loop.core.proxy)
-            from loop.core.proxy import context_rows
+        if isinstance(item, ProxyBatch):  # read in context, nothing absorbed (loop.tasks.squad.proxy)
+            from loop.tasks.squad.proxy import context_rows
 
             return [Absorbed(context_rows(model, tokenizer, passage, text, run.student), [])
                     for passage, text in item.pairs]
@@ -112,7 +116,7 @@ class Squad(Domain):
     def proxies(self, student, run: RunConfig, contexts: list, edits: dict, cache,
                 path: Path) -> tuple[dict, set | None]:
         """The proxy of every self-edit: the screen (reward.screen) and its honesty check."""
-        from loop.core import proxy
+        from loop.tasks.squad import proxy
 
         if run.reward.metric == "context_logprob":
             return {}, None

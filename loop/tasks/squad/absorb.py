@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loop.core.checks import batched
 from loop.core.config import RunConfig
-from loop.core.reward import LOG_PROBABILITIES
+from loop.core.metrics import is_log_probability
 from loop.core.seeds import derive_seed
 from loop.tasks.squad.data import Passage
 from student.config import batched_setting
@@ -33,7 +33,7 @@ class SquadBatch:
 @dataclass
 class ProxyBatch:
     """Self-edits read in context by the frozen student, nothing absorbed
-    (`reward.metric=context_logprob`, loop.core.proxy)."""
+    (`reward.metric=context_logprob`, loop.tasks.squad.proxy)."""
 
     pairs: list[tuple[Passage, str]]
 
@@ -208,7 +208,7 @@ def baseline_scores(model, tokenizer, passage: Passage, run: RunConfig, cache,
     `matched_baseline_steps` steps."""
     if run.reward.baseline == "none":
         return []
-    generate = run.reward.metric not in LOG_PROBABILITIES  # answers only where they are graded
+    generate = not is_log_probability(run.reward.metric)  # answers only where they are graded
     if run.reward.baseline == "student":
         return [cache.get(passage.id, lambda: score_context(model, tokenizer, passage, run,
                                                             judge_model, generate))]

@@ -15,11 +15,11 @@ from pathlib import Path
 import loop.tasks.squad.absorb as absorb
 from loop.core.config import RunConfig
 from loop.core.domain import Domain, select
-from loop.core.evaluation import passage_means
 from loop.core.judge import add_verdicts, load_judge
 from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
 from loop.core.seeds import derive_seed
 from loop.tasks.squad.absorb import passage_texts, score_context
+from loop.tasks.squad.metrics import QUESTION_METRICS, passage_means
 
 log = logging.getLogger(__name__)
 
@@ -335,11 +335,11 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
                 append_jsonl(out_dir / "scores.jsonl", {"context": passage.id, "condition": cond,
                                                         "seconds": spent, "questions": scores})
                 per_passage[cond].append(passage_means(scores))
-        summary = summarise(per_passage, run.seed, run.evaluate.resamples)
+        summary = summarise(per_passage, run.seed, run.evaluate.resamples, QUESTION_METRICS)
         proxy = proxy_correlations(per_passage)
         agreement = {}
         if self_edits and run.task.absorb == "single":  # the in-context proxy vs absorbing
-            from loop.core.proxy import evaluation_agreement
+            from loop.tasks.squad.proxy import evaluation_agreement
 
             agreement = evaluation_agreement((model, tokenizer), run, passages, self_edits, done,
                                              baseline, out_dir / "proxy.jsonl")

@@ -1,7 +1,7 @@
 """The cheap reward and its honesty check (`reward.metric=context_logprob`, `reward.screen`).
 
-Absorbing a self-edit is a LoRA training run (10-15 s on 2 CPU cores), so a round of SEAL's
-size does not fit a CPU session. The proxy reads the self-edit instead of training on it: the
+Absorbing a self-edit is a LoRA training run, so a round of SEAL's size does not fit a CPU
+session. The proxy reads the self-edit instead of training on it: the
 frozen student's mean gold-answer log-probability per token with the self-edit in its prompt
 (no passage, no adapter), minus the same without it. It is the reward of Sakana's RLT (a
 teacher rewarded by the student's likelihood of the answer given the teacher's text in
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loop.core.ledger import append_jsonl, read_jsonl
 from loop.core.reward import context_score, paired_gain
-from loop.core.stats import pearson, spearman
+from loop.core.stats import agreement
 
 
 def context_rows(model, tokenizer, passage, self_edit: str, student_cfg) -> list[dict]:
@@ -73,14 +73,6 @@ def screened(proxies: dict[tuple[str, int], float], contexts, k: int,
         ranked = sorted(range(k), key=lambda i: (-proxies[(c.id, i)], i))
         keep |= {(c.id, i) for i in ranked[:m]}
     return keep
-
-
-def agreement(proxy: list[float], absorbed: list[float]) -> dict[str, float | None]:
-    """Spearman's and Pearson's r between the proxy and the absorbed reward over the same
-    self-edits; None where either side is constant or fewer than 3 self-edits were absorbed."""
-    if len(proxy) < 3:
-        return {"spearman": None, "pearson": None}
-    return {"spearman": spearman(proxy, absorbed), "pearson": pearson(proxy, absorbed)}
 
 
 def evaluation_agreement(student, run, passages, self_edits: dict[str, dict[str, list[str]]],
