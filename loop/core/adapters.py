@@ -3,6 +3,8 @@ MLflow run, and checked against the teacher it is loaded onto."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -67,9 +69,7 @@ def check_adapter_base(path: Path, spec: str, run: RunConfig) -> None:
 
 
 def find_adapter(spec: str, run: RunConfig) -> Path:
-    if spec.startswith(("runs:/", "models:/")):  # a logged teacher model (loop.core.teacher_model)
-        from loop.core.teacher_model import download_adapter
-
+    if spec.startswith(("runs:/", "models:/")):  # a logged teacher model (Domain.teacher_model)
         try:
             return download_adapter(spec, run.tracking.uri)
         except Exception as e:  # MLflow raises its own exception types per store
@@ -99,3 +99,25 @@ def find_adapter(spec: str, run: RunConfig) -> Path:
     if not results.get("final_adapter"):
         raise ConfigError(f"teacher.adapter={spec}: that run trained no teacher adapter")
     return Path(client.download_artifacts(spec, results["final_adapter"]))
+
+
+@functools.cache
+def download_adapter(uri: str, tracking_uri: str) -> Path:
+    """`runs:/<run id>/teacher` or `models:/<model id>` -> the adapter folder, downloaded once
+    per process (loop.evaluate checks the adapter at launch, then loads it)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)  # runs:/ finds a run's logged models through it
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+    found = sorted(local.rglob("adapter_config.json"))
+    if not found:
+        raise FileNotFoundError(f"{uri} holds no PEFT adapter (adapter_config.json)")
+    return found[0].parent
+
+
+def model_config(teacher) -> dict:
+    """What a logged teacher model's `load_context` needs to rebuild the teacher (a
+    TeacherConfig's identity and its sampling settings), as JSON."""
+    keys = ("name", "hub_id", "path", "revision", "instruct", "dtype", "trust_remote_code")
+    return {**{k: getattr(teacher, k) for k in keys},
+            "sampling": dataclasses.asdict(teacher.sampling)}

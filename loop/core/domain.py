@@ -109,7 +109,9 @@ class Domain:
 
     name: str
     conditions: tuple[str, ...]  # loop.evaluate's rows for this domain
-    logs_teacher_model = False  # whether the final teacher adapter is logged as an MLflow model
+    # the module that logs the final teacher adapter as an MLflow model (its `log` and `NAME`),
+    # or None: not logged
+    teacher_model: str | None = None
     unread_settings: tuple[str, ...] = ()  # prefixes of settings this domain never reads
     metrics_note = ""  # what loop.evaluate's metrics mean (the MLflow run's description)
     metrics: tuple[Metric, ...] = ()  # the fields of its score rows (loop.core.metrics)

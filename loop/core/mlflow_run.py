@@ -172,11 +172,12 @@ class MlflowTracker:
         self._call({"op": "dataset", "name": name, "source": str(Path(source).resolve()),
                     "ids": list(ids), "context": context})
 
-    def log_model(self, adapter, config, step=0) -> None:
-        """A teacher adapter as the run's MLflow model `teacher` (loop.core.teacher_model), with the
-        run's metrics of `step` (the last round)."""
-        self._call({"op": "model", "adapter": str(Path(adapter).resolve()), "config": config,
-                    "step": step})
+    def log_model(self, module: str, adapter, config, step=0) -> None:
+        """A teacher adapter as the run's MLflow model, logged by `module` (the domain's
+        `teacher_model`: its `log` and `NAME`), with the run's metrics of `step` (the last
+        round)."""
+        self._call({"op": "model", "module": module, "adapter": str(Path(adapter).resolve()),
+                    "config": config, "step": step})
 
     def close(self, status="FINISHED") -> None:
         if self._monitor is not None:  # its last samples, before the run stops being RUNNING
@@ -200,8 +201,9 @@ class MlflowTracker:
         """Log the teacher model; a failure that is not the server being away (a moved adapter
         folder, an MLflow validation error) is a warning and the record is dropped, so that it
         never holds back the records behind it (the adapter stays in the run folder)."""
-        from loop.core import teacher_model
+        import importlib
 
+        teacher_model = importlib.import_module(record["module"])  # the domain's, by name
         try:
             uri = teacher_model.log(self.client, self.uri, self.run_id, record["adapter"],
                                     record["config"], record.get("step", 0))

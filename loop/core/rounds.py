@@ -155,10 +155,11 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
                        "rounds": summaries}
             write_json_atomic(out_dir / "results.json", results)
             tracker.log_artifact(out_dir / "results.json")
-            if adapter and domain.logs_teacher_model and tracker.run_id:
-                from loop.core.teacher_model import model_config
+            if adapter and domain.teacher_model and tracker.run_id:
+                from loop.core.adapters import model_config
 
-                tracker.log_model(adapter, model_config(run.teacher), step=len(summaries) - 1)
+                tracker.log_model(domain.teacher_model, adapter, model_config(run.teacher),
+                                  step=len(summaries) - 1)
             print(round_table(summaries, run.reward.metric, run.reward.baseline))
             if adapter:
                 print(f"trained teacher adapter: {adapter}")

@@ -541,8 +541,9 @@ def test_the_teacher_samples_as_the_reference_does_top_p_1_and_its_system_messag
     from transformers import AutoTokenizer
 
     from loop.tasks.arc.data import ArcTask, Example
+    from loop.tasks.arc.prompts import ARC_SYSTEM
     from loop.tasks.arc.solve import prompt
-    from teacher.prompts import ARC_SYSTEM, render
+    from teacher.prompts import render
     from teacher.train import pair_rows
     from tests.conftest import compose_run
 
@@ -572,9 +573,9 @@ def test_the_limits_prompt_states_what_the_student_enforces_and_following_it_tra
     from transformers import AutoTokenizer
 
     from loop.tasks.arc.data import ArcTask, Example
+    from loop.tasks.arc.prompts import ARC_INSTRUCTION
     from loop.tasks.arc.solve import pairs, prompt
     from student.arc.ttt import prepare
-    from teacher.prompts import ARC_INSTRUCTION
     from tests.conftest import compose_run
 
     demos = [([[1, 0, 0, 2]], [[0, 0, 1, 2]]), ([[3, 0, 0, 0]], [[0, 0, 3, 0]]),

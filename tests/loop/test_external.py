@@ -234,7 +234,8 @@ def test_a_prompt_with_a_cue_asks_the_endpoint_to_continue_the_assistants_turn()
     gets it as the last message with vLLM's continue_final_message; by default (hosted APIs
     refuse unknown keys) it ends the user's message; /completions gets the text with the cue at
     its end, as a base model continues."""
-    from teacher.prompts import as_text, self_edit_prompt
+    from loop.tasks.squad.prompts import self_edit_prompt
+    from teacher.prompts import as_text
 
     gen = EndpointGenerator(EndpointConfig(url="http://127.0.0.1:9/v1", model="m",
                                            continue_cue=True),

@@ -524,7 +524,7 @@ def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_
                                                                 monkeypatch):
     """experiment=cpu_teacher: the dev split's recipe (docs/dev_experiments.md) composes with
     its settings and runs end to end, cut down to one round on tiny models."""
-    from teacher.prompts import PROMPTS
+    from loop.tasks.squad.prompts import PROMPTS
 
     full = compose_run("experiment=cpu_teacher")
     assert (full.teacher.name, full.student.name) == ("qwen0.5b", "smollm135m")

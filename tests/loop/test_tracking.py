@@ -291,10 +291,10 @@ def test_two_pairings_in_one_experiment_say_what_they_are(tiny_llama, tiny_qwen2
     # the trained teacher, as MLflow users load it and as loop.evaluate reads it
     from loop.core.adapters import find_adapter
     from loop.core.seeds import derive_seed
+    from loop.tasks.squad.prompts import self_edit_prompt
     from teacher.config import SamplingSettings
     from teacher.generate import TransformersGenerator
     from teacher.model import load_teacher
-    from teacher.prompts import self_edit_prompt
     from tests.conftest import compose_run
 
     out = tmp_path / "a"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from teacher.prompts import PROMPTS, as_text, self_edit_prompt
+from loop.tasks.squad.prompts import PROMPTS, self_edit_prompt
+from teacher.prompts import as_text
 
 
 def test_implications_is_seals_text():

@@ -30,7 +30,6 @@ class Arc(Domain):
     name = "arc"
     metrics = METRICS
     conditions = ("base", "teacher_base", "teacher", "oracle")
-    logs_teacher_model = False  # its teacher writes JSON configurations, not self-edits to share
     unread_settings = ("student.lora.", "student.data.")  # SQuAD's; ARC has student.arc.*
     metrics_note = "`success` is the percent of tasks solved (pass@2)"
 
@@ -48,7 +47,7 @@ class Arc(Domain):
         return load(task, held_out)
 
     def check_settings(self, run: RunConfig) -> None:
-        from teacher.prompts import ARC_PROMPTS
+        from loop.tasks.arc.prompts import ARC_PROMPTS
 
         if run.teacher.sampling.arc_prompt not in ARC_PROMPTS:
             raise ConfigError(f"teacher.sampling.arc_prompt must be one of {list(ARC_PROMPTS)}, "

@@ -24,7 +24,7 @@ def pairs(examples) -> list[tuple]:
 def prompt(task: ArcTask, run: RunConfig | None = None) -> list[dict]:
     """The teacher's prompt for a task: SEAL's, or with teacher.sampling.arc_prompt=limits the
     same with the limits the student enforces (`limits`) appended."""
-    from teacher.prompts import arc_prompt
+    from loop.tasks.arc.prompts import arc_prompt
 
     told = run is not None and run.teacher.sampling.arc_prompt == "limits"
     return arc_prompt(pairs(task.train), limits(task, run.student.arc) if told else None)

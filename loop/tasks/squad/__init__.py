@@ -26,7 +26,7 @@ from teacher.prompts import Prompt
 
 def prompt(run: RunConfig, passage: Passage) -> Prompt:
     """What the teacher reads for a passage: the prompt `teacher.sampling.prompt` names."""
-    from teacher.prompts import self_edit_prompt
+    from loop.tasks.squad.prompts import self_edit_prompt
 
     return self_edit_prompt(run.teacher.sampling.prompt, passage.title, passage.context)
 
@@ -39,13 +39,14 @@ class Squad(Domain):
     name = "squad"
     metrics = METRICS
     conditions = ("base", "passage", "passage_matched", "teacher_base", "teacher", "external")
-    logs_teacher_model = True  # its teacher writes self-edits: a model others can sample
+    # its teacher writes self-edits: a model others can sample (loop/tasks/squad/teacher_model.py)
+    teacher_model = "loop.tasks.squad.teacher_model"
     unread_settings = ("student.arc.", "teacher.sampling.arc_prompt")  # ARC's settings
     metrics_note = ("EM, F1 and contains are percents of questions, logprob is nats per "
                     "gold-answer token")
 
     def check_settings(self, run: RunConfig) -> None:
-        from teacher.prompts import PROMPTS
+        from loop.tasks.squad.prompts import PROMPTS
 
         if run.teacher.sampling.prompt not in PROMPTS:
             raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "

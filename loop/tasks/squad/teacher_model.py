@@ -1,7 +1,8 @@
 """The trained teacher as an MLflow model: its LoRA adapter on its base, as a pyfunc that writes
 self-edits.
 
-`loop.run` logs the final adapter of a SQuAD run under the name `teacher`, so that
+`loop.run` logs the final adapter of a SQuAD run under the name `teacher` (`Squad.teacher_model`
+names this module; core calls its `log`), so that
 
     writer = mlflow.pyfunc.load_model("runs:/<run id>/teacher")   # or models:/m-...
     writer.predict([{"title": "...", "context": "..."}], params={"seed": 0})  # -> self-edits
@@ -16,7 +17,6 @@ which imports this project (`loop.teacher_model`): load it where `seal-ts` is in
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from pathlib import Path
 
@@ -25,15 +25,7 @@ import mlflow.pyfunc
 NAME = "teacher"  # the logged model's name: runs:/<run id>/teacher
 REQUIREMENTS = ["torch", "transformers", "peft"]  # given, so MLflow does not load it to guess
 # what MLflow runs to rebuild it: it imports `loop.teacher_model`, the name every logged teacher uses
-CODE = Path(__file__).parents[1] / "teacher_model_code.py"
-
-
-def model_config(teacher) -> dict:
-    """What `load_context` needs to rebuild the teacher (a TeacherConfig's identity and its
-    sampling settings), as MLflow's JSON-able model_config."""
-    keys = ("name", "hub_id", "path", "revision", "instruct", "dtype", "trust_remote_code")
-    return {**{k: getattr(teacher, k) for k in keys},
-            "sampling": dataclasses.asdict(teacher.sampling)}
+CODE = Path(__file__).parents[2] / "teacher_model_code.py"
 
 
 class SelfEditWriter(mlflow.pyfunc.PythonModel):
@@ -64,7 +56,7 @@ class SelfEditWriter(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> list[str]:
         from loop.core.seeds import derive_seed
-        from teacher.prompts import self_edit_prompt
+        from loop.tasks.squad.prompts import self_edit_prompt
 
         rows = (model_input.to_dict("records") if hasattr(model_input, "to_dict")
                 else list(model_input))
@@ -133,17 +125,3 @@ def log(client, tracking_uri: str, run_id: str, adapter: str, config: dict,
                   artifacts={"adapter": adapter, "config": str(settings)},
                   signature=signature(config["sampling"]), pip_requirements=REQUIREMENTS)
     return f"models:/{logged.model_id}"
-
-
-@functools.cache
-def download_adapter(uri: str, tracking_uri: str) -> Path:
-    """`runs:/<run id>/teacher` or `models:/<model id>` -> the adapter folder, downloaded once
-    per process (loop.evaluate checks the adapter at launch, then loads it)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)  # runs:/ finds a run's logged models through it
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
-    found = sorted(local.rglob("adapter_config.json"))
-    if not found:
-        raise FileNotFoundError(f"{uri} holds no PEFT adapter (adapter_config.json)")
-    return found[0].parent
