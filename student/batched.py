@@ -17,9 +17,9 @@ parameter) and steps a stacked AdamW in which every adapter has its own learning
 and its own step count; an adapter whose steps are done leaves the batch and stops changing.
 
 Speed: every pass over the base serves all k adapters. On a GPU that is the point (one
-self-edit's few hundred tokens leave it idle). On a 2-core CPU a single self-edit's step
-already keeps the matmuls busy, and the batched path measured 0.83x the one-at-a-time speed
-there, 1.55x where it only answers questions (docs/batched.md, `python -m loop.bench`).
+self-edit's few hundred tokens leave it idle). On a small CPU a single self-edit's step
+already keeps the matmuls busy, and training together is no faster there; answering together
+is (docs/batched.md, `python -m loop.bench`).
 
 Equivalence: an adapter trained here equals the same adapter trained alone by `student.absorb`
 (PEFT, torch AdamW) with the same seed, data and steps, up to floating-point reduction order
@@ -217,8 +217,8 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
                 picked, wanted = hidden[:, :-1][where], target[where]
                 if not len(wanted):  # rows of one-token sequences only: nothing to predict
                     continue
-                # in slices of 256 targets: the vocabulary-wide softmax stays in cache (2x faster
-                # than one call on a 2-core CPU)
+                # in slices of 256 targets: the vocabulary-wide softmax stays in cache (faster
+                # than one call on a CPU)
                 ce = torch.cat([torch.nn.functional.cross_entropy(
                     head_logits(model, picked[b : b + 256]).float(), wanted[b : b + 256],
                     reduction="none") for b in range(0, len(wanted), 256)])
@@ -240,9 +240,8 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
 
 def pass_tokens(setting: int | None, device) -> int:
     """student.train.pass_tokens resolved: unset means 512 on a CPU, one pass (0) on a GPU (any
-    device but the CPU: tests/emulated runs the GPU branches on the `meta` device).
-    (On the 2-core CPU of docs/batched.md, passes of 300, 512 and 1024 tokens trained 8 self-edits
-    in 64.7-66.3 s, one pass in 69.5 s: its first steps were slower.)"""
+    device but the CPU: tests/emulated runs the GPU branches on the `meta` device). How the
+    pass size was chosen on a CPU: docs/batched.md."""
     if setting is not None:
         return max(0, setting)
     return 512 if on_cpu(device) else 0

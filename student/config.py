@@ -3,7 +3,7 @@
 The defaults of `SelfEditData`, `LoraSettings` and `TrainSettings` are SEAL's inner-loop settings
 (r=32, alpha=64, lr 1e-3, 10 epochs, batch 1), minus two quirks of the reference code: it trains
 on padding, and PEFT's default targets there are only q/v. Presets tune them for their model
-(`conf/student/smollm135m.yaml` holds the CPU settings measured in docs/results.md).
+(`conf/student/smollm135m.yaml` holds the CPU settings measured in docs/notebook/results.md).
 """
 
 from __future__ import annotations

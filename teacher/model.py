@@ -41,7 +41,7 @@ def load_teacher(cfg: TeacherConfig, device: str | None = None):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # "auto": bf16 on GPUs; float32 on CPUs, where bf16 matmuls without AVX512-BF16/AMX are
-    # emulated (100x slower than float32 on the 2-core AVX2 machine measured in docs/differences.md)
+    # emulated (far slower than float32: measured in docs/differences.md)
     dtype = auto_dtype(cfg.dtype, device)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
     log.info("teacher %s: %s, %.0fM parameters, %s on %s", cfg.name, type(model).__name__,

@@ -2,65 +2,16 @@
 
     python -m loop.bench                      # CPU defaults: smollm135m student, k=8 (make bench)
     python -m loop.bench --k 4 --repeats 3 student=llama1b     # any student preset or override
+    python -m loop.bench --sampling           # the teacher's sampling: adapter merged or not
+    python -m loop.bench --mstep              # the teacher's M-step: TRL's head or ours
+    python -m loop.bench --arc                # ARC's test-time training: float32 or bfloat16
 
-Each repeat absorbs and scores the same k self-edits (each on its passage's questions, the
-inner loop's reward) on each path of `student.train.batched`: `false`, one adapter at a time
-(PEFT, the reference path); `true`, all k trained and answered in shared passes
-(`student/batched.py`); and the default, `auto`, which is `true` on a GPU and, on a CPU, trains
-each adapter alone with PEFT and answers the k together when answers are generated (it is
-`false` there when they are only scored, as with the default `reward.metric=answer_logprob`:
-then it is not run apart). The paths are interleaved, rotating
-which goes first, so machine drift cancels. It prints, per path (median over repeats), the
-self-edits evaluated per minute, the seconds spent training and answering, each phase's
-achieved GFLOP/s as a fraction of this machine's matmul peak (measured here in the student's
-dtype; the phase's floating-point operations counted once by torch's FlopCounterMode on the
-one-at-a-time path: the useful work, no padding), each path's peak memory, and the largest
-score difference between the paths. The last line is
-
-    speedup=<one at a time s / default s> default=<true|alone|false> default_per_min=<x>
-    batched_per_min=<y> sequential_per_min=<z> peak_fraction=<default path's training phase>
-
-It also times the in-context proxy (`reward.metric=context_logprob`, `loop.tasks.squad.proxy`) on the same
-self-edits, median over repeats, and prints what absorbing costs as a multiple of it.
-
-`python -m loop.bench --sampling` times the teacher's sampling instead (k self-edits with an
-adapter of the M-step's shape merged into the weights for the call, `teacher.sampling.merged`,
-against the same adapter through PEFT's layers, and the base alone as the floor), ending with
-
-    sampling_speedup=<unmerged s / merged s> step_speedup=<the same per decode step>
-    merged_per_min=<x> unmerged_per_min=<y> base_per_min=<z>
-
-(an adapter changes what the teacher writes, so how long it writes: the table also gives
-seconds per decode step, where the base alone is the floor).
-
-`python -m loop.bench --mstep` times the teacher's M-step instead: TRL's SFT of a fresh LoRA on
-one round's kept pairs (`loop.contexts_per_round` (prompt, self-edit) pairs, epochs and batch
-from `teacher.train`) three ways: TRL's own (its fused LM head over every position, the batch
-padded into one pass), the completion-only head on the same padded passes, and the default on a
-CPU (the completion-only head, one pair per pass, gradients accumulated over the batch;
-`teacher/train.py`; on a GPU the default is TRL's way). It prints seconds per optimiser step,
-the useful FLOP/s of the linear layers (counted on the CPU default: no padding, no head on
-prompt tokens; attention is not counted) against the matmul peak, and the paths' losses, ending
-with
-
-    mstep_speedup=<TRL's s / CPU default s> step_s=<CPU default s per step>
-    peak_fraction=<CPU default>
-
-`python -m loop.bench --arc` times ARC's test-time training instead (`experiment=arc1d_cpu` on
-its dev split unless overridden; `--k` tasks, default 2, one repeat by default): the oracle's
-self-edit absorbed and the test input answered as the loop does it (stacked adapters), with
-the student's weights in float32 (the CPU default) and in bfloat16 (`student.dtype=bfloat16`;
-LoRA's weights stay float32), interleaved. It prints seconds of training and prediction per
-dtype, training's GFLOP/s (the Linear layers' forward and input gradients per trained token)
-against the matmul peak measured in that dtype (on a CPU without native bf16, e.g. an AVX2-only
-AMD EPYC, that peak is a slow fallback and no ceiling: a fraction of 1 or more is flagged), the
-tasks solved, the final losses, how many
-tasks got the same attempts in both, and
-
-    arc_bf16_speedup=<float32 s / bfloat16 s> train_speedup=<x> predict_speedup=<y>
-    float32_s=<s> bfloat16_s=<s> peak_fraction_float32=<f> peak_fraction_bfloat16=<f>
-
-The self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
+Each bench runs two or three ways of doing the same work on the same inputs, interleaved so
+that machine drift cancels, and prints per way the seconds, the achieved FLOP/s as a fraction
+of this machine's matmul peak, peak memory and how far the ways' results differ. Its last line
+is the contract (`speedup=... default=...`, `sampling_speedup=...`, `mstep_speedup=...`,
+`arc_bf16_speedup=...`): what each measures and what it has shown is in docs/batched.md. The
+self-edits are a fixed sample in the repository (data/bench/self_edits.json, written by the
 bundled qwen0.5b teacher with `--from-teacher --save`) or, with `--from-teacher`, fresh ones.
 """
 

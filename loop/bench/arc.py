@@ -96,7 +96,7 @@ def bench_arc(args, overrides: list[str]) -> None:
               f"{rate:>15.1f}{fraction[d]:>9.3f}{sum(u['success'] for u in runs[d][0]):>8}"
               f"{last:>12.4f}")
     for d in DTYPES:
-        if fraction[d] >= 1:  # seen on an AMD EPYC without AVX-512: bf16 `a @ b` at 0.85 GFLOP/s
+        if fraction[d] >= 1:  # a CPU without native bf16 matmuls (docs/batched.md)
             print(f"{d}: training ran faster than the {d} matmul peak measured here "
                   f"({peak[d]:.1f} GFLOP/s): this CPU has no fast {d} kernel for a plain matmul, "
                   "so that peak is no ceiling and its fraction is not a fraction of the hardware")

@@ -112,7 +112,9 @@ class Domain:
     # the module that logs the final teacher adapter as an MLflow model (its `log` and `NAME`),
     # or None: not logged
     teacher_model: str | None = None
-    unread_settings: tuple[str, ...] = ()  # prefixes of settings this domain never reads
+    # prefixes of the settings only this domain reads (ARC: student.arc.*); the other domains
+    # never read them (`unread_settings`)
+    owns: tuple[str, ...] = ()
     metrics_note = ""  # what loop.evaluate's metrics mean (the MLflow run's description)
     metrics: tuple[Metric, ...] = ()  # the fields of its score rows (loop.core.metrics)
 
@@ -193,6 +195,11 @@ def provided() -> dict[str, Domain]:
 def formats() -> tuple[str, ...]:
     """The `task.format` values provided."""
     return tuple(provided())
+
+
+def unread_settings(domain: Domain) -> tuple[str, ...]:
+    """Prefixes of the settings a domain never reads: those the other domains own."""
+    return tuple(p for d in provided().values() if d is not domain for p in d.owns)
 
 
 def domain_of(task: TaskConfig) -> Domain:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 # dtype -> (largest |difference| of a loss, of a per-token gold log-probability)
-# (bf16 on an AMX CPU: log-probabilities up to 0.051 apart on SmolLM2-135M's architecture)
+# (bf16's tolerance: what bf16 on a CPU gave on SmolLM2-135M's architecture, docs/gpu.md)
 TOLERANCE = {"float32": (1e-3, 2e-3), "bfloat16": (0.05, 0.2)}
 ANSWERS = 0.9  # float32: the share of generated answers that must be the same
 

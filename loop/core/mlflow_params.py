@@ -14,7 +14,7 @@ def run_params(flat: dict[str, Any], entry: str, project_root: Path, cache: Path
     that only say which machine it ran on (`run.json` keeps every setting as it was).
 
     Dropped: unset values; `resume`, `tracking.*` and `serve.*`; the settings the task's domain
-    never reads (`unread`, the domain's `unread_settings`: `student.arc.*` for SQuAD); vLLM
+    never reads (`unread`, `loop.core.domain.unread_settings`: `student.arc.*` for SQuAD); vLLM
     settings of a role on transformers; Ray settings of the local executor; `evaluate.*` for
     `loop.run`, and `loop.*`, `reward.*` and `teacher.train.*` for `loop.evaluate`, which trains
     no teacher (but a vLLM teacher's engine reads `teacher.train.lora.r`); `evaluate.external.*`

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from loop.core.config import ConfigError, RunConfig
-from loop.core.domain import domain_of
+from loop.core.domain import domain_of, unread_settings
 from loop.core.ledger import write_json_atomic
 from loop.core.tracking import flatten
 
@@ -128,7 +128,7 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
                                    "student": run.student.name, "task": run.task.name},
                              run_id=record["mlflow_run_id"], pending=out_dir / tracking.PENDING,
                              description=run_description(run, entry, record["command"]),
-                             unread=domain_of(run.task).unread_settings)
+                             unread=unread_settings(domain_of(run.task)))
     if tracker.run_id and tracker.run_id != record["mlflow_run_id"]:
         write_json_atomic(out_dir / "run.json", {**record, "mlflow_run_id": tracker.run_id})
     for name, contexts in (datasets or {}).items():  # again on a resume: MLflow keeps one

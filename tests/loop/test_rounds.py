@@ -522,7 +522,7 @@ def test_a_loop_killed_in_a_multi_process_m_step_leaves_no_trainer_behind(tiny_l
 @pytest.mark.slow
 def test_the_cpu_teacher_preset_runs_its_recipe_on_tiny_models(tiny_llama, tiny_qwen2, tmp_path,
                                                                 monkeypatch):
-    """experiment=cpu_teacher: the dev split's recipe (docs/dev_experiments.md) composes with
+    """experiment=cpu_teacher: the dev split's recipe (docs/notebook/dev_experiments.md) composes with
     its settings and runs end to end, cut down to one round on tiny models."""
     from loop.tasks.squad.prompts import PROMPTS
 

@@ -173,10 +173,11 @@ def test_a_whole_run_outlives_its_server_and_syncs_afterwards(tiny_llama, tiny_q
 def test_params_are_the_settings_that_apply_without_machine_paths(tmp_path):
     """What MLflow's compare view shows: no unset values, no cache folders or tracking URIs,
     no settings of the other domain, of an unused backend or of the other entry point."""
-    from loop.tasks.arc import Arc
-    from loop.tasks.squad import Squad
+    from loop.core.domain import unread_settings
+    from loop.tasks.arc import DOMAIN as ARC
+    from loop.tasks.squad import DOMAIN as SQUAD
 
-    squad, arc_unread = Squad.unread_settings, Arc.unread_settings  # what each domain never reads
+    squad, arc_unread = unread_settings(SQUAD), unread_settings(ARC)  # what each never reads
     project, cache = tmp_path / "project", tmp_path / "cache"
     flat = {"teacher.name": "qwen0.5b", "teacher.path": str(cache / "models" / "qwen0.5b"),
             "teacher.revision": None, "teacher.backend": "transformers",

@@ -30,7 +30,7 @@ class Arc(Domain):
     name = "arc"
     metrics = METRICS
     conditions = ("base", "teacher_base", "teacher", "oracle")
-    unread_settings = ("student.lora.", "student.data.")  # SQuAD's; ARC has student.arc.*
+    owns = ("student.arc.", "teacher.sampling.arc_prompt")  # test-time training, its prompt
     metrics_note = "`success` is the percent of tasks solved (pass@2)"
 
     def check_overrides(self, run: RunConfig, overrides: list[str]) -> None:

@@ -97,8 +97,7 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
     from student.config import batched_setting
 
     args = (model, tokenizer, pairs(task.train), pairs(task.test))
-    # auto included: ARC's adapters train together on every device (1.05x one at a time on a
-    # 2-core CPU, docs/batched.md)
+    # auto included: ARC's adapters train together on every device (measured: docs/batched.md)
     if batched_setting(run.student.train.batched) != "false":
         from student.batched import memory_advice
 

@@ -41,7 +41,7 @@ class Squad(Domain):
     conditions = ("base", "passage", "passage_matched", "teacher_base", "teacher", "external")
     # its teacher writes self-edits: a model others can sample (loop/tasks/squad/teacher_model.py)
     teacher_model = "loop.tasks.squad.teacher_model"
-    unread_settings = ("student.arc.", "teacher.sampling.arc_prompt")  # ARC's settings
+    owns = ("student.lora.", "student.data.")  # the passage absorber's adapter and data
     metrics_note = ("EM, F1 and contains are percents of questions, logprob is nats per "
                     "gold-answer token")
 
