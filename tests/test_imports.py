@@ -177,3 +177,68 @@ def test_the_core_import_check_sees_each_kind_of_arrow(tmp_path):
         "loop.tasks", "loop.tasks.domain", "loop.tasks.squad.rows", "student.arc.augment",
         "student.arc.augment.VIEW_TRANSFORMS", "loop.bench", "loop.teacher_model",
         "loop.teacher_model.SelfEditWriter"}
+
+
+def area(module: str) -> str:
+    """The part of the project a module belongs to, for the graph `python -m tests.test_imports`
+    prints: a role package (ARC's student code apart), loop's core, each domain, the benches, or
+    an entry point."""
+    parts = module.split(".")
+    if parts[0] in ("teacher", "student"):
+        return "student.arc" if parts[:2] == ["student", "arc"] else parts[0]
+    if len(parts) == 1:
+        return "loop"
+    if parts[1] == "tasks":
+        return ".".join(parts[:3]) if len(parts) > 2 and parts[2] not in ("base", "config") else "loop.tasks"
+    return {"core": "loop.core", "bench": "loop.bench"}.get(parts[1], "loop.<entry>")
+
+
+def is_module(root, name: str) -> bool:
+    path = root.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def imported_modules(path, root, packages) -> set[str]:
+    """The project modules a file imports: `from pkg import name` is the module pkg.name where
+    that is a module, else pkg (`name` is a function or a class)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {f"{node.module}.{a.name}" if is_module(root, f"{node.module}.{a.name}")
+                      else node.module for a in node.names}
+    return {n for n in names if n.split(".")[0] in packages}
+
+
+def area_graph(root) -> dict[tuple[str, str], int]:
+    """(importer's area, imported area) -> how many (file, imported module) arrows, every import
+    of teacher/, student/ and loop/ counted (function-local and annotation-only included)."""
+    from collections import Counter
+    from pathlib import Path
+
+    root, packages = Path(root), {"teacher", "student", "loop"}
+    edges: Counter = Counter()
+    for f in sorted(x for p in packages for x in (root / p).rglob("*.py")):
+        me = area(".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"))
+        for n in imported_modules(f, root, packages):
+            if (other := area(n)) != me:
+                edges[(me, other)] += 1
+    return dict(sorted(edges.items()))
+
+
+def test_the_area_graph_counts_arrows_between_parts(tmp_path):
+    (tmp_path / "loop" / "core").mkdir(parents=True)
+    (tmp_path / "loop" / "core" / "x.py").write_text(
+        "from loop.tasks.squad import absorb\nimport student.arc.ttt\ndef f():\n"
+        "    from loop.tasks import domain\n    from loop.core import y\n")
+    assert area_graph(tmp_path) == {("loop.core", "loop.tasks"): 1,
+                                    ("loop.core", "loop.tasks.squad"): 1,
+                                    ("loop.core", "student.arc"): 1}
+
+
+if __name__ == "__main__":  # python -m tests.test_imports [project root]: the graph of areas
+    import sys
+
+    for (a, b), n in area_graph(sys.argv[1] if len(sys.argv) > 1 else PROJECT_ROOT).items():
+        print(f"{a:>18} -> {b:<18} {n:>3}{'   <- core knows a domain' if a == 'loop.core' and b not in ('loop.core', 'teacher', 'student') else ''}")
