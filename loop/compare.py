@@ -22,7 +22,7 @@ task's success rate over its self-edits, as `loop.evaluate` bootstraps it. `--sh
 rows on the passages or tasks every one of them holds whole, and says how many it left out: how
 an evaluation still running (a 1D-ARC one runs for hours, across sessions) is read part way.
 On 1D-ARC tasks each difference is also given with the task families resampled instead of the
-tasks (`loop.tasks.arc.rows.add_family_differences`).
+tasks (the ARC domain's `summarise_units`).
 
     python -m loop.compare --shared outputs/eval1d:teacher_base outputs/eval1d:teacher
 """
@@ -34,12 +34,13 @@ import json
 import sys
 from pathlib import Path
 
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
 from loop.core.cli import user_errors
+from loop.core.domain import Domain, provided
 from loop.core.errors import ConfigError
-from loop.core.evaluation import condition_table, summarise
+from loop.core.evaluation import condition_table
 from loop.core.ledger import read_jsonl
-from loop.tasks.arc.rows import add_family_differences, family_difference_lines
-from loop.tasks.squad.metrics import QUESTION_METRICS, passage_means
+from loop.tasks.squad.metrics import passage_means
 
 # run.json keys that must agree for rows of two folders to pair: the seeds, the answerer, the data
 # (not student.path: a bundled model's path is the machine's cache folder)
@@ -75,29 +76,12 @@ def read_records(folder: Path, condition: str) -> list[dict]:
     return list(mine.values())
 
 
-def is_arc(records: list[dict]) -> bool:
-    """ARC rows record a task's `success`; SQuAD's, a passage's `questions`."""
-    return "questions" not in records[0]
-
-
-def row_units(records: list[dict], folder: Path,
-              condition: str) -> tuple[dict[str, dict[str, float | None]], set[str]]:
-    """One row's paired units, {passage or task: its means}, in scoring order, and the tasks it
-    holds only in part. SQuAD: the passage's means per metric. ARC: the task's success % over
-    its `evaluate.samples` self-edits (`base`: its one attempt), for the tasks whose self-edits
-    are all recorded; the others are returned apart. `records` are the row's (`read_records`)."""
-    if not is_arc(records):
-        return {r["context"]: passage_means(r["questions"]) for r in records}, set()
-    n = 1 if condition == "base" else settings(folder).get("evaluate.samples")
-    if n is None:
-        raise ConfigError(f"{folder} holds no run.json: how many self-edits a task has "
-                          "(evaluate.samples) is not known")
-    by_task: dict[str, list[float]] = {}
-    for r in records:
-        by_task.setdefault(r["context"], []).append(r["success"])
-    whole = {task: {"success": 100 * sum(s) / len(s)} for task, s in by_task.items()
-             if len(s) == n}
-    return whole, set(by_task) - set(whole)
+def domain_of_records(records: list[dict], where: Path) -> Domain:
+    """The domain whose `loop.evaluate` wrote these records."""
+    for domain in provided().values():
+        if domain.reads(records[0]):
+            return domain
+    raise ConfigError(f"{where}: its records are of no domain this version knows")
 
 
 def settings(folder: Path) -> dict:
@@ -138,14 +122,16 @@ def compare(specs: list[str], seed: int = 0, resamples: int = 10_000,
         if label in rows:
             raise ConfigError(f"two rows are labelled {label!r}: give one a label (=<label>)")
         records = read_records(folder, condition)
-        kinds[label] = is_arc(records)
-        rows[label], some = row_units(records, folder, condition)
+        kinds[label] = domain_of_records(records, folder)
+        rows[label], some = kinds[label].row_units(records, condition, settings(folder), folder)
         partial |= some
         folders.append(folder)
-    if len(set(kinds.values())) > 1:
-        arc = sorted(label for label, k in kinds.items() if k)
-        raise ConfigError(f"rows {arc} are ARC evaluations and the others SQuAD: compare "
-                          "evaluations of one task")
+    if len({d.name for d in kinds.values()}) > 1:
+        first = next(iter(kinds.values()))
+        mine = sorted(label for label, d in kinds.items() if d.name == first.name)
+        others = sorted({d.title for d in kinds.values() if d.name != first.name})
+        raise ConfigError(f"rows {mine} are {first.title} evaluations and the others "
+                          f"{' and '.join(others)}: compare evaluations of one task")
     first, *_ = rows
     order = list(rows[first])
     if shared:
@@ -168,10 +154,7 @@ def compare(specs: list[str], seed: int = 0, resamples: int = 10_000,
                                   "ones, or pair on those all rows hold with --shared")
     differ = check_pairable(folders)
     units = {label: [row[u] for u in order] for label, row in rows.items()}
-    if not next(iter(kinds.values())):
-        return summarise(units, seed, resamples, QUESTION_METRICS), len(order), differ, left_out
-    summary = add_family_differences(summarise(units, seed, resamples, ("success",)), order,
-                                     units, seed, resamples)
+    summary = next(iter(kinds.values())).summarise_units(units, order, seed, resamples)
     return summary, len(order), differ, left_out
 
 
@@ -179,9 +162,9 @@ def sample_means(folder: Path, condition: str) -> dict[str, list[dict[str, float
     """Per passage, per self-edit sample (in sample order): the means of each reward metric."""
     out: dict[str, list[dict[str, float]]] = {}
     records = read_records(folder, condition)
-    if is_arc(records):
-        raise ConfigError(f"{folder} is an ARC evaluation: --rewards compares SQuAD's reward "
-                          "metrics")
+    if (domain := domain_of_records(records, folder)).name != "squad":
+        raise ConfigError(f"{folder} is an {domain.title} evaluation: --rewards compares "
+                          "SQuAD's reward metrics")
     for r in records:
         by_sample: dict[int, list[dict]] = {}
         for q in r["questions"]:
@@ -322,17 +305,19 @@ def main(argv: list[str] | None = None) -> int:
             print(rewards_report(args.rows))
             return 0
         summary, n, differ, left_out = compare(args.rows, args.seed, shared=args.shared)
+        folder, condition, _ = parse_row(args.rows[0])
+        domain = domain_of_records(read_records(folder, condition), folder)
     except user_errors() as e:  # a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    unit = "tasks" if "success" in next(iter(summary.values())) else "passages"
+    unit = f"{domain.unit}s"
     footer = (f"{n} {unit}; mean over {unit} [95% bootstrap interval]; differences are paired "
-              f"by {unit[:-1]}")
+              f"by {domain.unit}")
     if args.shared:
         footer += f"; left out: {left_out} (not held whole by every row)"
     print(condition_table(summary, n, 0, footer=footer))
-    if by_family := family_difference_lines(summary):
-        print("\n".join(by_family))
+    if lines := domain.summary_lines(summary):
+        print("\n".join(lines))
     if differ:
         print("the folders' settings differ in: " + ", ".join(differ))
     return 0

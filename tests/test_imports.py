@@ -241,4 +241,5 @@ if __name__ == "__main__":  # python -m tests.test_imports [project root]: the g
     import sys
 
     for (a, b), n in area_graph(sys.argv[1] if len(sys.argv) > 1 else PROJECT_ROOT).items():
-        print(f"{a:>18} -> {b:<18} {n:>3}{'   <- core knows a domain' if a == 'loop.core' and b not in ('loop.core', 'teacher', 'student') else ''}")
+        knows = a == "loop.core" and b not in ("teacher", "student")
+        print(f"{a:>18} -> {b:<18} {n:>3}{'   <- core knows a domain' if knows else ''}")

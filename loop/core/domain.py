@@ -172,6 +172,32 @@ class Domain:
         """`python -m loop.evaluate` on this domain: its rows, intervals, table and plots."""
         raise NotImplementedError
 
+    # -- reading evaluations back (`loop.compare`) --------------------------------------------
+
+    unit = "context"  # what an evaluation's rows pair on (a passage, a task)
+    title = ""  # the domain as a message names it (SQuAD, ARC)
+
+    def reads(self, record: dict) -> bool:
+        """Whether a `scores.jsonl` record of `loop.evaluate` is one of this domain's."""
+        raise NotImplementedError
+
+    def row_units(self, records: list[dict], condition: str, config: dict,
+                  folder: Path) -> tuple[dict[str, dict], set[str]]:
+        """One row's paired units, {context id: its means per metric}, in scoring order, and
+        the contexts it holds only in part. `config`: the folder's recorded settings ({} when
+        it has no run.json)."""
+        raise NotImplementedError
+
+    def summarise_units(self, units: dict[str, list[dict]], order: list[str], seed: int,
+                        resamples: int) -> dict[str, dict]:
+        """Rows of paired units (as `row_units` gives them, in `order`) summarised as
+        `loop.evaluate` summarises its own: means, intervals, paired differences."""
+        raise NotImplementedError
+
+    def summary_lines(self, summary: dict[str, dict]) -> list[str]:
+        """Lines printed under the table (ARC: differences with the families resampled)."""
+        return []
+
 
 _domains: dict[str, Domain] = {}
 

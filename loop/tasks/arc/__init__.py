@@ -46,6 +46,39 @@ class Arc(Domain):
     def load(self, task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
         return load(task, held_out)
 
+    unit, title = "task", "ARC"
+
+    def reads(self, record: dict) -> bool:
+        return "success" in record
+
+    def row_units(self, records: list[dict], condition: str, config: dict,
+                  folder: Path) -> tuple[dict[str, dict], set[str]]:
+        """A task's success % over its `evaluate.samples` self-edits (`base`: its one attempt),
+        for the tasks whose self-edits are all recorded; the others apart (still running)."""
+        n = 1 if condition == "base" else config.get("evaluate.samples")
+        if n is None:
+            raise ConfigError(f"{folder} holds no run.json: how many self-edits a task has "
+                              "(evaluate.samples) is not known")
+        by_task: dict[str, list[float]] = {}
+        for r in records:
+            by_task.setdefault(r["context"], []).append(r["success"])
+        whole = {task: {"success": 100 * sum(s) / len(s)} for task, s in by_task.items()
+                 if len(s) == n}
+        return whole, set(by_task) - set(whole)
+
+    def summarise_units(self, units: dict[str, list[dict]], order: list[str], seed: int,
+                        resamples: int) -> dict[str, dict]:
+        from loop.core.evaluation import summarise
+        from loop.tasks.arc.rows import add_family_differences
+
+        return add_family_differences(summarise(units, seed, resamples, ("success",)), order,
+                                      units, seed, resamples)
+
+    def summary_lines(self, summary: dict[str, dict]) -> list[str]:
+        from loop.tasks.arc.rows import family_difference_lines
+
+        return family_difference_lines(summary)
+
     def check_settings(self, run: RunConfig) -> None:
         from loop.tasks.arc.prompts import ARC_PROMPTS
 

@@ -75,6 +75,24 @@ class Squad(Domain):
     def load(self, task: TaskConfig, held_out: bool = False) -> list[Passage]:
         return load(task, held_out)
 
+    unit, title = "passage", "SQuAD"
+
+    def reads(self, record: dict) -> bool:
+        return "questions" in record
+
+    def row_units(self, records: list[dict], condition: str, config: dict,
+                  folder: Path) -> tuple[dict[str, dict], set[str]]:
+        from loop.tasks.squad.metrics import passage_means
+
+        return {r["context"]: passage_means(r["questions"]) for r in records}, set()
+
+    def summarise_units(self, units: dict[str, list[dict]], order: list[str], seed: int,
+                        resamples: int) -> dict[str, dict]:
+        from loop.core.evaluation import summarise
+        from loop.tasks.squad.metrics import QUESTION_METRICS
+
+        return summarise(units, seed, resamples, QUESTION_METRICS)
+
     def check(self, run: RunConfig) -> None:
         if run.reward.metric == "success":
             raise ConfigError("reward.metric=success is ARC's; pick another metric for "
