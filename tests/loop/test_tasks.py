@@ -98,3 +98,35 @@ def test_settings_that_cannot_apply_are_refused_at_launch():
         check_settings(compose_run("task=squad_cpt", "student.train.passage_steps=own"))
     with pytest.raises(ConfigError, match="evaluate.absorb_seed redraws"):
         check_settings(compose_run("task=squad_cpt", "evaluate.absorb_seed=1"))
+
+
+def test_a_third_domain_is_provided_to_core_without_touching_the_others():
+    """What core knows of a domain is what `provide` hands it: a third one (a package whose
+    DOMAIN is this) gets its task.format accepted, its metric as a reward and in the registry,
+    its settings unread by the other domains, none of theirs unread by it but their own."""
+    from loop.core.checks import check_settings
+    from loop.core.domain import Domain, formats, provide, unread_settings
+    from loop.core.metrics import Metric, by_name, rewards
+    from loop.tasks import DOMAINS
+    from tests.conftest import compose_run
+
+    class Toy(Domain):
+        name, title, unit = "toy", "Toy", "item"
+        conditions = ("base",)
+        owns = ("student.toy.",)
+        metrics = (Metric("hit", "hit %", "items hit %", reward="hit"),)
+
+    toy = Toy()
+    try:
+        provide({**DOMAINS, "toy": toy})
+        assert formats() == ("arc", "squad", "toy")
+        assert rewards()["hit"] == by_name("hit") and "f1" in rewards()
+        assert "student.toy." in unread_settings(DOMAINS["squad"])
+        assert "student.toy." in unread_settings(DOMAINS["arc"])
+        assert unread_settings(toy) == (*DOMAINS["arc"].owns, *DOMAINS["squad"].owns)
+        check_settings(compose_run("task.format=toy", "reward.metric=hit"))
+    finally:
+        provide(DOMAINS)
+    assert formats() == ("arc", "squad") and "hit" not in rewards()
+    with pytest.raises(ConfigError, match="unknown reward.metric 'hit'"):
+        check_settings(compose_run("reward.metric=hit"))
