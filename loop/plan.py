@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
+
 
 def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException

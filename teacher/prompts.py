@@ -12,7 +12,7 @@ def as_messages(prompt: Prompt) -> list[dict]:
 
 
 def cue(prompt: Prompt) -> str | None:
-    """The assistant's begun answer that ends a chat prompt (CUES), or None."""
+    """The assistant's begun answer that ends a chat prompt (a domain's cue), or None."""
     if isinstance(prompt, str) or not prompt or prompt[-1]["role"] != "assistant":
         return None
     return prompt[-1]["content"]

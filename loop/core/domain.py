@@ -99,6 +99,17 @@ class Absorbed(NamedTuple):
 Key = tuple[str, int, int]  # (context id, sample, inner seed): one evaluation of a round
 
 
+class Shape(NamedTuple):
+    """The sequence lengths a domain sends the models, at the settings' upper bounds, for the
+    memory plan (`loop.core.memory`) and the vLLM engines' max_model_len."""
+
+    teacher_prompt: int  # tokens of the teacher's prompt, before its self-edit
+    student_sequence: int  # the longest sequence the student answers (prompt and answer)
+    lora: Any  # the student's adapter settings (r, targets) the inner loop trains
+    longest: int  # the longest sequence one self-edit trains on
+    per_adapter: int  # the tokens one adapter trains on in one step
+
+
 class Domain:
     """What the rounds (`loop.core.rounds`, `loop.core.inner`), the executor and `loop.evaluate` ask of a
     domain. One stateless instance per domain, from `domain_of(task)`; each Ray worker
@@ -115,6 +126,9 @@ class Domain:
     # prefixes of the settings only this domain reads (ARC: student.arc.*); the other domains
     # never read them (`unread_settings`)
     owns: tuple[str, ...] = ()
+    # settings a run folder of this domain must record to be resumed: one from before them is
+    # refused (`loop.core.runfolder.check_resume`)
+    resumable_since: tuple[str, ...] = ()
     metrics_note = ""  # what loop.evaluate's metrics mean (the MLflow run's description)
     metrics: tuple[Metric, ...] = ()  # the fields of its score rows (loop.core.metrics)
 
@@ -152,6 +166,11 @@ class Domain:
 
     def score_batch(self, student, run: RunConfig, judge_model, item) -> list[Absorbed]:
         """One batch absorbed and scored on the student; runs on an executor's worker."""
+        raise NotImplementedError
+
+    def shape(self, run: RunConfig, longest: int | None = None) -> Shape:
+        """The sequence lengths of a run (`longest`: the longest training sequence, instead of
+        the one the settings allow)."""
         raise NotImplementedError
 
     def proxies(self, student, run: RunConfig, contexts: list, edits: dict, cache,

@@ -9,8 +9,8 @@ exact for their token counts. Activations are estimates: per token and block, wh
 Llama/Qwen block keeps for its backward in the GPU dtype (the residual and norm inputs, q/k/v/o,
 the attention output, the MLP's gate, up, activation and product) plus each LoRA target's input
 in float32 (PEFT and student.adapters run the adapters in float32). Token counts are the
-settings' upper bounds (a self-edit of `max_new_tokens`, a passage of PASSAGE_TOKENS, an ARC
-sequence of student.arc.max_tokens), so the plan errs high. Allocator slack, CUDA context and
+settings' upper bounds (a self-edit of `max_new_tokens`; the domain's `shape`: a SQuAD passage, an
+ARC sequence of student.arc.max_tokens), so the plan errs high. Allocator slack, CUDA context and
 kernels' workspaces are one row, `RESERVE`. A round's phases follow each other (the teacher
 samples; the inner loop trains adapters, then they answer; the M-step trains), and what one
 frees the next reuses (the caching allocator keeps it): the peak is what stays resident
@@ -25,14 +25,12 @@ import logging
 from dataclasses import dataclass
 
 from loop.core.architecture import Arch, Unplannable, arch_of, architecture  # noqa: F401
+from loop.core.domain import domain_of
 from loop.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 GiB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PASSAGE_TOKENS = 1024  # a SQuAD passage with its title and prompt template: the longest
-# title + passage in data/squad (train_pool, eval200) is 624 tokens by Qwen2.5's tokenizer
-TITLE_TOKENS = 64  # a passage's title, prefixed to each unit of a self-edit
 RESERVE = 2.0 * GiB  # CUDA context, cuBLAS/attention workspaces, allocator fragmentation
 
 
@@ -81,14 +79,11 @@ def _dtype_bytes(setting: str) -> int:
 def max_model_len(run, role: str) -> int:
     """The longest sequence a role's vLLM engine is sent: prompt + max_new_tokens (the teacher:
     a passage or an ARC task's demonstrations, then a self-edit; the student: a question with
-    its prompt, then an answer, or an ARC query)."""
-    arc = run.task.format == "arc"
-    if role == "teacher":  # ARC: the demonstrations as text, capped as the student's queries are
-        prompt = run.student.arc.max_tokens if arc else PASSAGE_TOKENS
-        return prompt + run.teacher.sampling.max_new_tokens
-    if arc:
-        return run.student.arc.max_tokens
-    return PASSAGE_TOKENS + run.student.eval.max_new_tokens
+    its prompt, then an answer, or an ARC query): the domain's `shape`."""
+    shape = domain_of(run.task).shape(run)
+    if role == "teacher":
+        return shape.teacher_prompt + run.teacher.sampling.max_new_tokens
+    return shape.student_sequence
 
 
 def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row]]], float]:
@@ -167,7 +162,7 @@ def student_rows(run, student: Arch, sb: int, *, pass_tokens: int | None = None,
     pass's activations. `pass_tokens`, `adapters`, `longest`: instead of the settings'
     (student.train.pass_tokens, student.train.max_adapters, the longest sequence they allow)."""
     s = run.student
-    arc = run.task.format == "arc"
+    shape = domain_of(run.task).shape(run, longest)
     rows = [Row(f"student weights ({s.name})", student.params * sb,
                 f"{student.params / 1e9:.2f}B parameters x {sb} bytes")]
     if run.reward.judge:  # loaded whenever it is named (it may also grade other metrics' rows)
@@ -179,20 +174,13 @@ def student_rows(run, student: Arch, sb: int, *, pass_tokens: int | None = None,
         rows.append(Row(f"judge weights ({judge.name})", arch.params * jb,
                         f"{arch.params / 1e9:.2f}B parameters x {jb} bytes",
                         "choose a smaller reward.judge"))
-    lora = s.arc.lora if arc else s.lora
+    lora = shape.lora
     k = adapters or max(1, s.train.max_adapters)
     lp = student.lora_params(lora.r, lora.targets)
     rows.append(Row(f"inner loop: {k} adapters r={lora.r}, grads, Adam", k * lp * 16,
                     f"{lp / 1e6:.1f}M parameters each x 16 bytes",
                     "lower student.train.max_adapters"))
-    if arc:
-        longest = longest or s.arc.max_tokens
-        per_adapter = s.arc.batch_size * longest
-    else:  # the passage is one sequence; a self-edit's units (lines) are one each, with a title
-        new = run.teacher.sampling.max_new_tokens
-        longest = longest or min(s.data.max_length, max(PASSAGE_TOKENS, new + TITLE_TOKENS))
-        # every sequence of one self-edit: its text (titles at most double it) and the passage
-        per_adapter = min(s.train.batch_size * longest, 2 * new + PASSAGE_TOKENS)
+    longest, per_adapter = shape.longest, shape.per_adapter
     pass_tokens = s.train.pass_tokens if pass_tokens is None else pass_tokens
     tokens = max(pass_tokens, longest) if pass_tokens else k * per_adapter
     act = tokens * student.activation_bytes_per_token(sb, lora.targets, False)
@@ -221,8 +209,7 @@ def engine_row(role: str, run, arch: Arch, dtype_bytes: int, share: float,
     a KV cache that must hold at least one sequence of max_model_len."""
     length = max_model_len(run, role)
     cfg = getattr(run, role)
-    lora = cfg.train.lora if role == "teacher" else (
-        cfg.arc.lora if run.task.format == "arc" else cfg.lora)
+    lora = cfg.train.lora if role == "teacher" else domain_of(run.task).shape(run).lora
     slots = 1 if role == "teacher" else max(1, cfg.train.max_adapters)
     loras = slots * arch.lora_params(lora.r, lora.targets) * dtype_bytes  # its LoRA slots
     need = arch.params * dtype_bytes + loras + length * arch.kv_bytes_per_token(dtype_bytes)

@@ -203,8 +203,8 @@ class MlflowTracker:
         never holds back the records behind it (the adapter stays in the run folder)."""
         import importlib
 
-        teacher_model = importlib.import_module(record["module"])  # the domain's, by name
-        try:
+        try:  # the domain's module, by name (a record from before it was named: dropped)
+            teacher_model = importlib.import_module(record["module"])
             uri = teacher_model.log(self.client, self.uri, self.run_id, record["adapter"],
                                     record["config"], record.get("step", 0))
         except Exception as e:

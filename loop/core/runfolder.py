@@ -36,10 +36,11 @@ EXECUTION = frozenset({"student.train.batched", "student.train.max_adapters",
                        "plan.gpu_memory", "plan.gpus", "plan.check"})
 
 
-# The newest setting an older run-folder format lacked: a record without it was written by a
-# version whose runs this one does not continue (prompts, passages or training that no setting
-# restores), so its resume is refused with the command that starts it afresh.
-OLDEST_RESUMABLE = "student.train.passage_steps"
+# Settings an older run folder's record lacks: one written before them (and before its domain's
+# `resumable_since`) comes from a version whose runs this one does not continue (passages,
+# training or prompts that no setting restores), so its resume is refused with the command that
+# starts it afresh.
+RESUMABLE_SINCE = ("task.split", "student.train.max_grad_norm", "teacher.sampling.merged")
 
 
 def check_resume(run: RunConfig, out_dir: Path, command: str,
@@ -68,9 +69,10 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
     if not path.exists():
         raise ConfigError(f"resume={run.resume}: no run.json there; is it a loop.run folder?")
     record = json.loads(path.read_text())
-    if OLDEST_RESUMABLE not in record["config"]:
+    since = (*RESUMABLE_SINCE, *domain_of(run.task).resumable_since)
+    if lacks := [k for k in since if k not in record["config"]]:
         raise ConfigError(f"resume={run.resume} was started by an earlier version of seal-ts (its "
-                          f"run.json has no {OLDEST_RESUMABLE}), whose runs this version does not "
+                          f"run.json has no {lacks[0]}), whose runs this version does not "
                           f"continue; start it afresh in a new folder: {record['command']}")
     old = {k: str(v) for k, v in record["config"].items()}
     new = {k: str(v) for k, v in config.items()}

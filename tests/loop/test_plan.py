@@ -78,9 +78,11 @@ def test_a_vllm_engine_too_small_for_its_weights_and_one_sequence_is_refused():
 
 
 def test_max_model_len_is_what_the_task_sends():
+    from loop.tasks.squad import PASSAGE_TOKENS
+
     run = compose_run("teacher.sampling.max_new_tokens=300", "student.eval.max_new_tokens=20")
-    assert memory.max_model_len(run, "teacher") == memory.PASSAGE_TOKENS + 300
-    assert memory.max_model_len(run, "student") == memory.PASSAGE_TOKENS + 20
+    assert memory.max_model_len(run, "teacher") == PASSAGE_TOKENS + 300
+    assert memory.max_model_len(run, "student") == PASSAGE_TOKENS + 20
     arc = compose_run("task=arc")
     assert memory.max_model_len(arc, "student") == arc.student.arc.max_tokens
 

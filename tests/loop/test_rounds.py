@@ -159,23 +159,30 @@ def test_resume_of_a_run_from_before_a_setting_existed_takes_its_current_value(t
         runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 
-@pytest.mark.parametrize("task", ["squad", "arc"])
-def test_a_folder_from_before_the_oldest_resumable_format_is_refused_with_the_command(tmp_path,
-                                                                                      task):
-    """A run folder written before the record had `runfolder.OLDEST_RESUMABLE` (older prompts,
-    passages and training that no setting restores) is not continued: the resume is refused
-    with the command that starts it afresh; a record that has it resumes."""
+@pytest.mark.parametrize(("task", "key"), [
+    ("squad", "student.train.passage_steps"), ("squad", "task.split"),
+    ("arc", "student.arc.permute_colors"), ("arc", "teacher.sampling.merged")])
+def test_a_folder_from_before_the_resumable_format_is_refused_with_the_command(tmp_path, task,
+                                                                                key):
+    """A run folder written before the record had a setting of `runfolder.RESUMABLE_SINCE` or
+    of its domain's `resumable_since` (passages, training or prompts that no setting restores)
+    is not continued: refused with the command that starts it afresh. An ARC folder that lacks
+    only SQuAD's newest setting resumes, with a warning."""
     import json
 
     run = compose_run(f"task={task}", "experiment=smoke")
     command = f"python -m loop.run task={task} experiment=smoke"
     runfolder.check_resume(run, tmp_path, command)
-    runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
     record = json.loads((tmp_path / "run.json").read_text())
-    del record["config"][runfolder.OLDEST_RESUMABLE], record["config"]["task.split"]
+    if task == "arc":
+        del record["config"]["student.train.passage_steps"]
+        (tmp_path / "run.json").write_text(json.dumps(record))
+        runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
+    del record["config"][key]
     (tmp_path / "run.json").write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match=rf"was started by an earlier version of seal-ts .*"
-                                          rf"start it afresh in a new folder: {command}$"):
+    with pytest.raises(ConfigError, match=rf"was started by an earlier version of seal-ts \(its "
+                                          rf"run.json has no {key}\).*start it afresh in a new "
+                                          rf"folder: {command}$"):
         runfolder.check_resume(dataclasses.replace(run, resume=str(tmp_path)), tmp_path, "ignored")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loop.core.config import ConfigError, RunConfig, TaskConfig
-from loop.core.domain import Absorbed, Domain, Key, pick
+from loop.core.domain import Absorbed, Domain, Key, Shape, pick
 from loop.tasks.arc.data import ArcTask, load_arc
 from loop.tasks.arc.metrics import METRICS
 from loop.tasks.arc.solve import ArcBatch, prompt, score_base, score_self_edits
@@ -31,6 +31,8 @@ class Arc(Domain):
     metrics = METRICS
     conditions = ("base", "teacher_base", "teacher", "oracle")
     owns = ("student.arc.", "teacher.sampling.arc_prompt")  # test-time training, its prompt
+    # before them: other augmented copies, views, warm-up and teacher prompt; no clipping
+    resumable_since = ("student.arc.permute_colors", "student.arc.max_grad_norm")
     metrics_note = "`success` is the percent of tasks solved (pass@2)"
 
     def check_overrides(self, run: RunConfig, overrides: list[str]) -> None:
@@ -45,6 +47,11 @@ class Arc(Domain):
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list[ArcTask]:
         return load(task, held_out)
+
+    def shape(self, run: RunConfig, longest: int | None = None) -> Shape:
+        a = run.student.arc  # the demonstrations as text, capped as the student's queries are
+        longest = longest or a.max_tokens
+        return Shape(a.max_tokens, a.max_tokens, a.lora, longest, a.batch_size * longest)
 
     unit, title = "task", "ARC"
 

@@ -16,12 +16,16 @@ from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
 from loop.core.config import ConfigError, RunConfig, TaskConfig
-from loop.core.domain import Absorbed, Domain, Key, pick
+from loop.core.domain import Absorbed, Domain, Key, Shape, pick
 from loop.core.metrics import is_log_probability
 from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
 from loop.tasks.squad.data import Passage, load_squad
 from loop.tasks.squad.metrics import METRICS
 from teacher.prompts import Prompt
+
+PASSAGE_TOKENS = 1024  # a SQuAD passage with its title and prompt template: the longest
+# title + passage in data/squad (train_pool, eval200) is 624 tokens by Qwen2.5's tokenizer
+TITLE_TOKENS = 64  # a passage's title, prefixed to each unit of a self-edit
 
 
 def prompt(run: RunConfig, passage: Passage) -> Prompt:
@@ -42,6 +46,8 @@ class Squad(Domain):
     # its teacher writes self-edits: a model others can sample (loop/tasks/squad/teacher_model.py)
     teacher_model = "loop.tasks.squad.teacher_model"
     owns = ("student.lora.", "student.data.")  # the passage absorber's adapter and data
+    # before it, the self-qa cue ended the user's message instead of opening the teacher's turn
+    resumable_since = ("student.train.passage_steps",)
     metrics_note = ("EM, F1 and contains are percents of questions, logprob is nats per "
                     "gold-answer token")
 
@@ -74,6 +80,15 @@ class Squad(Domain):
 
     def load(self, task: TaskConfig, held_out: bool = False) -> list[Passage]:
         return load(task, held_out)
+
+    def shape(self, run: RunConfig, longest: int | None = None) -> Shape:
+        s, new = run.student, run.teacher.sampling.max_new_tokens
+        # the passage is one sequence; a self-edit's units (lines) are one each, with a title
+        longest = longest or min(s.data.max_length, max(PASSAGE_TOKENS, new + TITLE_TOKENS))
+        # every sequence of one self-edit: its text (titles at most double it) and the passage
+        per_adapter = min(s.train.batch_size * longest, 2 * new + PASSAGE_TOKENS)
+        return Shape(PASSAGE_TOKENS, PASSAGE_TOKENS + s.eval.max_new_tokens, s.lora, longest,
+                     per_adapter)
 
     unit, title = "passage", "SQuAD"
 
