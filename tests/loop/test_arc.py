@@ -803,7 +803,10 @@ def test_the_arc_bench_compares_float32_and_bfloat16_and_ends_with_the_contract_
                         r"peak_fraction_float32=([\d.]+) peak_fraction_bfloat16=([\d.]+)", lines[-1])
     assert last, lines[-1]
     speedup, _, _, f32, bf16, _, _ = map(float, last.groups())
-    assert speedup == pytest.approx(f32 / bf16, rel=0.05)
+    # each printed to 2 decimals: the ratio of the printed totals is known only within their
+    # rounding (a tiny student's totals are a fraction of a second, where 0.005 s is a lot)
+    half = 0.005
+    assert (f32 - half) / (bf16 + half) - half <= speedup <= (f32 + half) / (bf16 - half) + half
 
 
 def test_sample_only_records_the_self_edits_and_a_resume_scores_exactly_those(
