@@ -55,8 +55,7 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
 
         EndpointGenerator(run.evaluate.external, run.teacher.sampling).check()
     out_dir = Path(run.resume) if run.resume else Path(out_dir)
-    # an evaluation never trains the teacher: a folder from before task=arc's M-step changed
-    # resumes without restating the old teacher.train.* values
+    # an evaluation never trains the teacher: teacher.train.* may differ from the record
     record = check_resume(run, out_dir, command, grows=added_conditions,
                           unread=("teacher.train.",))
     # this command, not the record's: it reproduces the recorded config, and what it changed
@@ -164,8 +163,8 @@ def load_generator(run: RunConfig):
 def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resamples: int,
               metrics: tuple[str, ...]) -> dict[str, dict]:
     """Per condition and metric: mean with interval, and the paired difference from every
-    condition before it (`vs_<other>`). Rows are paired units (passages; ARC: tasks, see
-    `loop.tasks.arc.rows.summarise`)."""
+    condition before it (`vs_<other>`). Rows are paired units (a domain's contexts: passages,
+    tasks), in the same order in every condition."""
     from loop.core.stats import bootstrap, paired_difference
 
     summary: dict[str, dict] = {}
