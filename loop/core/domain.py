@@ -1,7 +1,7 @@
 """What every domain shares, and all that `loop.core` knows of domains: the data errors, the dev
 split and the seeded subset, and the small interface (`Domain`) through which the rounds, the
-executor, `loop.evaluate` and `loop.compare` use a domain without knowing which one it is (the `task` settings,
-TaskConfig, are in `loop.core.config`).
+executor, `loop.evaluate` and `loop.compare` use a domain without knowing which one it is
+(the `task` settings, TaskConfig, are in `loop.core.config`).
 
 The domains themselves (`loop/tasks/<name>/`) each own their data format, the teacher's prompt,
 the student's baseline, the scoring of a batch of self-edits and their evaluation rows. `loop.core`
