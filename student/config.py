@@ -8,11 +8,27 @@ on padding, and PEFT's default targets there are only q/v. Presets tune them for
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from omegaconf import MISSING
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names a preset may ask for
+BATCHED = ("auto", "true", "false")
+PASSAGE_STEPS = ("shared", "own")
+# the views student.arc.views may name (student/arc/augment.py's VIEW_TRANSFORMS, one each)
+VIEWS = ("identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180", "rot270")
+
+# Each class's ACCEPTS: what its fields accept, checked at launch (the rules' forms are
+# described in loop/core/checks.py, which reads them).
+LEARNING_RATE = ("> 0", "a finite number above 0")
+
+
+def _learning_rates(v) -> bool:
+    return (len(v) == 2 and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                and math.isfinite(x) for x in v) and 0 < v[0] <= v[1])
 
 
 @dataclass
@@ -24,6 +40,8 @@ class SelfEditData:
     with_passage: bool = True  # append the raw passage as one more sequence (SEAL's default)
     max_length: int = 2048  # tokens per sequence; longer ones are cut with a warning
 
+    ACCEPTS: ClassVar[dict] = {"max_length": ">= 1"}
+
 
 @dataclass
 class LoraSettings:
@@ -31,6 +49,13 @@ class LoraSettings:
     alpha: int = 64  # the update is scaled by alpha / r
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+
+    ACCEPTS: ClassVar[dict] = {
+        "r": ">= 1",
+        "alpha": "> 0",
+        "dropout": ("in [0, 1)", "a probability in [0, 1)"),
+        "targets": ("non-empty", "a non-empty list of module names"),
+    }
 
 
 @dataclass
@@ -64,11 +89,18 @@ class TrainSettings:
     # result); unset: 512 on a CPU, where small passes stay in cache, all at once on a GPU
     pass_tokens: int | None = None
 
-
-BATCHED = ("auto", "true", "false")
-PASSAGE_STEPS = ("shared", "own")
-# the views student.arc.views may name (student/arc/augment.py's VIEW_TRANSFORMS, one each)
-VIEWS = ("identity", "transpose", "flip_rows", "flip_cols", "rot90", "rot180", "rot270")
+    ACCEPTS: ClassVar[dict] = {
+        "lr": LEARNING_RATE,
+        "epochs": ">= 1",
+        "batch_size": ">= 1",
+        "schedule": {"one of": ("linear", "constant")},
+        "passage_steps": (PASSAGE_STEPS, " or ".join(PASSAGE_STEPS)),
+        "method": {"one of": ("lora", "full")},
+        "batched": (lambda v: str(v).lower() in BATCHED, "auto, true or false"),
+        "max_adapters": ">= 1",
+        "max_grad_norm": ("null or > 0", "above 0, or null (no clipping)"),
+        "pass_tokens": ("null or >= 1", "at least 1, or null (automatic)"),
+    }
 
 
 def batched_setting(value) -> str:
@@ -84,6 +116,8 @@ class EvalSettings:
     max_new_tokens: int = 64  # SEAL answers with up to 64 tokens, greedy
     batch_size: int = 32  # questions per generate call
 
+    ACCEPTS: ClassVar[dict] = {"max_new_tokens": ">= 1", "batch_size": ">= 1"}
+
 
 @dataclass
 class ArcOracle:
@@ -95,6 +129,8 @@ class ArcOracle:
     loss: str = "output"  # output | all
     lr: float = 1e-4
     epochs: int = 2
+
+    ACCEPTS: ClassVar[dict] = {"lr": LEARNING_RATE, "epochs": ">= 1"}
 
 
 @dataclass
@@ -127,6 +163,23 @@ class ArcSettings:
     view_orders: int = 2
     oracle: ArcOracle = field(default_factory=ArcOracle)
 
+    ACCEPTS: ClassVar[dict] = {
+        "leave_out": (lambda v: bool(v) and all(isinstance(n, int) and n >= 1 for n in v),
+                      "a non-empty list of demonstration counts, each at least 1"),
+        "max_tasks": ">= 1",
+        "max_tokens": ">= 1",
+        "max_side": ">= 1",
+        "batch_size": ">= 1",
+        "warmup_steps": ">= 0",
+        "max_steps": ">= 1",
+        "lr_range": (_learning_rates, "two learning rates [low, high] with 0 < low <= high"),
+        "max_epochs": ">= 1",
+        "max_grad_norm": ("null or > 0", "above 0, or null (no clipping)"),
+        "views": (lambda v: bool(v) and all(n in VIEWS for n in v),
+                  f"a non-empty list of views among {list(VIEWS)}"),
+        "view_orders": ">= 0",
+    }
+
 
 @dataclass
 class StudentConfig:
@@ -150,3 +203,9 @@ class StudentConfig:
     # (weights and KV cache); the in-process models share the rest
     vllm_memory: float = 0.3
     arc: ArcSettings = field(default_factory=ArcSettings)
+
+    ACCEPTS: ClassVar[dict] = {
+        "dtype": (DTYPES, " or ".join(DTYPES)),
+        "eval_backend": {"one of": ("transformers", "vllm")},
+        "vllm_memory": ("in (0, 1]", "a fraction of the GPU's memory, in (0, 1]"),
+    }

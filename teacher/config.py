@@ -9,12 +9,17 @@ every projection trained by TRL SFT with lr 3e-4 for 2 epochs at batch 10. The C
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from omegaconf import MISSING
 
 # every linear projection of Llama/Qwen-style blocks (the student has its own copy of this list:
 # the two roles never import each other)
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names a preset may ask for
+
+# Each class's ACCEPTS: what its fields accept, checked at launch (the rules' forms are
+# described in loop/core/checks.py, which reads them).
 
 
 @dataclass
@@ -33,6 +38,13 @@ class SamplingSettings:
     # PEFT's extra low-rank matmuls (`python -m loop.bench --sampling` times the two)
     merged: bool = True
 
+    ACCEPTS: ClassVar[dict] = {
+        "temperature": (">= 0", "a finite number, at least 0 (0: greedy)"),
+        "top_p": "in (0, 1]",
+        "max_new_tokens": ">= 1",
+        "batch_size": ">= 1",
+    }
+
 
 @dataclass
 class TeacherLora:
@@ -40,6 +52,13 @@ class TeacherLora:
     alpha: int = 128
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: list(ALL_PROJECTIONS))
+
+    ACCEPTS: ClassVar[dict] = {
+        "r": ">= 1",
+        "alpha": "> 0",
+        "dropout": ("in [0, 1)", "a probability in [0, 1)"),
+        "targets": ("non-empty", "a non-empty list of module names"),
+    }
 
 
 @dataclass
@@ -65,6 +84,15 @@ class TeacherTrainSettings:
     checkpointing: str = "auto"  # auto, true, false
     lora: TeacherLora = field(default_factory=TeacherLora)
 
+    ACCEPTS: ClassVar[dict] = {
+        "lr": ("> 0", "a finite number above 0"),
+        "epochs": ">= 1",
+        "batch_size": ">= 1",
+        "processes": ">= 1",
+        "micro_batch": ("null or >= 1", "null or a positive integer"),
+        "checkpointing": (lambda v: str(v).lower() in ("auto", "true", "false"), "auto, true or false"),
+    }
+
 
 @dataclass
 class EndpointConfig:
@@ -86,6 +114,13 @@ class EndpointConfig:
     timeout: float = 300.0  # seconds per request
     retries: int = 3  # per request, on connection errors, 429 and 5xx, with backoff
     max_response_bytes: int = 4_000_000  # a longer response body is refused, never parsed
+
+    ACCEPTS: ClassVar[dict] = {
+        "concurrency": ">= 1",
+        "timeout": ("> 0", "seconds, above 0"),
+        "retries": ">= 0",
+        "max_response_bytes": ">= 1",
+    }
 
 
 @dataclass
@@ -109,3 +144,10 @@ class TeacherConfig:
     vllm_tensor_parallel: int = 1
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)
+
+    ACCEPTS: ClassVar[dict] = {
+        "dtype": (DTYPES, " or ".join(DTYPES)),
+        "backend": {"one of": ("transformers", "vllm")},
+        "vllm_memory": ("in (0, 1]", "a fraction of the GPU's memory, in (0, 1]"),
+        "vllm_tensor_parallel": (">= 1", "a number of GPUs, at least 1"),
+    }

@@ -1,12 +1,26 @@
-"""Every setting's accepted values, checked at launch by every entry point.
+"""The launch checks: each schema class's own rules (its `ACCEPTS`, beside its fields), then
+the few that span groups or read the world (the domain's, the judges, the tracking store).
 
-Hydra checks types (an int where an int is due); this table checks what the code can use: a
-range, a choice, a path that must exist. A bad value stops the run before any model loads with
-one line naming the setting, the value and what is accepted (`ConfigError`, exit 2), instead of a
-traceback minutes in, or a run that quietly does something else. Checks that depend on several
-settings at once (a batch that splits over processes, a metric that needs a judge) are in
-`loop.core.rounds.validate` (`loop.run`) and `validate_backends` (every entry point that loads a
-model).
+Hydra checks types (an int where an int is due); the rules check what the code can use: a range,
+a choice. A bad value stops the run before any model loads with one line naming the setting, the
+value and what is accepted (`ConfigError`, exit 2), instead of a traceback minutes in, or a run
+that quietly does something else. Checks that depend on several settings at once (a batch that
+splits over processes, a metric that needs a judge) are in `loop.core.rounds.validate`
+(`loop.run`) and `validate_backends` (every entry point that loads a model).
+
+A schema class says what its fields accept as data, so the role packages (which import nothing
+from `loop`) declare their rules the same way as core's classes::
+
+    ACCEPTS: ClassVar[dict] = {
+        "r": ">= 1",                          # at least 1; also "> 0", "in (0, 1]", "in [0, 1)", "finite"
+        "micro_batch": "null or >= 1",        # None is accepted too
+        "lr": ("> 0", "a finite number above 0"),      # (rule, what the message calls accepted)
+        "dtype": (("auto", "float32"), "auto or float32"),  # a choice, "must be" message
+        "views": (lambda v: ..., "a non-empty list of views"),  # any test of the value
+        "schedule": {"one of": ("linear", "constant")},  # a choice, "unknown ...; choose" message
+    }
+
+Numbers are finite and never booleans under every numeric rule.
 """
 
 from __future__ import annotations
@@ -14,7 +28,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,174 +38,94 @@ from loop.core.config import RunConfig
 from loop.core.domain import domain_of, formats
 from loop.core.errors import CONF_DIR, ConfigError
 from loop.core.metrics import rewards
-from loop.core.reward import BASELINES, FILTERS
-from student.config import BATCHED, PASSAGE_STEPS, VIEWS, batched_setting
+from student.config import batched_setting
 
 log = logging.getLogger(__name__)
 
-Rule = tuple[str, Callable[[Any], bool], str]  # (setting, accepts(value), what is accepted)
+Accepts = Callable[[Any], bool]
 
 
 def _number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def at_least(low: float) -> Callable[[Any], bool]:
-    return lambda v: _number(v) and v >= low
+_BOUND = re.compile(r"(>=|>)\s*(\S+)$")
+_RANGE = re.compile(r"in ([\[(])\s*([^,\s]+),\s*([^\])\s]+)\s*([\])])$")
 
 
-def above(low: float) -> Callable[[Any], bool]:
-    return lambda v: _number(v) and v > low
+def rule(spec: str) -> tuple[Accepts, str]:
+    """A rule's text -> (accepts(value), what is accepted in words); ValueError if unreadable."""
+    if spec.startswith("null or "):
+        accepts, words = rule(spec.removeprefix("null or "))
+        return (lambda v: v is None or accepts(v)), f"{words}, or null"
+    if spec == "finite":
+        return _number, "a finite number"
+    if spec == "non-empty":
+        return bool, "not empty"
+    if m := _BOUND.match(spec):
+        op, low = m.group(1), float(m.group(2))
+        if op == ">=":
+            return (lambda v: _number(v) and v >= low), f"at least {m.group(2)}"
+        return (lambda v: _number(v) and v > low), f"above {m.group(2)}"
+    if m := _RANGE.match(spec):
+        left, low, high, right = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+        return (lambda v: _number(v) and (v >= low if left == "[" else v > low)
+                and (v <= high if right == "]" else v < high)), spec
+    raise ValueError(f"unreadable rule {spec!r}")
 
 
-def between(low: float, high: float, *, open_low: bool = False,
-            open_high: bool = False) -> Callable[[Any], bool]:
-    return lambda v: (_number(v) and (v > low if open_low else v >= low)
-                      and (v < high if open_high else v <= high))
+class Rule:
+    """One setting's rule, from its class's ACCEPTS entry."""
+
+    def __init__(self, key: str, entry) -> None:
+        self.key, self.choices, self.name = key, None, key
+        if isinstance(entry, dict):  # {"one of": values, "name": what the message calls it}
+            self.choices, self.name = tuple(entry["one of"]), entry.get("name", key)
+            return
+        spec, words = entry if isinstance(entry, tuple) else (entry, None)
+        if isinstance(spec, str):
+            self.accepts, derived = rule(spec)
+        elif isinstance(spec, tuple):
+            self.accepts, derived = (lambda v, values=spec: v in values), None
+        else:
+            self.accepts, derived = spec, None
+        self.words = words or derived
+        if self.words is None:
+            raise ValueError(f"{key}: a rule that is not a text needs its words")
+
+    def check(self, value) -> None:
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ConfigError(f"unknown {self.name} '{value}'; choose {choices(self.choices)}")
+        elif not self.accepts(value):
+            raise ConfigError(f"{self.key} must be {self.words}, got {value!r}")
 
 
-def optional(accepts: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or accepts(v)
-
-
-def one_of(*choices: str) -> Callable[[Any], bool]:
-    return lambda v: v in choices
-
-
-def not_empty(v) -> bool:
-    return bool(v)
-
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-POSITIVE = "at least 1"
-LEARNING_RATE = "a finite number above 0"
-DROPOUT = "a probability in [0, 1)"
-
-RULES: tuple[Rule, ...] = (
-    ("loop.rounds", at_least(1), POSITIVE),
-    ("loop.contexts_per_round", at_least(1), POSITIVE),
-    ("loop.k", at_least(1), POSITIVE),
-    ("task.n_contexts", optional(at_least(1)), f"{POSITIVE}, or null for every context"),
-    ("task.split", one_of("all", "train", "dev"), "all, train (without the dev passages) or dev"),
-    ("task.dev_size", at_least(1), POSITIVE),
-    ("teacher.dtype", one_of(*DTYPES), " or ".join(DTYPES)),
-    ("teacher.sampling.temperature", at_least(0), "a finite number, at least 0 (0: greedy)"),
-    ("teacher.sampling.top_p", between(0, 1, open_low=True), "in (0, 1]"),
-    ("teacher.sampling.max_new_tokens", at_least(1), POSITIVE),
-    ("teacher.sampling.batch_size", at_least(1), POSITIVE),
-    ("teacher.train.lr", above(0), LEARNING_RATE),
-    ("teacher.train.epochs", at_least(1), POSITIVE),
-    ("teacher.train.batch_size", at_least(1), POSITIVE),
-    ("teacher.train.processes", at_least(1), POSITIVE),
-    ("teacher.train.micro_batch", optional(at_least(1)), "null or a positive integer"),
-    ("plan.gpus", optional(at_least(1)), "null or a positive integer"),
-    ("teacher.train.checkpointing", lambda v: str(v).lower() in ("auto", "true", "false"),
-     "auto, true or false"),
-    ("teacher.train.lora.r", at_least(1), POSITIVE),
-    ("teacher.train.lora.alpha", above(0), "above 0"),
-    ("teacher.train.lora.dropout", between(0, 1, open_high=True), DROPOUT),
-    ("teacher.train.lora.targets", not_empty, "a non-empty list of module names"),
-    ("teacher.vllm_memory", between(0, 1, open_low=True),
-     "a fraction of the GPU's memory, in (0, 1]"),
-    ("teacher.vllm_tensor_parallel", at_least(1), "a number of GPUs, at least 1"),
-    ("student.dtype", one_of(*DTYPES), " or ".join(DTYPES)),
-    ("student.data.max_length", at_least(1), POSITIVE),
-    ("student.lora.r", at_least(1), POSITIVE),
-    ("student.lora.alpha", above(0), "above 0"),
-    ("student.lora.dropout", between(0, 1, open_high=True), DROPOUT),
-    ("student.lora.targets", not_empty, "a non-empty list of module names"),
-    ("student.train.lr", above(0), LEARNING_RATE),
-    ("student.train.batched", lambda v: str(v).lower() in BATCHED, "auto, true or false"),
-    ("student.train.epochs", at_least(1), POSITIVE),
-    ("student.train.batch_size", at_least(1), POSITIVE),
-    ("student.train.passage_steps", one_of(*PASSAGE_STEPS), " or ".join(PASSAGE_STEPS)),
-    ("student.train.max_adapters", at_least(1), POSITIVE),
-    ("student.train.pass_tokens", optional(at_least(1)), f"{POSITIVE}, or null (automatic)"),
-    ("student.train.max_grad_norm", optional(above(0)), "above 0, or null (no clipping)"),
-    ("student.arc.max_grad_norm", optional(above(0)), "above 0, or null (no clipping)"),
-    ("student.eval.max_new_tokens", at_least(1), POSITIVE),
-    ("student.eval.batch_size", at_least(1), POSITIVE),
-    ("student.vllm_memory", between(0, 1, open_low=True),
-     "a fraction of the GPU's memory, in (0, 1]"),
-    ("student.arc.lora.r", at_least(1), POSITIVE),
-    ("student.arc.lora.alpha", above(0), "above 0"),
-    ("student.arc.lora.dropout", between(0, 1, open_high=True), DROPOUT),
-    ("student.arc.lora.targets", not_empty, "a non-empty list of module names"),
-    ("student.arc.leave_out", lambda v: bool(v) and all(isinstance(n, int) and n >= 1 for n in v),
-     "a non-empty list of demonstration counts, each at least 1"),
-    ("student.arc.max_tasks", at_least(1), POSITIVE),
-    ("student.arc.max_tokens", at_least(1), POSITIVE),
-    ("student.arc.max_side", at_least(1), POSITIVE),
-    ("student.arc.batch_size", at_least(1), POSITIVE),
-    ("student.arc.warmup_steps", at_least(0), "at least 0"),
-    ("student.arc.max_steps", at_least(1), POSITIVE),
-    ("student.arc.lr_range", lambda v: len(v) == 2 and all(map(_number, v)) and 0 < v[0] <= v[1],
-     "two learning rates [low, high] with 0 < low <= high"),
-    ("student.arc.max_epochs", at_least(1), POSITIVE),
-    ("student.arc.views", lambda v: bool(v) and all(n in VIEWS for n in v),
-     f"a non-empty list of views among {list(VIEWS)}"),
-    ("student.arc.view_orders", at_least(0), "at least 0"),
-    ("student.arc.oracle.lr", above(0), LEARNING_RATE),
-    ("student.arc.oracle.epochs", at_least(1), POSITIVE),
-    ("reward.tau", lambda v: _number(v), "a finite number"),
-    ("reward.fraction", between(0, 1, open_low=True), "a share of the round's self-edits, in (0, 1]"),
-    ("reward.inner_seeds", at_least(1), POSITIVE),
-    ("reward.min_kept", at_least(0), "at least 0 (0: the threshold filter never falls back)"),
-    ("reward.screen", optional(at_least(1)), f"{POSITIVE}, or null (absorb every self-edit)"),
-    ("evaluate.samples", at_least(1), POSITIVE),
-    ("evaluate.resamples", at_least(1), POSITIVE),
-    ("evaluate.absorb_seed", at_least(0), "at least 0 (0: the adapters' usual seeds)"),
-    ("evaluate.external.concurrency", at_least(1), POSITIVE),
-    ("evaluate.external.timeout", above(0), "seconds, above 0"),
-    ("evaluate.external.retries", at_least(0), "at least 0"),
-    ("evaluate.external.max_response_bytes", at_least(1), POSITIVE),
-    ("serve.port", between(0, 65535), "a TCP port in [0, 65535] (0: any free port)"),
-    ("serve.max_tokens", at_least(1), POSITIVE),
-    ("serve.max_request_bytes", at_least(1), POSITIVE),
-    ("executor.num_workers", at_least(1), POSITIVE),
-    ("executor.cpus_per_worker", above(0), "above 0"),
-    ("executor.gpus_per_worker", optional(at_least(0)), "null (auto) or at least 0"),
-    ("executor.max_retries", at_least(0), "at least 0"),
-    ("tracking.system_metrics_interval", above(0), "seconds, above 0"),
-)
-
-
-# Enumerated settings: (setting, how a message names it, the values the code knows). Each is
-# checked here, at launch, by every entry point; the code below launch never meets another value.
-CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("reward.filter", "reward.filter", tuple(FILTERS)),
-    ("reward.baseline", "reward.baseline", tuple(BASELINES)),
-    ("student.train.schedule", "student.train.schedule", ("linear", "constant")),
-    ("student.train.method", "student.train.method", ("lora", "full")),
-    ("teacher.backend", "teacher.backend", ("transformers", "vllm")),
-    ("student.eval_backend", "student.eval_backend", ("transformers", "vllm")),
-    ("executor.name", "executor", ("local", "ray")),
-    ("task.absorb", "task.absorb", ("single", "together", "sequential")),
-    ("evaluate.forgetting", "evaluate.forgetting", ("grow", "merge")),
-)
+def schema_rules(node, prefix: str = "") -> Iterator[tuple[Rule, Any]]:
+    """(rule, value) for every setting under `node` (a config dataclass) whose class says what
+    it accepts, in the schema's order. An ACCEPTS entry naming no field of its class raises."""
+    accepts = getattr(type(node), "ACCEPTS", {})
+    names = [f.name for f in fields(node)]
+    if stray := sorted(set(accepts) - set(names)):
+        raise ValueError(f"{type(node).__name__}.ACCEPTS names no field {stray[0]!r}")
+    for name in names:
+        value = getattr(node, name)
+        if name in accepts:
+            yield Rule(prefix + name, accepts[name]), value
+        if is_dataclass(value):
+            yield from schema_rules(value, f"{prefix}{name}.")
 
 
 def choices(values: tuple[str, ...]) -> str:
     return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
 
 
-def setting(run: RunConfig, key: str):
-    node = run
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def check_settings(run: RunConfig) -> None:
-    """Raise ConfigError for the first setting outside what it accepts (RULES, CHOICES, the
-    domain's own settings, the judges, the tracking store)."""
-    for key, accepts, accepted in RULES:
-        value = setting(run, key)
-        if not accepts(value):
-            raise ConfigError(f"{key} must be {accepted}, got {value!r}")
-    for key, name, known in CHOICES:
-        if (value := setting(run, key)) not in known:
-            raise ConfigError(f"unknown {name} '{value}'; choose {choices(known)}")
+    """Raise ConfigError for the first setting outside what it accepts (the schema classes'
+    ACCEPTS, the domains' metrics and formats, the domain's own settings, the judges, the
+    tracking store)."""
+    for setting_rule, value in schema_rules(run):
+        setting_rule.check(value)
     if run.reward.metric not in rewards():  # the domains' metrics (loop.core.metrics)
         raise ConfigError(f"unknown reward.metric '{run.reward.metric}'; choose {choices(tuple(rewards()))}")
     if run.task.format not in formats():  # the packages of loop/tasks/
@@ -223,7 +159,7 @@ def check_tracking_store(uri: str) -> None:
 
 
 def validate_backends(run: RunConfig) -> None:
-    """What the backends and the executor need beyond their names (checked by CHOICES): the
+    """What the backends and the executor need beyond their names (each class's ACCEPTS): the
     packages installed, settings that go together; warnings for combinations that work
     differently than one might expect."""
     import importlib.util

@@ -8,6 +8,7 @@ dataclasses, never a DictConfig.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
+from typing import ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -43,6 +44,13 @@ class TaskConfig:
     split: str = "all"
     dev_size: int = 50
 
+    ACCEPTS: ClassVar[dict] = {
+        "n_contexts": ("null or >= 1", "at least 1, or null for every context"),
+        "absorb": {"one of": ("single", "together", "sequential")},
+        "split": (("all", "train", "dev"), "all, train (without the dev passages) or dev"),
+        "dev_size": ">= 1",
+    }
+
 
 @dataclass
 class EvaluateConfig:
@@ -65,6 +73,13 @@ class EvaluateConfig:
     # the `external` row: self-edits from an OpenAI-compatible endpoint (a hosted model, vLLM)
     external: EndpointConfig = field(default_factory=EndpointConfig)
 
+    ACCEPTS: ClassVar[dict] = {
+        "samples": ">= 1",
+        "forgetting": {"one of": ("grow", "merge")},
+        "resamples": ">= 1",
+        "absorb_seed": (">= 0", "at least 0 (0: the adapters' usual seeds)"),
+    }
+
 
 @dataclass
 class ServeConfig:
@@ -77,6 +92,12 @@ class ServeConfig:
     max_request_bytes: int = 1_000_000
     key_env: str | None = None  # a variable whose value clients must send as a bearer key
 
+    ACCEPTS: ClassVar[dict] = {
+        "port": ("in [0, 65535]", "a TCP port in [0, 65535] (0: any free port)"),
+        "max_tokens": ">= 1",
+        "max_request_bytes": ">= 1",
+    }
+
 
 @dataclass
 class LoopConfig:
@@ -85,6 +106,8 @@ class LoopConfig:
     rounds: int = 2
     contexts_per_round: int = 50  # drawn from task.data, disjoint across rounds while it lasts
     k: int = 5  # self-edits sampled per context
+
+    ACCEPTS: ClassVar[dict] = {"rounds": ">= 1", "contexts_per_round": ">= 1", "k": ">= 1"}
 
 
 @dataclass
@@ -99,6 +122,8 @@ class PlanConfig:
     # false: start even where the plan does not fit (it errs high: activations are estimated at
     # the settings' upper bounds)
     check: bool = True
+
+    ACCEPTS: ClassVar[dict] = {"gpus": ("null or >= 1", "null or a positive integer")}
 
 
 @dataclass

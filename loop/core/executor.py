@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from loop.core import faults
 
@@ -42,6 +42,14 @@ class ExecutorConfig:
     # where it has none
     gpus_per_worker: float | None = None
     max_retries: int = 3  # ray: a batch whose worker died is retried this many times
+
+    ACCEPTS: ClassVar[dict] = {
+        "name": {"one of": ("local", "ray"), "name": "executor"},
+        "num_workers": ">= 1",
+        "cpus_per_worker": "> 0",
+        "gpus_per_worker": ("null or >= 0", "null (auto) or at least 0"),
+        "max_retries": ">= 0",
+    }
 
 
 Score = Callable[[Any, Any, Any, Any], list]  # (student, run, judge, work item) -> results

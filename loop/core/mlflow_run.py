@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from loop.core.mlflow_params import EXPERIMENT_KIND, EXPERIMENT_NOTE, dataset_input, git_commit, run_url
 
@@ -26,6 +27,8 @@ class TrackingConfig:
     # run's `system/*` metrics, every `system_metrics_interval` seconds
     system_metrics: bool = True
     system_metrics_interval: float = 10.0
+
+    ACCEPTS: ClassVar[dict] = {"system_metrics_interval": ("> 0", "seconds, above 0")}
 
 
 class TrackingError(RuntimeError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from loop.core.metrics import is_log_probability, reward_field
 
@@ -58,6 +59,16 @@ class RewardConfig:
     # two-stage screening: rank each context's k self-edits by the proxy (context_logprob) and
     # absorb only the best `screen` of them for the reward; null: absorb all k
     screen: int | None = None
+
+    ACCEPTS: ClassVar[dict] = {  # metric: the domains' metrics, checked by loop.core.checks
+        "baseline": {"one of": BASELINES},
+        "filter": {"one of": FILTERS},
+        "tau": "finite",
+        "fraction": ("in (0, 1]", "a share of the round's self-edits, in (0, 1]"),
+        "min_kept": (">= 0", "at least 0 (0: the threshold filter never falls back)"),
+        "inner_seeds": ">= 1",
+        "screen": ("null or >= 1", "at least 1, or null (absorb every self-edit)"),
+    }
 
 
 def context_score(questions: list[dict], metric: str, field: str | None = None) -> float | None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import subprocess
 import sys
+from typing import ClassVar
 
 import pytest
 from omegaconf import OmegaConf
 
 from loop.core import assets
-from loop.core.checks import RULES, check_settings
+from loop.core.checks import Rule, check_settings, rule, schema_rules
 from loop.core.config import CONF_DIR, PROJECT_ROOT, ConfigError
 from student.config import StudentConfig
 from teacher.config import TeacherConfig
@@ -195,23 +197,66 @@ def test_every_shipped_config_passes_the_launch_checks(overrides):
     check_settings(compose_run(*overrides))
 
 
-def test_every_numeric_setting_has_a_rule():
-    """A numeric setting added to a schema without a launch check fails here."""
+def test_every_numeric_setting_has_a_rule_beside_it():
+    """A numeric setting added to a schema without a launch check fails here: each config
+    class says what its own numeric fields accept (its ACCEPTS), not a table elsewhere."""
     from dataclasses import fields, is_dataclass
 
     from loop.core.config import RunConfig
 
-    def numeric(node, prefix=""):
+    def missing(node, prefix=""):
+        accepts = getattr(type(node), "ACCEPTS", {})
         for f in fields(node):
             value = getattr(node, f.name)
             if is_dataclass(value):
-                yield from numeric(value, f"{prefix}{f.name}.")
-            elif f.type in ("int", "float", "int | None", "float | None") and f.name != "seed":
-                yield f"{prefix}{f.name}"
+                yield from missing(value, f"{prefix}{f.name}.")
+            elif (f.type in ("int", "float", "int | None", "float | None") and f.name != "seed"
+                  and f.name not in accepts):
+                yield f"{type(node).__name__}.{f.name} ({prefix}{f.name})"
 
-    keys = {key for key, _, _ in RULES}
-    assert sorted(set(numeric(compose_run())) - keys) == []
+    assert list(missing(compose_run())) == []
+    keys = {r.key for r, _ in schema_rules(compose_run())}
+    assert {"student.lora.r", "student.arc.lora.r", "teacher.train.lora.r", "executor.name",
+            "reward.filter", "student.arc.views"} <= keys  # one class's rules, wherever it sits
     assert isinstance(RunConfig().seed, int)  # any integer seeds a run (derived seeds mask it)
+
+
+@pytest.mark.parametrize(("spec", "good", "bad", "words"), [
+    (">= 1", [1, 2.5], [0, True, float("nan"), float("inf"), None, "1"], "at least 1"),
+    ("> 0", [1e-9, 3], [0, -1, False], "above 0"),
+    ("in (0, 1]", [1, 0.5], [0, 1.01], "in (0, 1]"),
+    ("in [0, 1)", [0, 0.99], [1, -0.1], "in [0, 1)"),
+    ("null or >= 1", [None, 1], [0], "at least 1, or null"),
+    ("finite", [-3, 0.0], [float("nan"), "x"], "a finite number"),
+])
+def test_a_rule_text_accepts_what_it_says(spec, good, bad, words):
+    accepts, said = rule(spec)
+    assert said == words
+    assert all(accepts(v) for v in good)
+    assert not any(accepts(v) for v in bad)
+
+
+def test_a_rule_that_cannot_be_read_or_names_no_field_is_refused():
+    with pytest.raises(ValueError, match="unreadable rule"):
+        rule("at least one")
+    with pytest.raises(ValueError, match="needs its words"):
+        Rule("x.y", lambda v: True)
+
+    @dataclasses.dataclass
+    class Misspelt:
+        rate: float = 1.0
+        ACCEPTS: ClassVar[dict] = {"rates": "> 0"}
+
+    with pytest.raises(ValueError, match="Misspelt.ACCEPTS names no field 'rates'"):
+        list(schema_rules(Misspelt()))
+
+
+def test_a_choice_rule_names_the_setting_as_the_user_wrote_it():
+    with pytest.raises(ConfigError, match="unknown executor 'slurm'; choose local or ray"):
+        Rule("executor.name", {"one of": ("local", "ray"), "name": "executor"}).check("slurm")
+    Rule("student.dtype", (("auto", "float32"), "auto or float32")).check("auto")
+    with pytest.raises(ConfigError, match="student.dtype must be auto or float32, got 'fp32'"):
+        Rule("student.dtype", (("auto", "float32"), "auto or float32")).check("fp32")
 
 
 @pytest.mark.parametrize(("override", "message"), [
