@@ -6,6 +6,9 @@ standard PEFT folder.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from student.absorb import fresh_adapter, peft_weights
 from student.config import LoraSettings
 
 
@@ -152,8 +155,6 @@ class Adapters:
         """Adapter i as a standard PEFT adapter folder (adapter_config.json and
         adapter_model.safetensors): `PeftModel.from_pretrained(base, folder)` or vLLM's
         `LoRARequest(name, id, folder)` load it."""
-        from pathlib import Path
-
         from peft import LoraConfig
         from safetensors.torch import save_file
 
@@ -173,8 +174,6 @@ class Adapters:
 def peft_init(model, lora: LoraSettings, seed: int) -> dict:
     """{module name: A (r × in)} of the adapter PEFT builds with `seed` (its B is zero): the
     same initial adapter `student.absorb.fresh_adapter(model, lora, seed)` trains."""
-    from student.absorb import fresh_adapter, peft_weights
-
     with fresh_adapter(model, lora, seed) as peft_model:
         out = {name: a for name, (a, _) in peft_weights(peft_model).items()}
     if not out:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from student.adapters import Adapters, peft_init  # noqa: F401 (used as many.Adapters)
 from student.data import IGNORE
-from student.model import on_cpu
+from student.model import head_logits, on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,6 @@ def train(model, adapters: Adapters, jobs: list[Job], pad_id: int, progress=None
     the activations in cache; on a GPU one wide pass is the point. `max_grad_norm` clips each
     adapter's gradient on its own (None: no clipping)."""
     import torch
-
-    from student.model import head_logits
 
     if len(jobs) != adapters.k:
         raise ValueError(f"train: {len(jobs)} jobs for {adapters.k} adapters")

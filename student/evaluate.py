@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from student.batched import fill
 from student.config import StudentConfig
 from student.grade import answer_span, contains, exact_match, f1, judge_prompt, parse_verdict
 from student.model import gold_logprobs
@@ -103,8 +104,6 @@ def score_questions_many(model, tokenizer, adapters, items: list[tuple[str, list
     (title, [(question, gold), ...]), many adapters per call: the rows of every (adapter,
     question) in adapter order, each adapter's rows routed to it, whole adapters up to
     student.eval.batch_size rows per call."""
-    from student.batched import fill
-
     if len(items) != adapters.k:
         raise ValueError(f"score_questions_many: {len(items)} items for {adapters.k} adapters")
     out: list[list[QuestionScore]] = [[] for _ in items]

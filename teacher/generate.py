@@ -9,6 +9,7 @@ samples only the missing self-edits gets the same ones an uninterrupted run woul
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,6 @@ class TransformersGenerator:
     """The teacher's base model, optionally with one LoRA adapter (the latest round's) on top."""
 
     def __init__(self, model, tokenizer, *, instruct: bool, settings: SamplingSettings):
-        import threading
-
         self.base = self.model = model
         self.tokenizer, self.instruct, self.settings = tokenizer, instruct, settings
         self.adapter: Path | None = None

@@ -16,6 +16,7 @@ and costs as much as the transformer blocks (`python -m loop.bench --mstep`: 2.4
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from teacher.config import TeacherConfig
+from teacher.model import on_cpu
 from teacher.prompts import Prompt, as_messages, as_text, cue
 
 log = logging.getLogger(__name__)
@@ -118,8 +120,6 @@ def completion_head_trainer(base):
 
 
 def checkpointing_key(config_class) -> str:
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(config_class)}
     return "activation_checkpointing" if "activation_checkpointing" in names else (
         "gradient_checkpointing")
@@ -165,8 +165,6 @@ def train_adapter(model, tokenizer, pairs: list[tuple[Prompt, str]], cfg: Teache
     from datasets import Dataset
     from peft import LoraConfig, PeftModel, get_peft_model
     from trl import SFTConfig, SFTTrainer
-
-    from teacher.model import on_cpu
 
     cuda = not on_cpu(next(model.parameters()).device)  # a GPU (or tests/emulated's meta device)
     if head not in ("auto", "fused", "completion"):

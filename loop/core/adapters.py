@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from pathlib import Path
 
 from loop.core.config import ConfigError, RunConfig
@@ -23,8 +24,6 @@ def check_adapter_base(path: Path, spec: str, run: RunConfig) -> None:
     """An adapter trained on another base model than the teacher's is refused: its recorded
     base (adapter_config.json) is compared with the teacher by architecture, vocabulary and
     size when that base can be read, and its LoRA shapes with the teacher's dimensions always."""
-    import re
-
     from safetensors import safe_open
     from transformers import AutoConfig
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from loop.core.errors import PROJECT_ROOT, ConfigError
 
@@ -50,8 +51,6 @@ def _config_values(preset) -> dict:
     """The architecture config of a role's preset: its local checkpoint's config.json when it
     has one (bundled models once prepared, student.path=<folder>), else the project's copy of
     the published config (data/architectures/, matched by hub id)."""
-    from pathlib import Path
-
     if preset.path and (Path(preset.path) / "config.json").exists():
         return json.loads((Path(preset.path) / "config.json").read_text())
     wanted = str(preset.hub_id).removesuffix("-Instruct").lower()

@@ -25,6 +25,7 @@ Numbers are finite and never booleans under every numeric rule.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -162,8 +163,6 @@ def validate_backends(run: RunConfig) -> None:
     """What the backends and the executor need beyond their names (each class's ACCEPTS): the
     packages installed, settings that go together; warnings for combinations that work
     differently than one might expect."""
-    import importlib.util
-
     if run.student.eval_backend == "vllm" and run.reward.metric == "answer_logprob":
         log.warning("student.eval_backend=vllm generates the student's answers, but "
                     "reward.metric=answer_logprob reads gold log-probabilities (in process): the "

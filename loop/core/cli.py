@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from loop.core.assets import AssetError, check_available
 from loop.core.config import ConfigError, RunConfig, to_run_config
+from loop.core.domain import DataError, domain_of
+from loop.core.tracking import TrackingError
+from student.batched import OutOfMemory
+from teacher.external import EndpointError
 
 
 def check_models(run: RunConfig, roles: tuple[str, ...] = ("teacher", "student")) -> None:
     """Fail at launch, not an hour in, when a role's model cannot be loaded here."""
-    from loop.core.assets import check_available
-
     for role in roles:
         m = getattr(run, role)
         check_available(role, m.name, m.hub_id, m.path, m.revision)
@@ -33,12 +37,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     """The errors that are the user's to fix: a setting, a data file, a model that cannot be
     loaded, an endpoint, memory, a tracking server. Every entry point reports them the same way
     (`reported`); anything else is a bug and keeps its traceback."""
-    from loop.core.assets import AssetError
-    from loop.core.domain import DataError
-    from loop.core.tracking import TrackingError
-    from student.batched import OutOfMemory
-    from teacher.external import EndpointError
-
     return AssetError, ConfigError, DataError, EndpointError, OutOfMemory, TrackingError
 
 
@@ -58,8 +56,6 @@ def reported(cleanup: Callable[[], None] | None = None,
 
 def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) -> None:
     """Run `body(run_config, run_folder)`; a user error prints one message and exits 2."""
-    import warnings
-
     from hydra.core.hydra_config import HydraConfig
 
     # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on
@@ -82,8 +78,6 @@ def launch(cfg, body: Callable[[RunConfig, Path], None], folder: bool = True) ->
 def check_overrides(run: RunConfig, overrides: list[str]) -> None:
     """A command-line setting the run's task never reads is a ConfigError, not a silent no-op
     (the domain's `check_overrides`: ARC names `student.arc.lora` for `student.lora.*`)."""
-    from loop.core.domain import domain_of
-
     domain_of(run.task).check_overrides(run, overrides)
 
 

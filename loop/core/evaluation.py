@@ -11,11 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loop.core.adapters import resolve_adapter
-from loop.core.checks import check_settings
+from loop.core.checks import check_settings, validate_backends
 from loop.core.cli import check_models
 from loop.core.config import ConfigError, RunConfig
 from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl
+from loop.core.metrics import shown
+from loop.core.runfolder import check_resume, check_tracking
+from loop.core.sampling import make_generator
 from loop.core.seeds import derive_seed
+from loop.core.stats import bootstrap, paired_difference
+from teacher.external import EndpointGenerator
+from teacher.model import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +36,6 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
     """What every evaluation checks before working, so a mistake fails at launch: the
     conditions, the models, `teacher.adapter`; then its run folder (a new one, or the one
     `resume=` continues). Returns (run folder, its run.json record, teacher conditions asked)."""
-    from loop.core.checks import validate_backends
-    from loop.core.runfolder import check_resume, check_tracking
-
     check_settings(run)
     validate_backends(run)
     check_tracking(run)
@@ -51,8 +54,6 @@ def open_evaluation(run: RunConfig, out_dir: Path, command: str,
             run.resume and sampled_before(Path(run.resume), "teacher")):
         resolve_adapter(run.teacher.adapter, run)  # a wrong path fails now, not after sampling
     if "external" in teacher_conditions:
-        from teacher.external import EndpointGenerator
-
         EndpointGenerator(run.evaluate.external, run.teacher.sampling).check()
     out_dir = Path(run.resume) if run.resume else Path(out_dir)
     # an evaluation never trains the teacher: teacher.train.* may differ from the record
@@ -96,8 +97,6 @@ def sample_self_edits(run: RunConfig, passages, out_dir: Path,
     resumed evaluation) are read back; each sample has its own seed, so the rest are drawn
     exactly as they would have been. `prompt(run, context)`: the domain's teacher prompt."""
     from tqdm import tqdm
-
-    from teacher.external import EndpointGenerator
 
     wanted = [c for c in SELF_EDIT_CONDITIONS if c in run.evaluate.conditions]
     path = out_dir / "self_edits.jsonl"
@@ -154,9 +153,6 @@ def sampled_only(run: RunConfig, out_dir: Path, record: dict,
 
 
 def load_generator(run: RunConfig):
-    from loop.core.sampling import make_generator
-    from teacher.model import load_teacher
-
     return make_generator(run, None if run.teacher.backend == "vllm" else load_teacher(run.teacher))
 
 
@@ -165,8 +161,6 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resampl
     """Per condition and metric: mean with interval, and the paired difference from every
     condition before it (`vs_<other>`). Rows are paired units (a domain's contexts: passages,
     tasks), in the same order in every condition."""
-    from loop.core.stats import bootstrap, paired_difference
-
     summary: dict[str, dict] = {}
     for cond, rows in per_passage.items():
         summary[cond] = {}
@@ -190,8 +184,6 @@ def summarise(per_passage: dict[str, list[dict[str, float]]], seed: int, resampl
 def condition_table(summary: dict[str, dict], n_passages: int, n_questions: int,
                     footer: str | None = None) -> str:
     """Means with 95% intervals per condition, then paired differences from `base`."""
-    from loop.core.metrics import shown
-
     names = {m.name: m.header for m in shown()}
     metrics = [m for m in names if any(m in s for s in summary.values())]
 

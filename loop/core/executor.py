@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from loop.core import faults
+from student.model import load_student
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ def _worker_class():
         """A Ray actor holding a loaded student (and the reward judge, when there is one)."""
 
         def __init__(self, run, score: Score, load_judge):
-            from student.model import load_student
-
             self.run, self.score_fn = run, score
             self.student = load_student(run.student)
             self.judge = load_judge(run.reward.judge, "reward.judge") if run.reward.judge else None

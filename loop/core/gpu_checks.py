@@ -22,8 +22,15 @@ On a randomly initialised student of a real architecture (values do not need tra
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
+
+from loop.core import memory
+from student.absorb import plan
+from teacher.config import SamplingSettings
+from teacher.generate import sample
+from teacher.train import completion_loss, train_adapter
 
 # dtype -> (largest |difference| of a loss, of a per-token gold log-probability)
 # (bf16's tolerance: what bf16 on a CPU gave on SmolLM2-135M's architecture, docs/gpu.md)
@@ -62,9 +69,6 @@ def compare_paths(alone: list, batched: list, dtype: str) -> Outcome:
 
 
 def sampling(model, tokenizer, device: str) -> Outcome:
-    from teacher.config import SamplingSettings
-    from teacher.generate import sample
-
     settings = SamplingSettings(temperature=1.0, top_p=0.95, max_new_tokens=12, batch_size=2)
     instruct = bool(getattr(tokenizer, "chat_template", None))
     prompts = ["Write the implications of: the British blockaded Piraeus.",
@@ -80,8 +84,6 @@ def sampling(model, tokenizer, device: str) -> Outcome:
 def m_step(model, tokenizer, run, tmp, use_trl: bool | None = None) -> Outcome:
     """One optimiser step of the M-step on two pairs: TRL's where it is importable (`use_trl`
     None), else our completion head with torch's AdamW."""
-    import importlib.util
-
     import torch
 
     pairs = [("Write the implications of: the British blockaded Piraeus.",
@@ -92,8 +94,6 @@ def m_step(model, tokenizer, run, tmp, use_trl: bool | None = None) -> Outcome:
     if use_trl is None:
         use_trl = bool(importlib.util.find_spec("trl") and importlib.util.find_spec("datasets"))
     if use_trl:
-        from teacher.train import train_adapter
-
         teacher = dataclasses.replace(run.teacher, instruct=False, train=dataclasses.replace(
             run.teacher.train, epochs=1, batch_size=2, micro_batch=None, processes=1,
             lora=dataclasses.replace(run.teacher.train.lora, r=8, alpha=16)))
@@ -106,8 +106,6 @@ def m_step(model, tokenizer, run, tmp, use_trl: bool | None = None) -> Outcome:
         loss, how = stats.losses[-1] if stats.losses else float("nan"), "TRL SFT"
     else:
         from peft import LoraConfig, get_peft_model
-
-        from teacher.train import completion_loss
 
         peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
                                                       target_modules=["q_proj", "v_proj"]))
@@ -140,8 +138,6 @@ def m_step(model, tokenizer, run, tmp, use_trl: bool | None = None) -> Outcome:
 def largest_pass(model, tokenizer, jobs, run, pass_tokens: int) -> int:
     """The tokens of the batched path's largest pass: its step's packed sequences over every
     live adapter (pass_tokens 0), or about pass_tokens (at least the longest sequence)."""
-    from student.absorb import plan
-
     steps = [plan(model, tokenizer, texts, run.student, seed, packing=True).steps
              for _, texts, seed in jobs]
     per_step = [sum(s[i]["input_ids"].numel() for s in steps if i < len(s))
@@ -154,8 +150,6 @@ def largest_pass(model, tokenizer, jobs, run, pass_tokens: int) -> int:
 def memory_plan(config_values: dict, run, dtype: str, k: int, pass_tokens: int, measured: float,
                 tokens: int, device: str) -> Outcome:
     """`measured`: bytes the batched path added at its peak."""
-    from loop.core import memory
-
     arch = memory.arch_of(config_values, run.student.name)
     nbytes = memory.BYTES[dtype]
 

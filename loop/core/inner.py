@@ -6,6 +6,7 @@ from __future__ import annotations
 from loop.core import faults
 from loop.core.config import RunConfig
 from loop.core.domain import Absorbed, Domain, Key
+from loop.core.executor import LocalExecutor
 from loop.core.ledger import Evaluation, Ledger
 from loop.core.metrics import rewards
 from loop.core.reward import context_score, paired_gain
@@ -32,8 +33,6 @@ def inner_round(student, run: RunConfig, domain: Domain, r: int, contexts: list,
     batch is scored. The batches run on `executor` (loop.core.executor: this process by default, or
     Ray workers) through `domain.score_batch`; only this process writes."""
     from tqdm import tqdm
-
-    from loop.core.executor import LocalExecutor
 
     metric = run.reward.metric
     by_id = {c.id: c for c in contexts}

@@ -15,6 +15,8 @@ from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loop.core import faults
+
 log = logging.getLogger(__name__)
 
 
@@ -64,8 +66,6 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     """A JSON file that is either absent, the old one, or the complete new one."""
-    from loop.core import faults
-
     staged = path.with_name(path.name + ".tmp")
     staged.write_text(json.dumps(obj, indent=2) + "\n")
     faults.point("json")

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from loop.core.architecture import Arch, Unplannable, arch_of, architecture  # noqa: F401
 from loop.core.domain import domain_of
 from loop.core.errors import ConfigError
+from loop.core.judge import judge_config
+from teacher.train import checkpointing
 
 log = logging.getLogger(__name__)
 GiB = 2**30
@@ -105,8 +107,6 @@ def plan(run, gpu_memory: float | None = None) -> tuple[list[tuple[str, list[Row
     lora = t.train.lora
     lp = teacher.lora_params(lora.r, lora.targets)
     micro = t.train.micro_batch or max(1, t.train.batch_size // max(1, t.train.processes))
-    from teacher.train import checkpointing
-
     ckpt = checkpointing(t.train.checkpointing, gpu=True)
     tokens = micro * max_model_len(run, "teacher")
     act = tokens * teacher.activation_bytes_per_token(tb, lora.targets, ckpt)
@@ -166,8 +166,6 @@ def student_rows(run, student: Arch, sb: int, *, pass_tokens: int | None = None,
     rows = [Row(f"student weights ({s.name})", student.params * sb,
                 f"{student.params / 1e9:.2f}B parameters x {sb} bytes")]
     if run.reward.judge:  # loaded whenever it is named (it may also grade other metrics' rows)
-        from loop.core.judge import judge_config
-
         judge = judge_config(run.reward.judge)
         arch = architecture(judge)
         jb = _dtype_bytes(judge.dtype)

@@ -3,6 +3,7 @@ the address of its page, its datasets, and the note of a new experiment."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,6 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
 def dataset_input(name: str, source: str, ids: list[str], context: str):
     """An MLflow DatasetInput: one row per context id, the source file, and a digest of the
     ids and the file's name; `context` is MLflow's training/evaluation tag."""
-    import hashlib
-
     import pandas as pd
     from mlflow.data import from_pandas
     from mlflow.data.sources import LocalArtifactDatasetSource

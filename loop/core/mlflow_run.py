@@ -7,12 +7,17 @@ server takes it, and `python -m loop.tracking sync` sends what a finished run ke
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from loop.core import faults
+from loop.core.ledger import read_jsonl, write_jsonl_atomic
 from loop.core.mlflow_params import EXPERIMENT_KIND, EXPERIMENT_NOTE, dataset_input, git_commit, run_url
 
 log = logging.getLogger(__name__)
@@ -67,8 +72,6 @@ class MlflowTracker:
     def __init__(self, uri: str, run_id: str, pending: Path | None = None,
                  retry_s: float = 30.0, url: str | None = None):
         import mlflow
-
-        from loop.core.ledger import read_jsonl
 
         self.uri, self.run_id, self.pending, self.retry_s = uri, run_id, pending, retry_s
         self.url = url  # the run's page in the MLflow UI
@@ -204,8 +207,6 @@ class MlflowTracker:
         """Log the teacher model; a failure that is not the server being away (a moved adapter
         folder, an MLflow validation error) is a warning and the record is dropped, so that it
         never holds back the records behind it (the adapter stays in the run folder)."""
-        import importlib
-
         try:  # the domain's module, by name (a record from before it was named: dropped)
             teacher_model = importlib.import_module(record["module"])
             uri = teacher_model.log(self.client, self.uri, self.run_id, record["adapter"],
@@ -222,8 +223,6 @@ class MlflowTracker:
               flush=True)
 
     def _call(self, record: dict, force: bool = False) -> None:
-        from loop.core import faults
-
         faults.point("tracking")
         self._queue.append(record)
         self.flush(force)
@@ -258,8 +257,6 @@ class MlflowTracker:
         if self.pending is None:
             return
         if self._queue:
-            from loop.core.ledger import write_jsonl_atomic
-
             write_jsonl_atomic(self.pending, self._queue)
         else:
             self.pending.unlink(missing_ok=True)
@@ -293,9 +290,6 @@ def check_reachable(uri: str) -> None:
     """An http(s) tracking URI must answer MLflow's /health before the run starts."""
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as r:
             r.read(100)

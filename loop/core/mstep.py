@@ -16,9 +16,11 @@ it back. The same command trains a job by hand, e.g. on a bigger machine than th
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,10 +28,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loop.core.faults import point
 from loop.core.ledger import write_json_atomic
 from loop.core.seeds import derive_seed
 from teacher.config import TeacherConfig
 from teacher.prompts import Prompt
+from teacher.train import train_adapter
 
 if TYPE_CHECKING:  # annotations only: a launched M-step process needs neither
     from loop.core.config import RunConfig
@@ -67,9 +71,6 @@ def launch_command(job: Path, processes: int) -> list[str]:
 def _term_with_parent():
     """On Linux: the child gets SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); the
     launcher then stops its training processes. Elsewhere: nothing."""
-    import ctypes
-    import signal
-
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # bound here, not in the forked child
@@ -104,9 +105,6 @@ def m_step(teacher, run: RunConfig, r: int, contexts: list, edits, kept_keys,
            previous: Path | None, out: Path, prompt: Callable) -> tuple[Path | None, list[float]]:
     """Train the round's teacher adapter on the kept pairs; `prompt(run, context)`: the
     domain's teacher prompt."""
-    from loop.core.faults import point
-    from teacher.train import train_adapter
-
     model, tokenizer = teacher
     by_id = {c.id: c for c in contexts}
     pairs = [(prompt(run, by_id[c]), text) for c, i in sorted(kept_keys)

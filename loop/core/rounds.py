@@ -36,17 +36,23 @@ import time
 from pathlib import Path
 
 from loop.core import executor as executors
-from loop.core import memory
+from loop.core import memory, plots, vllm
+from loop.core.adapters import model_config
+from loop.core.baseline import BaselineCache
 from loop.core.checks import check_settings, validate_backends
 from loop.core.config import ConfigError, RunConfig
 from loop.core.domain import Domain, domain_of, select
 from loop.core.inner import inner_round, self_edit_rows
+from loop.core.judge import load_judge
 from loop.core.ledger import Ledger, write_json_atomic
 from loop.core.mstep import m_step, m_step_text
 from loop.core.reward import Scored, keep
 from loop.core.runfolder import check_resume, check_tracking, dataset_name, tracked
 from loop.core.sampling import make_generator, sample_round
 from loop.core.seeds import derive_seed
+from loop.core.stats import agreement
+from student.model import load_student
+from teacher.model import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +123,6 @@ def more_rounds(old: dict, new: dict) -> set[str]:
 
 def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> dict:
     """All rounds; returns (and writes to `results.json`) the per-round summaries."""
-    from loop.core.baseline import BaselineCache
-    from loop.core.judge import load_judge
-    from student.model import load_student
-    from teacher.model import load_teacher
-
     validate(run)
     check_tracking(run)
     domain = domain_of(run.task)
@@ -156,8 +157,6 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
             write_json_atomic(out_dir / "results.json", results)
             tracker.log_artifact(out_dir / "results.json")
             if adapter and domain.teacher_model and tracker.run_id:
-                from loop.core.adapters import model_config
-
                 tracker.log_model(domain.teacher_model, adapter, model_config(run.teacher),
                                   step=len(summaries) - 1)
             print(round_table(summaries, run.reward.metric, run.reward.baseline))
@@ -168,8 +167,6 @@ def run(run: RunConfig, out_dir: Path, command: str = "python -m loop.run") -> d
             if executor is not None:
                 executor.close()
             if "vllm" in (run.teacher.backend, run.student.eval_backend):
-                from loop.core import vllm
-
                 vllm.close()
 
 
@@ -177,9 +174,6 @@ def one_round(run: RunConfig, domain: Domain, r: int, contexts: list, out_dir: P
               teacher, student, ledger: Ledger, baseline, judge_model, adapter: Path | None,
               tracker, executor=None) -> tuple[dict, Path | None]:
     """One round, or its record when it finished before (a resumed run)."""
-    from loop.core import plots
-    from loop.core.stats import agreement
-
     rdir = out_dir / f"round_{r}"
     rdir.mkdir(parents=True, exist_ok=True)
     if (rdir / "summary.json").exists():

@@ -15,9 +15,11 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from loop.core import tracking
 from loop.core.config import ConfigError, RunConfig
 from loop.core.domain import domain_of, unread_settings
 from loop.core.ledger import write_json_atomic
+from loop.core.metrics import is_log_probability
 from loop.core.tracking import flatten
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,6 @@ def check_resume(run: RunConfig, out_dir: Path, command: str,
 
 def check_tracking(run: RunConfig) -> None:
     """A tracking server that cannot be reached fails at launch, before any run folder."""
-    from loop.core import tracking
-
     if run.tracking.enabled:
         tracking.check_reachable(run.tracking.uri)
 
@@ -123,8 +123,6 @@ def start_tracking(run: RunConfig, out_dir: Path, record: dict, entry: str, run_
     id is then written to run.json. `datasets`: name -> the contexts the run trains on
     (`loop.run`'s rounds) or is scored on (`loop.evaluate`), logged as MLflow dataset inputs at
     every start (MLflow keeps one input per dataset name and digest, so a resume adds none)."""
-    from loop.core import tracking
-
     tracker = tracking.start(run.tracking, experiment=run.task.name, run_name=run_name, config=run,
                              tags={"entry": entry, "teacher": run.teacher.name,
                                    "student": run.student.name, "task": run.task.name},
@@ -162,8 +160,6 @@ def dataset_name(task) -> str:
 def run_description(run: RunConfig, entry: str, command: str) -> str:
     """The MLflow run's description (Markdown): the command, the pairing, the data, and what
     the numbers mean."""
-    from loop.core.metrics import is_log_probability
-
     def model(m) -> str:
         adapter = getattr(m, "adapter", None)
         return f"**{m.name}** (`{m.hub_id}`" + (f", adapter `{adapter}`)" if adapter else ")")

@@ -14,6 +14,9 @@ from loop.core import faults
 from loop.core.config import RunConfig
 from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl
 from loop.core.seeds import derive_seed
+from loop.core.vllm import teacher_engine
+from teacher.generate import TransformersGenerator
+from teacher.vllm_backend import VLLMGenerator
 
 
 def text_hash(text: str) -> str:
@@ -34,12 +37,7 @@ class SelfEdit:
 def make_generator(run: RunConfig, teacher):
     """The teacher's sampler: in process on the loaded teacher, or a vLLM engine."""
     if run.teacher.backend == "vllm":
-        from loop.core.vllm import teacher_engine
-        from teacher.vllm_backend import VLLMGenerator
-
         return VLLMGenerator(teacher_engine(run), run.teacher, run.teacher.sampling)
-    from teacher.generate import TransformersGenerator
-
     return TransformersGenerator(*teacher, instruct=run.teacher.instruct,
                                  settings=run.teacher.sampling)
 

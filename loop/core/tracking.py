@@ -8,11 +8,15 @@ in the MLflow UI (and, for a local store, the `mlflow ui` command that serves it
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from loop.core.assets import cache_dir
+from loop.core.errors import PROJECT_ROOT
 from loop.core.mlflow_params import run_params
 from loop.core.mlflow_run import (  # noqa: F401 (their home: loop.core.tracking)
     OUTAGE,
@@ -72,9 +76,6 @@ def start(cfg: TrackingConfig, experiment: str, run_name: str, config: Any,
     A tracking server that cannot be reached at launch is a TrackingError naming the URI."""
     if not cfg.enabled:
         return NullTracker()
-    from loop.core.assets import cache_dir
-    from loop.core.errors import PROJECT_ROOT
-
     quick_http_failures()
     check_reachable(cfg.uri)
     params = run_params(flatten(config), tags.get("entry", ""), PROJECT_ROOT, cache_dir(), unread)
@@ -86,8 +87,6 @@ def quick_http_failures() -> None:
     """MLflow's HTTP client retries a dead server for minutes by default (7 retries, backoff
     factor 2); the tracker keeps what it cannot send instead, so fail fast. Users' own
     MLFLOW_HTTP_REQUEST_* settings win."""
-    import os
-
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -96,8 +95,6 @@ def quick_http_failures() -> None:
 def sync(folder: Path) -> int:
     """Send the tracking records a run folder kept while its MLflow server was away; the
     number sent. Raises TrackingError when the server is still away."""
-    import json
-
     record = json.loads((folder / "run.json").read_text())
     uri, run_id = record["config"]["tracking.uri"], record.get("mlflow_run_id")
     pending = folder / PENDING

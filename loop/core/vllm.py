@@ -10,6 +10,7 @@ scripts that build one need an `if __name__ == "__main__":` guard (the entry poi
 
 from __future__ import annotations
 
+import gc
 import os
 
 from loop.core.memory import max_model_len
@@ -58,8 +59,6 @@ def engine(source: str, *, revision: str | None = None, dtype: str = "auto",
 def close() -> None:
     """Stop every engine this process started: their engine processes exit and free their memory
     (the loop calls it when a run ends; tests between engines)."""
-    import gc
-
     while _ENGINES:
         _, llm = _ENGINES.popitem()
         core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)

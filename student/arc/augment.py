@@ -19,6 +19,7 @@ returns None, and that answer loses its vote.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -146,8 +147,6 @@ GEOMETRIC = [ROT90, ROT270, ROT180, FLIP_ROWS, FLIP_COLS, TRANSPOSE]
 
 def family(name: str, seed: int) -> list[Transform]:
     """The transforms of one family; the translation's shift (1-3 cells each way) is seeded."""
-    import random
-
     if name == "basic":
         rng = random.Random(seed)
         return [ROT90, ROT270, ROT180, FLIP_ROWS, FLIP_COLS, *REFLECT,

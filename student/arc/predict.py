@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 from student.arc import augment, grids
 from student.arc.grids import Grid
-from student.arc.query import Pair, Query, fits, render_prompt
+from student.arc.query import Pair, Query, encode, fits, render_prompt
 from student.config import ArcSettings
+from student.data import IGNORE
+from student.model import gold_logprobs
 
 
 def vote(candidates: list[Grid | None]) -> list[Grid]:
@@ -142,10 +144,6 @@ def answer_logprobs(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pai
     Dense and generation-free: it moves with what test-time training taught even when the
     greedy answer is still wrong, which is what a small student's rewards need
     (reward.metric=answer_logprob)."""
-    from student.arc.query import encode
-    from student.data import IGNORE
-    from student.model import gold_logprobs
-
     encoded = [encode(tokenizer, Query(list(demos), i, o), instruct, "output") for i, o in tests]
     sequences = [(ids, [t for t, label in enumerate(labels) if label != IGNORE])
                  for ids, labels in encoded if len(ids) <= max_tokens]

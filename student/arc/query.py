@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from student.arc import grids
 from student.arc.grids import Grid
+from student.data import IGNORE
 
 Pair = tuple[Grid, Grid]  # (input, output)
 SYSTEM = ("Figure out the underlying transformation in the following examples and apply it to "
@@ -41,8 +42,6 @@ def render_prompt(tokenizer, q: Query, instruct: bool) -> str:
 def encode(tokenizer, q: Query, instruct: bool, loss: str) -> tuple[list[int], list[int]]:
     """(input ids, labels) of a training task; `loss="output"` masks everything before the
     answer. The split point is where the rendered prompt alone ends."""
-    from student.data import IGNORE
-
     prompt = render_prompt(tokenizer, q, instruct)
     if instruct:
         full = tokenizer.apply_chat_template(messages(q), tokenize=False)

@@ -19,16 +19,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
 from collections.abc import Sequence
 
+from student import batched as many
+from student.absorb import fresh_adapter, optimise
 from student.arc import augment
 from student.arc.predict import Attempt, answer_logprobs, predict_many, solve
 from student.arc.query import Pair, Query, encode, fits
 from student.arc.selfedit import TTTConfig, parse
 from student.config import ArcSettings
+from student.data import pack
 
 
 def _key(q: Query) -> str:
@@ -89,8 +93,6 @@ def plan(rows: list[tuple[list[int], list[int]]], config: TTTConfig, settings: A
     then cosine): what both training paths run."""
     import torch
 
-    from student.data import pack
-
     batch = max(1, settings.batch_size)
     total = config.epochs * math.ceil(len(rows) / batch)
     factor = _schedule(settings.warmup_steps, total)
@@ -108,8 +110,6 @@ def train(model, rows: list[tuple[list[int], list[int]]], config: TTTConfig,
           settings: ArcSettings, seed: int) -> list[float]:
     """SFT of the adapter on encoded tasks; one loss per optimiser step (one adapter at a time)."""
     import torch
-
-    from student.absorb import optimise
 
     steps, _ = plan(rows, config, settings, seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -145,10 +145,6 @@ def absorb_and_solve(model, tokenizer, demos: Sequence[Pair], tests: Sequence[Pa
     """Parse the self-edit, build its training tasks, train a fresh LoRA, answer, unload.
     `phase` (name -> context manager; loop.bench times "train" and "answer" with it) wraps
     each phase."""
-    import contextlib
-
-    from student.absorb import fresh_adapter
-
     phase = phase or (lambda name: contextlib.nullcontext())
     failed, config, rows = prepare(tokenizer, demos, self_edit, settings, instruct, seed)
     if failed is not None:
@@ -169,10 +165,6 @@ def absorb_and_solve_many(model, tokenizer, demos: Sequence[Pair], tests: Sequen
     """`absorb_and_solve` for many self-edits of one task: the trainable ones are trained
     `max_adapters` at a time in shared passes (student.batched) and answer the test inputs in
     one generate call per test input (the path the loop takes; `phase` as there)."""
-    import contextlib
-
-    from student import batched as many
-
     phase = phase or (lambda name: contextlib.nullcontext())
 
     out: list[Attempt | None] = []

@@ -15,8 +15,12 @@ from pathlib import Path
 
 from loop.core.config import ConfigError, RunConfig, TaskConfig
 from loop.core.domain import Absorbed, Domain, Key, Shape, pick
+from loop.core.evaluation import summarise
+from loop.core.ledger import batches_to_run
 from loop.tasks.arc.data import ArcTask, load_arc
 from loop.tasks.arc.metrics import METRICS
+from loop.tasks.arc.prompts import ARC_PROMPTS
+from loop.tasks.arc.rows import add_family_differences, evaluate, family_difference_lines
 from loop.tasks.arc.solve import ArcBatch, prompt, score_base, score_self_edits
 from teacher.prompts import Prompt
 
@@ -75,20 +79,13 @@ class Arc(Domain):
 
     def summarise_units(self, units: dict[str, list[dict]], order: list[str], seed: int,
                         resamples: int) -> dict[str, dict]:
-        from loop.core.evaluation import summarise
-        from loop.tasks.arc.rows import add_family_differences
-
         return add_family_differences(summarise(units, seed, resamples, ("success",)), order,
                                       units, seed, resamples)
 
     def summary_lines(self, summary: dict[str, dict]) -> list[str]:
-        from loop.tasks.arc.rows import family_difference_lines
-
         return family_difference_lines(summary)
 
     def check_settings(self, run: RunConfig) -> None:
-        from loop.tasks.arc.prompts import ARC_PROMPTS
-
         if run.teacher.sampling.arc_prompt not in ARC_PROMPTS:
             raise ConfigError(f"teacher.sampling.arc_prompt must be one of {list(ARC_PROMPTS)}, "
                               f"got {run.teacher.sampling.arc_prompt!r}")
@@ -120,8 +117,6 @@ class Arc(Domain):
         return [cache.get(context.id, lambda: score_base(*student, context, run))]
 
     def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
-        from loop.core.ledger import batches_to_run
-
         ids = dict.fromkeys(cid for cid, _, _ in keys)  # one task's self-edits per batch
         return [g for c in ids for g in batches_to_run([k for k in keys if k[0] == c], size, done)]
 
@@ -144,8 +139,6 @@ class Arc(Domain):
                 "student/over_budget_frac": sum(w.startswith("over budget") for w in why) / len(why)}
 
     def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
-        from loop.tasks.arc.rows import evaluate
-
         return evaluate(run, out_dir, command, self)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loop.core.domain import DataError, read_json
+from student.arc.grids import check
 
 
 @dataclass
@@ -37,8 +38,6 @@ def solutions_path(challenges: str | Path, solutions: str | None = None) -> Path
 def load_arc(challenges: str | Path, solutions: str | Path | None = None) -> list[ArcTask]:
     """ARC tasks in the Kaggle format, every grid validated; the message of a bad entry names
     the file, the task and the grid."""
-    from student.arc.grids import check
-
     path = Path(challenges)
     sol_path = solutions_path(path, str(solutions) if solutions else None)
     tasks_json = read_json(path, "set task.data=<an ARC challenges file>")

@@ -5,16 +5,29 @@ for 1D-ARC.
 
 from __future__ import annotations
 
+import random
+import re
+import time
+from dataclasses import asdict
+
+from loop.core import plots
 from loop.core.config import ConfigError, RunConfig
 from loop.core.domain import Domain, select
+from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits, sampled_only
+from loop.core.evaluation import summarise as summarise_units
+from loop.core.ledger import append_jsonl, read_jsonl, write_json_atomic
+from loop.core.runfolder import dataset_name, tracked
+from loop.core.seeds import derive_seed
+from loop.core.stats import clustered_difference
 from loop.tasks.arc.solve import score_base, score_self_edits
+from student.arc.augment import FAMILIES
+from student.arc.selfedit import STRATEGIES, TTTConfig, parse, to_json
+from student.model import load_student
 
 
 def family(task_id: str) -> str | None:
     """A 1D-ARC task's family, its id without the number (`1d_move_1p_7` -> `1d_move_1p`);
     None for ids without one (ARC-AGI's hex ids)."""
-    import re
-
     m = re.fullmatch(r"(.+)_\d+", task_id)
     return m.group(1) if m else None
 
@@ -32,9 +45,6 @@ def per_family(per_task: dict[str, dict[str, list[float]]]) -> tuple[dict, dict]
 
 def oracle_text(run: RunConfig) -> str:
     """The oracle's configuration as a self-edit; a setting the schema refuses is a ConfigError."""
-    from student.arc.augment import FAMILIES
-    from student.arc.selfedit import STRATEGIES, TTTConfig, parse, to_json
-
     o, arc = run.student.arc.oracle, run.student.arc
     unknown = sorted(set(o.families) - set(FAMILIES))
     if unknown or o.loss not in STRATEGIES.values():
@@ -53,10 +63,6 @@ def work_order(tasks: list, seed: int) -> list:
     A 1D-ARC evaluation of 100 tasks is hours of test-time training on a CPU, run across
     sessions with `resume=`; in this order the tasks scored when it stops are a random sample of
     the whole, all families mixed, instead of the first families of the file."""
-    import random
-
-    from loop.core.seeds import derive_seed
-
     order = list(tasks)
     random.Random(derive_seed(seed, "evaluation order")).shuffle(order)
     return order
@@ -69,8 +75,6 @@ def summarise(task_ids: list[str], conditions: list[str], n: int, done: dict, se
     one task share its difficulty, so they are averaged first (a task's success rate), and the
     bootstrap resamples tasks, pairing conditions by task. The estimate is the paper's success
     rate over (task, self-edit) units, since every task has `n` of them."""
-    from loop.core.evaluation import summarise as summarise_units
-
     def rate(tid: str, cond: str) -> float:
         samples = [None] if cond == "base" else range(n)
         return 100 * sum(done[(tid, cond, i)]["success"] for i in samples) / len(samples)
@@ -89,10 +93,6 @@ def add_family_differences(summary: dict[str, dict], task_ids: list[str],
     family share their rule and may succeed or fail together, which the task-resampled interval
     does not allow for. With few families it is itself approximate. `units` are the rows'
     per-task means, in `task_ids`' order."""
-    from dataclasses import asdict
-
-    from loop.core.stats import clustered_difference
-
     families = [family(tid) for tid in task_ids]
     if None in families or len(set(families)) < 2:
         return summary
@@ -144,16 +144,7 @@ def evaluate(run: RunConfig, out_dir, command: str, domain: Domain) -> dict:
     Rows of `scores.jsonl` are appended per unit, task by task in `work_order`, and read back by
     `resume=`.
     """
-    import time
-
     from tqdm import tqdm
-
-    from loop.core import plots
-    from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits, sampled_only
-    from loop.core.ledger import append_jsonl, read_jsonl, write_json_atomic
-    from loop.core.runfolder import dataset_name, tracked
-    from loop.core.seeds import derive_seed
-    from student.model import load_student
 
     conditions = list(run.evaluate.conditions)
     oracle = oracle_text(run) if "oracle" in conditions else None  # a bad setting fails now

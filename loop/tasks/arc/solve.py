@@ -10,11 +10,19 @@ self-edit that failed before training, which is then never kept).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from loop.core.config import RunConfig
 from loop.core.domain import Absorbed
 from loop.tasks.arc.data import ArcTask
+from loop.tasks.arc.prompts import arc_prompt
+from student.arc.augment import FAMILIES
+from student.arc.predict import solve
+from student.arc.selfedit import FLAGS, STRATEGIES, TTTConfig
+from student.arc.ttt import absorb_and_solve, absorb_and_solve_many, training_tasks
+from student.batched import memory_advice
+from student.config import batched_setting
 
 
 def pairs(examples) -> list[tuple]:
@@ -24,8 +32,6 @@ def pairs(examples) -> list[tuple]:
 def prompt(task: ArcTask, run: RunConfig | None = None) -> list[dict]:
     """The teacher's prompt for a task: SEAL's, or with teacher.sampling.arc_prompt=limits the
     same with the limits the student enforces (`limits`) appended."""
-    from loop.tasks.arc.prompts import arc_prompt
-
     told = run is not None and run.teacher.sampling.arc_prompt == "limits"
     return arc_prompt(pairs(task.train), limits(task, run.student.arc) if told else None)
 
@@ -37,12 +43,6 @@ def limits(task: ArcTask, settings) -> str:
     family, each alone, all four), as `student.arc.ttt.training_tasks` builds them (the seed of
     a family's random transforms moves the counts a little; tasks longer than
     student.arc.max_tokens, dropped later, are counted)."""
-    import math
-
-    from student.arc.augment import FAMILIES
-    from student.arc.selfedit import FLAGS, STRATEGIES, TTTConfig
-    from student.arc.ttt import training_tasks
-
     low, high = settings.lr_range
     batch = max(1, settings.batch_size)
     flag = {fam: key for key, fam in FLAGS.items()}
@@ -80,8 +80,6 @@ def limits(task: ArcTask, settings) -> str:
 
 def score_base(model, tokenizer, task: ArcTask, run: RunConfig) -> list[dict]:
     """The student as it is, in context only (the paper's ICL row)."""
-    from student.arc.predict import solve
-
     result = solve(model, tokenizer, pairs(task.train), pairs(task.test), run.student.arc,
                    run.student.instruct)
     return [{"success": float(result.success), "logprob": result.logprob,
@@ -93,14 +91,9 @@ def score_self_edits(model, tokenizer, task: ArcTask, texts: list[str], run: Run
     """(scores, first and last training loss, why it failed before training) of each
     self-edit of one task: trained together, student.train.max_adapters at a time, unless
     student.train.batched=false."""
-    from student.arc.ttt import absorb_and_solve, absorb_and_solve_many
-    from student.config import batched_setting
-
     args = (model, tokenizer, pairs(task.train), pairs(task.test))
     # auto included: ARC's adapters train together on every device (measured: docs/batched.md)
     if batched_setting(run.student.train.batched) != "false":
-        from student.batched import memory_advice
-
         with memory_advice(min(len(texts), run.student.train.max_adapters), run.student.train):
             results = absorb_and_solve_many(*args, texts, run.student.arc, run.student.instruct,
                                             seeds, run.student.train.max_adapters,

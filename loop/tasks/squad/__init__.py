@@ -17,10 +17,17 @@ from pathlib import Path
 import loop.tasks.squad.absorb as absorb
 from loop.core.config import ConfigError, RunConfig, TaskConfig
 from loop.core.domain import Absorbed, Domain, Key, Shape, pick
+from loop.core.evaluation import summarise
+from loop.core.ledger import batches_to_run
 from loop.core.metrics import is_log_probability
+from loop.tasks.squad import proxy
 from loop.tasks.squad.absorb import ProxyBatch, SquadBatch, baseline_scores
 from loop.tasks.squad.data import Passage, load_squad
-from loop.tasks.squad.metrics import METRICS
+from loop.tasks.squad.metrics import METRICS, QUESTION_METRICS, passage_means
+from loop.tasks.squad.prompts import PROMPTS, self_edit_prompt
+from loop.tasks.squad.proxy import context_rows
+from loop.tasks.squad.rows import evaluate, matched_row
+from student.data import training_texts
 from teacher.prompts import Prompt
 
 PASSAGE_TOKENS = 1024  # a SQuAD passage with its title and prompt template: the longest
@@ -30,8 +37,6 @@ TITLE_TOKENS = 64  # a passage's title, prefixed to each unit of a self-edit
 
 def prompt(run: RunConfig, passage: Passage) -> Prompt:
     """What the teacher reads for a passage: the prompt `teacher.sampling.prompt` names."""
-    from loop.tasks.squad.prompts import self_edit_prompt
-
     return self_edit_prompt(run.teacher.sampling.prompt, passage.title, passage.context)
 
 
@@ -52,8 +57,6 @@ class Squad(Domain):
                     "gold-answer token")
 
     def check_settings(self, run: RunConfig) -> None:
-        from loop.tasks.squad.prompts import PROMPTS
-
         if run.teacher.sampling.prompt not in PROMPTS:
             raise ConfigError(f"teacher.sampling.prompt must be one of {sorted(PROMPTS)}, got "
                               f"{run.teacher.sampling.prompt!r}")
@@ -65,8 +68,6 @@ class Squad(Domain):
             raise ConfigError("evaluate.absorb_seed redraws the adapters of task.absorb=single; "
                               f"task.absorb={run.task.absorb} has one run of its own")
         if "passage_matched" in run.evaluate.conditions:
-            from loop.tasks.squad.rows import matched_row
-
             if matched_row(run.evaluate.conditions) is None:
                 raise ConfigError("evaluate.conditions: passage_matched trains the passage for as "
                                   "many steps as a self-edit row's; add teacher, teacher_base "
@@ -97,15 +98,10 @@ class Squad(Domain):
 
     def row_units(self, records: list[dict], condition: str, config: dict,
                   folder: Path) -> tuple[dict[str, dict], set[str]]:
-        from loop.tasks.squad.metrics import passage_means
-
         return {r["context"]: passage_means(r["questions"]) for r in records}, set()
 
     def summarise_units(self, units: dict[str, list[dict]], order: list[str], seed: int,
                         resamples: int) -> dict[str, dict]:
-        from loop.core.evaluation import summarise
-        from loop.tasks.squad.metrics import QUESTION_METRICS
-
         return summarise(units, seed, resamples, QUESTION_METRICS)
 
     def check(self, run: RunConfig) -> None:
@@ -121,14 +117,10 @@ class Squad(Domain):
         return baseline_scores(*student, context, run, cache, judge_model)
 
     def groups(self, run: RunConfig, keys: list[Key], size: int, done) -> list[list[Key]]:
-        from loop.core.ledger import batches_to_run
-
         return batches_to_run(keys, size, done)  # across passages
 
     def batch(self, run: RunConfig, group: list[Key], contexts: dict, texts: dict,
               seeds: dict[Key, int]) -> SquadBatch | ProxyBatch:
-        from student.data import training_texts
-
         if run.reward.metric == "context_logprob":
             return ProxyBatch([(contexts[cid], texts[(cid, i)]) for cid, i, _ in group])
         return SquadBatch([(contexts[cid], training_texts(texts[(cid, i)], contexts[cid].title,
@@ -140,8 +132,6 @@ class Squad(Domain):
                     item: SquadBatch | ProxyBatch) -> list[Absorbed]:
         model, tokenizer = student
         if isinstance(item, ProxyBatch):  # read in context, nothing absorbed (loop.tasks.squad.proxy)
-            from loop.tasks.squad.proxy import context_rows
-
             return [Absorbed(context_rows(model, tokenizer, passage, text, run.student), [])
                     for passage, text in item.pairs]
         return [Absorbed(*res) for res in absorb.absorb_and_score_many(
@@ -150,8 +140,6 @@ class Squad(Domain):
     def proxies(self, student, run: RunConfig, contexts: list, edits: dict, cache,
                 path: Path) -> tuple[dict, set | None]:
         """The proxy of every self-edit: the screen (reward.screen) and its honesty check."""
-        from loop.tasks.squad import proxy
-
         if run.reward.metric == "context_logprob":
             return {}, None
         proxies = proxy.round_proxies(student, run, contexts, edits, cache, path)
@@ -160,8 +148,6 @@ class Squad(Domain):
         return proxies, screened
 
     def evaluate(self, run: RunConfig, out_dir: Path, command: str) -> dict:
-        from loop.tasks.squad.rows import evaluate
-
         return evaluate(run, out_dir, command, self)
 
 

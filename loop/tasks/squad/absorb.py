@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from loop.core.checks import batched
 from loop.core.config import RunConfig
+from loop.core.judge import add_verdicts
 from loop.core.metrics import is_log_probability
 from loop.core.seeds import derive_seed
+from loop.core.vllm import student_engine
 from loop.tasks.squad.data import Passage
+from student import batched as many
+from student import vllm_eval
+from student.absorb import absorbing, plan, step_count, train, train_alone
 from student.config import batched_setting
+from student.data import training_texts
+from student.evaluate import score_questions, score_questions_many
 from student.model import on_cpu
 
 Job = tuple[Passage, list[str], int]  # (passage, the texts to absorb, the adapter's seed)
@@ -47,17 +55,11 @@ def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_mode
     baselines alone did not fit a 24 GB machine (measured: the smoke run's Ray worker was
     OOM-killed at 98 % of memory); the baselines then answer on transformers (a launch warning
     says so)."""
-    from loop.core.judge import add_verdicts
-    from student.evaluate import score_questions
-
     qa = [(q.question, q.answer) for q in passage.questions]
     on_vllm = generate and run.student.eval_backend == "vllm" and run.executor.name == "local"
     scored = score_questions(model, tokenizer, passage.title, qa, run.student,
                              generate=generate and not on_vllm)
     if on_vllm:
-        from loop.core.vllm import student_engine
-        from student import vllm_eval
-
         items = [(passage.title, qa)]
         predictions = vllm_eval.answers(student_engine(run), [None],
                                         [(passage.title, [q for q, _ in qa])], run.student)
@@ -68,8 +70,6 @@ def score_context(model, tokenizer, passage: Passage, run: RunConfig, judge_mode
 
 def passage_texts(passage: Passage, run: RunConfig) -> list[str]:
     """The passage alone as training data (title-prefixed, as the self-edits' sequences are)."""
-    from student.data import training_texts
-
     data = dataclasses.replace(run.student.data, with_passage=True)
     return training_texts("", passage.title, passage.context, data)
 
@@ -80,8 +80,6 @@ def absorb_and_score(model, tokenizer, passage: Passage, texts: list[str], run: 
     """The student absorbs `texts` (a fresh LoRA, or every weight with student.train.method=full),
     is scored on the passage's questions, and is put back as it was. Returns the scores and the
     first and last training losses. `phase`: as for `absorb_and_score_many`."""
-    from student.absorb import absorbing, train
-
     if not texts:  # an empty self-edit and no passage: nothing to absorb, the base is scored
         return score_context(model, tokenizer, passage, run, judge_model, generate), []
     if batched(run):
@@ -116,11 +114,6 @@ def absorb_and_score_many(model, tokenizer, jobs: list[tuple[Passage, list[str],
     batches. Same results as one at a time, up to floating-point reduction order. `phase`
     (name -> context manager; loop.bench times "train" and "answer" with it) wraps each phase
     of the batched path."""
-    from loop.core.judge import add_verdicts
-    from student import batched as many
-    from student.absorb import plan, train_alone
-    from student.evaluate import score_questions_many
-
     together = train_together(run, model.device)
     if not batched(run) or not (together or generate):  # auto on a CPU, answers not generated:
         # teacher-forced scoring of one adapter at a time ran faster there (python -m loop.bench)
@@ -177,12 +170,6 @@ def score_with_vllm(model, tokenizer, adapters, items, run: RunConfig, generate:
     """A batch's adapters answered by the student's vLLM engine (saved as PEFT folders, one
     LoRA request each, one call); the gold answers' log-probabilities from the same adapters in
     process (student.vllm_eval says why)."""
-    import tempfile
-
-    from loop.core.vllm import student_engine
-    from student import vllm_eval
-    from student.evaluate import score_questions_many
-
     teacher_forced = score_questions_many(model, tokenizer, adapters, items, run.student,
                                           generate=False)
     if not generate:
@@ -233,6 +220,4 @@ def matched_baseline_steps(run: RunConfig) -> int:
     with its passage (`student.absorb.step_count` of two texts; with
     student.train.passage_steps=own and full-batch steps, what every non-empty self-edit
     trains). The passage alone is one sequence, one step per epoch."""
-    from student.absorb import step_count
-
     return step_count(2, run.student)

@@ -21,13 +21,12 @@ from pathlib import Path
 from loop.core.ledger import append_jsonl, read_jsonl
 from loop.core.reward import context_score, paired_gain
 from loop.core.stats import agreement
+from student.evaluate import context_logprobs, score_questions
 
 
 def context_rows(model, tokenizer, passage, self_edit: str, student_cfg) -> list[dict]:
     """Per-question rows of the proxy: the gold answer's log-probability with the self-edit in
     the prompt (`context_logprob`)."""
-    from student.evaluate import context_logprobs
-
     qa = [(q.question, q.answer) for q in passage.questions]
     lps = context_logprobs(model, tokenizer, passage.title, qa, self_edit, student_cfg)
     return [{"question": q, "gold": a, "context_logprob": lp} for (q, a), lp in zip(qa, lps, strict=True)]
@@ -36,8 +35,6 @@ def context_rows(model, tokenizer, passage, self_edit: str, student_cfg) -> list
 def closed_book(model, tokenizer, passage, run, cache) -> list[dict]:
     """The frozen student's closed-book log-probabilities on a passage (the proxy's baseline),
     once per passage in the baseline cache."""
-    from student.evaluate import score_questions
-
     def compute():
         qa = [(q.question, q.answer) for q in passage.questions]
         return [{"question": s.question, "gold": s.gold, "logprob": s.logprob}

@@ -10,16 +10,27 @@ import dataclasses
 import json
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import loop.tasks.squad.absorb as absorb
+from loop.core import plots
+from loop.core.baseline import BaselineCache
 from loop.core.config import RunConfig
 from loop.core.domain import Domain, select
+from loop.core.evaluation import condition_table, open_evaluation, sample_self_edits, sampled_only, summarise
 from loop.core.judge import add_verdicts, load_judge
 from loop.core.ledger import append_jsonl, batches_to_run, read_jsonl, write_json_atomic
+from loop.core.runfolder import dataset_name, tracked
 from loop.core.seeds import derive_seed
+from loop.core.stats import pearson
 from loop.tasks.squad.absorb import passage_texts, score_context
 from loop.tasks.squad.metrics import QUESTION_METRICS, passage_means
+from loop.tasks.squad.proxy import evaluation_agreement
+from student.absorb import absorbing, fresh_adapter, restored, step_count, train
+from student.data import training_texts
+from student.evaluate import score_questions
+from student.model import load_student
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +103,6 @@ def matched_row(conditions) -> str | None:
 def matched_steps(passage, run: RunConfig, self_edits: list[str]) -> int:
     """The optimiser steps the matched row's self-edits train for on this passage (their mean,
     rounded; `student.absorb.step_count`): the steps `passage_matched` gives the passage alone."""
-    from student.absorb import step_count
-
     counts = [step_count(len(condition_texts("teacher", passage, run, text)), run.student)
               for text in self_edits or [""]]
     return max(1, round(sum(counts) / len(counts)))
@@ -123,8 +132,6 @@ def score_matched(passages, model, tokenizer, run: RunConfig,
 
 def condition_texts(condition: str, passage, run: RunConfig, self_edit: str | None) -> list[str]:
     """What a condition trains on for one passage: the passage alone, or a self-edit by SEAL's rule."""
-    from student.data import training_texts
-
     if condition in ("passage", "passage_matched"):
         return passage_texts(passage, run)
     return training_texts(self_edit or "", passage.title, passage.context, run.student.data)
@@ -134,9 +141,6 @@ def score_together(condition: str, passages, model, tokenizer, run: RunConfig,
                    self_edits: dict[str, list[str]] | None) -> dict[str, list[dict]]:
     """task.absorb=together: one student absorbs every passage's texts in one training run
     (continued pretraining), then answers every question; scores are kept per passage."""
-    from student.absorb import absorbing, train
-    from student.evaluate import score_questions
-
     texts = []
     for p in passages:
         edits = (self_edits or {}).get(p.id) or [None]
@@ -164,12 +168,7 @@ def score_sequential(condition: str, passages, model, tokenizer, run: RunConfig,
     LoRA into the weights before the next, as the paper's forgetting experiment does. The base is
     restored afterwards either way. Returns the last row's per-passage scores and the matrix of
     per-passage means (row j: after edit j)."""
-    from contextlib import ExitStack
-
     from tqdm import tqdm
-
-    from student.absorb import absorbing, fresh_adapter, restored, train
-    from student.evaluate import score_questions
 
     def texts(p):
         edits = (self_edits or {}).get(p.id) or [None]
@@ -203,8 +202,6 @@ def proxy_correlations(per_passage: dict[str, list[dict]]) -> dict[str, dict[str
     """How well the cheap reward tracks the real ones: per condition, Pearson's r across
     passages between its gain over `base` in gold-answer log-probability (no generation) and
     its gain in each generated-answer metric."""
-    from loop.core.stats import pearson
-
     out: dict[str, dict[str, float | None]] = {}
     if "base" not in per_passage or len(per_passage["base"]) < 2:
         return out
@@ -232,18 +229,6 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
     With `resume=<folder>` the folder's recorded self-edits and scores are read back and only
     the missing ones computed (the config must match the folder's `run.json`)."""
     from tqdm import tqdm
-
-    from loop.core import plots
-    from loop.core.baseline import BaselineCache
-    from loop.core.evaluation import (
-        condition_table,
-        open_evaluation,
-        sample_self_edits,
-        sampled_only,
-        summarise,
-    )
-    from loop.core.runfolder import dataset_name, tracked
-    from student.model import load_student
 
     passages = select(domain.load(run.task, held_out=True), run.task.n_contexts, run.seed)
     by_id = {p.id: p for p in passages}
@@ -339,8 +324,6 @@ def evaluate(run: RunConfig, out_dir: Path, command: str, domain: Domain) -> dic
         proxy = proxy_correlations(per_passage)
         agreement = {}
         if self_edits and run.task.absorb == "single":  # the in-context proxy vs absorbing
-            from loop.tasks.squad.proxy import evaluation_agreement
-
             agreement = evaluation_agreement((model, tokenizer), run, passages, self_edits, done,
                                              baseline, out_dir / "proxy.jsonl")
         results = {"task": run.task.name, "data": run.task.data, "student": run.student.name,

@@ -17,10 +17,18 @@ which imports this project (`loop.teacher_model`): load it where `seal-ts` is in
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
+
+from loop.core.seeds import derive_seed
+from loop.tasks.squad.prompts import self_edit_prompt
+from teacher.config import SamplingSettings, TeacherConfig
+from teacher.generate import TransformersGenerator
+from teacher.model import load_teacher
 
 NAME = "teacher"  # the logged model's name: runs:/<run id>/teacher
 REQUIREMENTS = ["torch", "transformers", "peft"]  # given, so MLflow does not load it to guess
@@ -38,12 +46,6 @@ class SelfEditWriter(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        import json
-
-        from teacher.config import SamplingSettings, TeacherConfig
-        from teacher.generate import TransformersGenerator
-        from teacher.model import load_teacher
-
         cfg = json.loads(Path(context.artifacts["config"]).read_text())
         sampling = SamplingSettings(**cfg.pop("sampling"))
         if cfg["path"] and not Path(cfg["path"]).is_dir():
@@ -55,9 +57,6 @@ class SelfEditWriter(mlflow.pyfunc.PythonModel):
         self.generator.use_adapter(Path(context.artifacts["adapter"]))
 
     def predict(self, context, model_input, params=None) -> list[str]:
-        from loop.core.seeds import derive_seed
-        from loop.tasks.squad.prompts import self_edit_prompt
-
         rows = (model_input.to_dict("records") if hasattr(model_input, "to_dict")
                 else list(model_input))
         rows = [{**row, "title": row.get("title") if isinstance(row.get("title"), str) else ""}
@@ -99,9 +98,6 @@ def log(client, tracking_uri: str, run_id: str, adapter: str, config: dict,
     its models:/ URI. Once: a complete one logged before (a resumed or synced run) is kept.
     The teacher's settings travel as an artifact (`config.json`), not as `model_config`, which
     MLflow would also log as the run's params."""
-    import json
-    import tempfile
-
     import mlflow
     from mlflow.models import Model
 
