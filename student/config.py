@@ -15,7 +15,7 @@ from typing import ClassVar
 from omegaconf import MISSING
 
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names a preset may ask for
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names (the teacher keeps its own copy)
 BATCHED = ("auto", "true", "false")
 PASSAGE_STEPS = ("shared", "own")
 # the views student.arc.views may name (student/arc/augment.py's VIEW_TRANSFORMS, one each)

@@ -16,7 +16,7 @@ from omegaconf import MISSING
 # every linear projection of Llama/Qwen-style blocks (the student has its own copy of this list:
 # the two roles never import each other)
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names a preset may ask for
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # torch dtype names (the student keeps its own copy)
 
 # Each class's ACCEPTS: what its fields accept, checked at launch (the rules' forms are
 # described in loop/core/checks.py, which reads them).
@@ -47,7 +47,7 @@ class SamplingSettings:
 
 
 @dataclass
-class TeacherLora:
+class TeacherLora:  # the same rules as student.config.LoraSettings (the roles never import each other)
     r: int = 64
     alpha: int = 128
     dropout: float = 0.0
