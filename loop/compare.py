@@ -6,7 +6,7 @@
     python -m loop.compare --noise outputs/dev_a:teacher_base outputs/dev_a_seed1:teacher_base
 
 Each argument is `<evaluation folder>:<condition>[=<label>]`. The rows are read back from the
-folders' `scores.jsonl` (nothing is recomputed; nothing is written but `--plot`'s PNG) and printed as
+folders' `scores.jsonl` (nothing is recomputed, nothing is written) and printed as
 `loop.evaluate` prints its own: each row's mean with a 95% bootstrap interval and its paired
 difference from every row listed before it. This is how settings that one evaluation cannot
 hold together (two self-edit prompts, two inner-loop settings) are compared on the same
@@ -25,13 +25,6 @@ On 1D-ARC tasks each difference is also given with the task families resampled i
 tasks (the ARC domain's `summarise_units`).
 
     python -m loop.compare --shared outputs/eval1d:teacher_base outputs/eval1d:teacher
-
-`--plot differences.png` also draws the table's last block, each row's paired difference from
-the first row with its 95% interval, one panel per metric (a forest plot: an interval wholly
-above zero green, wholly below red, across it grey):
-
-    python -m loop.compare outputs/eval:teacher outputs/eval:passage outputs/eval:teacher_base \
-        --plot differences.png
 """
 
 from __future__ import annotations
@@ -42,7 +35,6 @@ import sys
 from pathlib import Path
 
 import loop.tasks  # noqa: F401 (hands loop.core the domains, loop.core.domain.provide)
-from loop.core import plots
 from loop.core.cli import user_errors
 from loop.core.domain import Domain, provided
 from loop.core.errors import ConfigError
@@ -301,16 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rewards", action="store_true",
                         help="instead: would the metrics, as rewards, pick the same of a passage's "
                              "self-edits? (ties, and pairs ordered alike, over the rows' samples)")
-    parser.add_argument("--plot", metavar="PNG", type=Path,
-                        help="also draw each row's paired difference from the first, with its "
-                             "95%% interval, one panel per metric, into this PNG file")
     parser.add_argument("--noise", action="store_true",
                         help="instead: two rows of the same self-edits absorbed under two seeds "
                              "(evaluate.absorb_seed): how much do their rewards agree?")
     args = parser.parse_args(argv)
     try:
-        if args.plot and not args.plot.parent.is_dir():
-            raise ConfigError(f"--plot {args.plot}: no folder {args.plot.parent} to write it in")
         if args.noise:
             print(noise_report(args.rows))
             return 0
@@ -329,10 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.shared:
         footer += f"; left out: {left_out} (not held whole by every row)"
     print(condition_table(summary, n, 0, footer=footer))
-    if args.plot:
-        first = next(iter(summary))
-        plots.paired_differences(summary, first, args.plot, footer)
-        print(f"paired differences from {first}: {args.plot}")
     if lines := domain.summary_lines(summary):
         print("\n".join(lines))
     if differ:

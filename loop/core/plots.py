@@ -41,52 +41,6 @@ def condition_bars(summary: dict[str, dict], path: Path, title: str) -> Path:
     return path
 
 
-def differences(summary: dict[str, dict], first: str) -> dict[str, list[tuple[str, dict]]]:
-    """Per shown metric, each later row's paired difference from `first` (its `vs_<first>`
-    estimate: mean, low, high), in the summary's row order; metrics no row pairs are left out."""
-    out: dict[str, list[tuple[str, dict]]] = {}
-    for m in shown():
-        rows = [(label, s[m.name][f"vs_{first}"]) for label, s in summary.items()
-                if label != first and isinstance(s.get(m.name), dict)
-                and f"vs_{first}" in s[m.name]]
-        if rows:
-            out[m.name] = rows
-    return out
-
-
-def paired_differences(summary: dict[str, dict], first: str, path: Path, title: str) -> Path:
-    """A forest plot: one panel per metric, each later row's paired difference from `first`
-    with its 95% interval, and a line at zero; an interval wholly above zero is green, wholly
-    below red, across it grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = differences(summary, first)
-    if not data:
-        raise ValueError(f"no row is paired with {first!r}: name at least two rows")
-    labels = [label for label in summary if label != first]
-    fig, axes = plt.subplots(1, len(data), figsize=(1.6 + 2.8 * len(data), 0.45 * len(labels) + 1.5),
-                             squeeze=False, sharey=True)
-    for ax, (m, rows) in zip(axes[0], data.items(), strict=True):
-        for label, d in rows:
-            color = "C2" if d["low"] > 0 else "C3" if d["high"] < 0 else "0.45"
-            ax.errorbar(d["mean"], labels.index(label),
-                        xerr=[[d["mean"] - d["low"]], [d["high"] - d["mean"]]], fmt="o",
-                        color=color, capsize=4)
-        ax.axvline(0, color="black", linewidth=0.6)
-        ax.set_title(by_name(m).label, fontsize=9)
-    axes[0][0].set_yticks(range(len(labels)), labels, fontsize=8)
-    axes[0][0].set_ylim(len(labels) - 0.4, -0.6)  # the first row on top, as in the table
-    fig.suptitle(textwrap.fill(f"each row minus {first}: {title}", int(12 * 2.8 * len(data))),
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def rounds(summaries: list[dict], path: Path, metric: str) -> Path:
     """The loop at a glance: rewards per round, baseline vs after scores, kept fraction."""
     import matplotlib

@@ -85,33 +85,6 @@ def test_rows_that_would_not_pair_are_refused(folders, tmp_path, capsys):
     assert "2 passages" in out and "differ in: student.path, teacher.sampling.prompt" in out
 
 
-def test_plot_draws_each_rows_paired_difference_from_the_first(folders, tmp_path, capsys):
-    from loop.core import plots
-
-    a, b = folders
-    summary, *_ = compare([f"{a}:passage", f"{a}:teacher_base=long", f"{b}:teacher_base=rewrite"],
-                          resamples=2000)
-    data = plots.differences(summary, "a:passage")
-    # by hand, logprob minus the passage per passage: long 0.5, -0.5; rewrite 1.0, 2.0
-    (l1, long), (l2, rewrite) = data["logprob"]
-    assert (l1, l2) == ("long", "rewrite")
-    assert long["mean"] == pytest.approx(0.0) and rewrite["mean"] == pytest.approx(1.5)
-    assert (rewrite["low"], rewrite["high"]) == pytest.approx((1.0, 2.0))
-    assert set(data) >= {"f1", "contains", "logprob"}
-    png = tmp_path / "d.png"
-    assert main([f"{a}:passage", f"{a}:teacher_base=long", f"{b}:teacher_base=rewrite",
-                 "--plot", str(png)]) == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"paired differences from a:passage: {png}" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="no row is paired"):
-        plots.paired_differences({"a:passage": summary["a:passage"]}, "a:passage",
-                                 tmp_path / "one.png", "one row")
-    assert not (tmp_path / "one.png").exists()
-    # a folder that is not there: a message before anything is read, nothing written
-    assert main([f"{a}:passage", f"{a}:teacher_base", "--plot", str(tmp_path / "no" / "d.png")]) == 2
-    assert "no folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
-
-
 def test_a_torn_last_line_is_left_out_and_left_in_place(folders):
     a, _ = folders
     with open(a / "scores.jsonl", "a") as f:
